@@ -1,0 +1,39 @@
+"""CacheMan: dict caches that persist between runs, with hooks and dependency invalidation."""
+
+from .autosync import AutoSyncCache, TimeCount
+from .cacher import CacheManager, get_cache_manager
+from .cachewrap import CacheWrap, NonPersistentCache, PersistentCache
+from .csvcache import AutoSyncCSVCache, CSVCache
+from .errors import (
+    CacheManError,
+    CacheNotRegisteredError,
+    CorruptCacheError,
+    DependencyCycleError,
+    InsecureCacheError,
+    InvalidCacheNameError,
+    SignatureMismatchError,
+    UnpicklableValueError,
+)
+
+__version__ = "3.0.0.dev0"
+
+__all__ = [
+    "AutoSyncCSVCache",
+    "AutoSyncCache",
+    "CSVCache",
+    "CacheManError",
+    "CacheManager",
+    "CacheNotRegisteredError",
+    "CacheWrap",
+    "CorruptCacheError",
+    "DependencyCycleError",
+    "InsecureCacheError",
+    "InvalidCacheNameError",
+    "NonPersistentCache",
+    "PersistentCache",
+    "SignatureMismatchError",
+    "TimeCount",
+    "UnpicklableValueError",
+    "__version__",
+    "get_cache_manager",
+]

@@ -1,0 +1,369 @@
+"""The registry: :class:`CacheManager` and :func:`get_cache_manager`.
+
+A manager owns a directory, the caches registered under it, and the dependency
+graph between them.  It drives the caches' lifecycle (load, save, invalidate,
+delete) and walks the graph so that each operation reaches every derived cache
+exactly once, parents before children.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import _registry
+from ._graph import DependencyGraph
+from ._paths import manager_directory, validate_cache_name
+from ._store import PickleStore
+from .autosync import AutoSyncCache
+from .cachewrap import HOOK_NAMES, CacheWrap, NonPersistentCache, PersistentCache
+from .errors import CacheNotRegisteredError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+__all__ = ["CacheManager", "get_cache_manager"]
+
+logger = logging.getLogger("cacheman")
+
+
+def get_cache_manager(
+    manager_name: str = _registry.DEFAULT_MANAGER_NAME,
+    base_cache_directory: str | os.PathLike[str] | None = None,
+) -> CacheManager:
+    """Return the process's one manager called ``manager_name``, creating it on first use.
+
+    ``base_cache_directory`` only matters on that first call; later calls
+    return the existing manager whatever they pass.
+
+    >>> import tempfile
+    >>> manager = get_cache_manager("doc_example", base_cache_directory=tempfile.mkdtemp())
+    >>> manager is get_cache_manager("doc_example")
+    True
+    """
+    base = None if base_cache_directory is None else os.fspath(base_cache_directory)
+    return _registry.get_or_create(validate_cache_name(manager_name, what="manager"), base)
+
+
+class CacheManager:
+    """A named registry of caches that share a directory and a dependency graph.
+
+    Caches are saved under ``<base>/<manager name>/``, where the base is
+    ``base_cache_directory``, else ``$CACHEMAN_DIR``, else the platform's user
+    cache directory.  Building a manager does no I/O.
+
+    >>> import tempfile
+    >>> manager = CacheManager("doc_manager", tempfile.mkdtemp())
+    >>> squares = manager.register_cache("squares")
+    >>> squares[4] = 16
+    >>> manager.save_cache_contents("squares")
+    >>> manager.reload_cache("squares"); squares
+    {4: 16}
+    >>> manager.deregister_all_caches()
+    """
+
+    def __init__(
+        self,
+        manager_name: str = _registry.DEFAULT_MANAGER_NAME,
+        base_cache_directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.name = validate_cache_name(manager_name, what="manager")
+        self.cache_directory: Path = manager_directory(self.name, base_cache_directory)
+        self.store = PickleStore(self.cache_directory)
+        self._caches: dict[str, CacheWrap] = {}
+        self._graph = DependencyGraph()
+        self._lock = threading.RLock()
+        _registry.add(self)
+        _every_manager.append(self)
+
+    def __repr__(self) -> str:
+        where = str(self.cache_directory)
+        return f"<CacheManager {self.name!r} at {where!r}: {len(self._caches)} caches>"
+
+    # -- registering -------------------------------------------------------------
+
+    def register_cache(
+        self, cache_name: str, contents: Mapping[Any, Any] | None = None
+    ) -> AutoSyncCache:
+        """Register a persistent, auto-saving cache (the manager's pickle store).
+
+        Without ``contents`` the saved copy is loaded now; with ``contents``
+        the cache starts with them and the next save replaces the saved copy.
+        """
+        return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+
+    def register_custom_cache(
+        self,
+        cache_name: str,
+        contents: Mapping[Any, Any] | None = None,
+        persistent: bool = True,
+        autosync: bool = True,
+        **kwargs: Any,
+    ) -> CacheWrap:
+        """Register a cache of the kind the flags choose; ``kwargs`` go to its constructor.
+
+        ``persistent=False`` gives a :class:`~cacheman.cachewrap.NonPersistentCache`
+        (``autosync`` is then ignored: there is nothing to save); ``autosync=False``
+        a :class:`~cacheman.cachewrap.PersistentCache` that saves only when asked
+        (``save()``, a ``with`` block, interpreter exit).
+        """
+        cache_class: type[CacheWrap]
+        if not persistent:
+            cache_class = NonPersistentCache
+        elif autosync:
+            cache_class = AutoSyncCache
+        else:
+            cache_class = PersistentCache
+        return cache_class(cache_name, cache_manager=self, contents=contents, **kwargs)
+
+    def retrieve_cache(
+        self, cache_name: str, contents: Mapping[Any, Any] | None = None
+    ) -> CacheWrap:
+        """Return the cache called ``cache_name``, registering it (as ``register_cache``) if new."""
+        with self._lock:
+            cache = self._caches.get(cache_name)
+            return cache if cache is not None else self.register_cache(cache_name, contents)
+
+    def retrieve_raise(self, cache_name: str) -> CacheWrap:
+        """Return the cache called ``cache_name``; raise ``KeyError`` if it is not registered."""
+        try:
+            return self._caches[cache_name]
+        except KeyError:
+            raise CacheNotRegisteredError(
+                f"no cache named {cache_name!r} is registered with manager {self.name!r}; "
+                "register it first (register_cache) or use retrieve_cache"
+            ) from None
+
+    def cache_registered(self, cache_name: str) -> bool:
+        """Tell whether a cache called ``cache_name`` is registered."""
+        return cache_name in self._caches
+
+    def cache_names(self) -> list[str]:
+        """Names of the registered caches, in registration order."""
+        return list(self._caches)
+
+    def deregister_cache(self, cache_name: str, apply_to_dependents: bool = False) -> None:
+        """Forget a cache (and with ``apply_to_dependents`` its derived caches).
+
+        Nothing is saved or deleted: save first if the edits matter.  The
+        cache's dependency edges are forgotten too.
+        """
+        cache = self.retrieve_raise(cache_name)
+        with self._lock:
+            for each in self._cascade(cache, apply_to_dependents):
+                self._detach(each)
+                self._graph.remove_node(each.name)
+
+    def deregister_all_caches(self) -> None:
+        """Forget every cache and every dependency edge."""
+        with self._lock:
+            for cache in list(self._caches.values()):
+                self._detach(cache)
+            self._graph.clear()
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def _set_hook(self, cache_name: str, hook: str, function: Callable[..., Any] | None) -> None:
+        assert hook in HOOK_NAMES
+        setattr(self.retrieve_cache(cache_name), hook, function)
+
+    def register_loader(self, cache_name: str, loader: Callable[[str], Any]) -> None:
+        """Set ``loader(name) -> Mapping | None``; it is used from the next load on."""
+        self._set_hook(cache_name, "loader", loader)
+
+    def register_saver(self, cache_name: str, saver: Callable[[str, Any], Any]) -> None:
+        """Set ``saver(name, contents)``; it is used from the next save on."""
+        self._set_hook(cache_name, "saver", saver)
+
+    def register_builder(self, cache_name: str, builder: Callable[[str], Any]) -> None:
+        """Set ``builder(name) -> Mapping``, run when a load finds nothing valid."""
+        self._set_hook(cache_name, "builder", builder)
+
+    def register_deleter(self, cache_name: str, deleter: Callable[[str], Any]) -> None:
+        """Set ``deleter(name)``, run by ``delete_saved_content``."""
+        self._set_hook(cache_name, "deleter", deleter)
+
+    def register_validator(self, cache_name: str, validator: Callable[[Any], Any]) -> None:
+        """Set ``validator(contents) -> bool``, run after each load."""
+        self._set_hook(cache_name, "validator", validator)
+
+    def register_pre_processor(self, cache_name: str, pre_processor: Callable[[Any], Any]) -> None:
+        """Set ``pre_processor(contents) -> contents | None``, run on a copy before each save."""
+        self._set_hook(cache_name, "pre_processor", pre_processor)
+
+    def register_post_processor(
+        self, cache_name: str, post_processor: Callable[[Any], Any]
+    ) -> None:
+        """Set ``post_processor(contents) -> contents | None``, run after each load or build."""
+        self._set_hook(cache_name, "post_processor", post_processor)
+
+    # -- the dependency graph ---------------------------------------------------------
+
+    def register_dependent_cache(self, cache_name: str, dependent_cache_name: str) -> None:
+        """Record that ``dependent_cache_name`` is derived from ``cache_name``.
+
+        Either may be registered later.  Raises
+        :class:`~cacheman.errors.DependencyCycleError` (a ``ValueError``) naming
+        the cycle if the edge would close one.
+        """
+        validate_cache_name(cache_name)
+        validate_cache_name(dependent_cache_name)
+        with self._lock:
+            self._graph.add_edge(cache_name, dependent_cache_name)
+
+    def dependency_graph(self) -> DependencyGraph:
+        """The live dependency graph; ``.to_dot()`` and ``.to_mermaid()`` export it."""
+        return self._graph
+
+    # -- operations on one cache by name ----------------------------------------------
+
+    def save_cache_contents(self, cache_name: str, apply_to_dependents: bool = False) -> None:
+        """Save one cache (and its derived caches with ``apply_to_dependents``)."""
+        self.retrieve_raise(cache_name).save(apply_to_dependents)
+
+    def reload_cache(self, cache_name: str, apply_to_dependents: bool = False) -> None:
+        """Reload one cache from its saved copy, dropping unsaved edits."""
+        self.retrieve_raise(cache_name).load(apply_to_dependents)
+
+    def reload_or_rebuild_cache(self, cache_name: str, apply_to_dependents: bool = False) -> None:
+        """Reload one cache, building it if nothing valid is saved."""
+        self.retrieve_raise(cache_name).load_or_build(apply_to_dependents)
+
+    def invalidate_cache(self, cache_name: str, apply_to_dependents: bool = True) -> None:
+        """Reload one cache and reset every cache derived from it."""
+        self.retrieve_raise(cache_name).invalidate(apply_to_dependents)
+
+    def invalidate_and_rebuild_cache(
+        self, cache_name: str, apply_to_dependents: bool = True
+    ) -> None:
+        """Reset one cache (clear, delete saved copy, build) and every cache derived from it."""
+        self.retrieve_raise(cache_name).invalidate_and_rebuild(apply_to_dependents)
+
+    def delete_saved_cache_content(self, cache_name: str, apply_to_dependents: bool = True) -> None:
+        """Delete the saved copy of one cache (and of every cache derived from it)."""
+        self.retrieve_raise(cache_name).delete_saved_content(apply_to_dependents)
+
+    # -- operations on every cache ---------------------------------------------------
+
+    def save_all_cache_contents(self) -> None:
+        """Save every registered cache."""
+        for cache in self._all_in_order():
+            cache._save_self()
+
+    def reload_all_caches(self) -> None:
+        """Reload every registered cache, parents first."""
+        for cache in self._all_in_order():
+            cache._load_self()
+
+    def reload_or_rebuild_all_caches(self) -> None:
+        """Reload every registered cache, building those with nothing valid saved."""
+        self.reload_all_caches()
+
+    def invalidate_and_rebuild_all_caches(self) -> None:
+        """Reset every registered cache: clear, delete the saved copy, build."""
+        for cache in self._all_in_order():
+            cache._reset_self()
+
+    def delete_all_saved_cache_contents(self) -> None:
+        """Delete the saved copy of every registered cache (contents in memory stay)."""
+        for cache in self._all_in_order():
+            with cache._lock:
+                cache._delete_saved_self()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.save_all_cache_contents()
+
+    # -- used by the caches --------------------------------------------------------------
+
+    def _attach(self, cache: CacheWrap) -> None:
+        """Register ``cache`` under its name, replacing (after saving) any older one."""
+        with self._lock:
+            previous = self._caches.get(cache.name)
+            if previous is not None and previous is not cache:
+                # Re-registering a name (a re-run notebook cell, say) must not lose
+                # the old object's edits: save them so the new cache loads them.
+                logger.debug("cache %r re-registered; saving the previous object first", cache.name)
+                previous._save_self()
+            self._caches[cache.name] = cache
+
+    def _detach(self, cache: CacheWrap) -> None:
+        with self._lock:
+            if self._caches.get(cache.name) is cache:
+                del self._caches[cache.name]
+
+    def _cascade(self, cache: CacheWrap, apply_to_dependents: bool) -> list[CacheWrap]:
+        """``cache`` and, if asked, every registered cache derived from it, parents first."""
+        if not apply_to_dependents:
+            return [cache]
+        with self._lock:
+            derived = [self._caches.get(name) for name in self._graph.downstream(cache.name)]
+        return [cache, *(each for each in derived if each is not None)]
+
+    def _all_in_order(self) -> list[CacheWrap]:
+        """Every registered cache, each once, parents before the caches derived from them."""
+        with self._lock:
+            order = self._graph.topological(self._caches)
+            return [self._caches[name] for name in order if name in self._caches]
+
+    def _reset_downstream(self, cache_name: str) -> None:
+        """Reset each cache derived from ``cache_name``; for unregistered ones delete the saved copy."""
+        for name in self._graph.downstream(cache_name):
+            cache = self._caches.get(name)
+            if cache is not None:
+                cache._reset_self()
+            else:
+                self._delete_unregistered(name)
+
+    def _delete_saved_downstream(self, cache_name: str) -> None:
+        for name in self._graph.downstream(cache_name):
+            cache = self._caches.get(name)
+            if cache is not None:
+                with cache._lock:
+                    cache._delete_saved_self()
+            else:
+                self._delete_unregistered(name)
+
+    def _delete_unregistered(self, cache_name: str) -> None:
+        # A derived cache not registered in this run may still have a copy saved by
+        # an earlier run; left in place, it would come back stale when registered.
+        # Only the default store is known for it, so that is where it is deleted.
+        self.store.delete(cache_name)
+
+    def _save_at_exit(self) -> None:
+        for cache in self._all_in_order():
+            try:
+                cache._save_at_exit()
+            except Exception:
+                logger.exception("cache %r: saving at interpreter exit failed", cache.name)
+
+
+_every_manager: list[CacheManager] = []
+
+
+@atexit.register
+def _save_every_manager_at_exit() -> None:
+    """Save what each manager holds when the interpreter exits (never from ``__del__``)."""
+    for manager in _every_manager:
+        manager._save_at_exit()
+
+
+def _build_manager(name: str, base_cache_directory: str | None) -> CacheManager:
+    return CacheManager(name, base_cache_directory)
+
+
+_registry.set_factory(_build_manager)
