@@ -321,7 +321,7 @@ class CacheManager:
             return [self._caches[name] for name in order if name in self._caches]
 
     def _reset_downstream(self, cache_name: str) -> None:
-        """Reset each cache derived from ``cache_name``; for unregistered ones delete the saved copy."""
+        """Reset each cache derived from ``cache_name``; unregistered ones lose their saved copy."""
         for name in self._graph.downstream(cache_name):
             cache = self._caches.get(name)
             if cache is not None:
