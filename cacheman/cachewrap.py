@@ -292,8 +292,10 @@ class CacheWrap(dict[Any, Any]):
 
     def _reset_self(self) -> None:
         with self._lock:
+            # Build first: a builder that raises must leave the saved copy in place.
+            rebuilt = self._build()
             self._delete_saved_self()
-            self._replace(self._build())
+            self._replace(rebuilt)
 
     def _delete_saved_self(self) -> None:
         self._await_pending_save()

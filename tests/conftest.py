@@ -14,7 +14,7 @@ import pytest
 # test ever writes to the real per-user cache directory.
 os.environ["CACHEMAN_DIR"] = tempfile.mkdtemp(prefix="cacheman-tests-")
 
-from cacheman import CacheManager, _registry  # noqa: E402
+from cacheman import CacheManager, _registry
 
 
 @pytest.fixture

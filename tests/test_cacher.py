@@ -1,0 +1,452 @@
+"""The manager: registry, hooks by name, the dependency cascade, restarts and exit saves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cacheman
+from cacheman import (
+    AutoSyncCache,
+    CacheManager,
+    CacheManError,
+    CacheNotRegisteredError,
+    DependencyCycleError,
+    InvalidCacheNameError,
+    NonPersistentCache,
+    PersistentCache,
+    cacher,
+    get_cache_manager,
+)
+
+DIAMOND = [("top", "left"), ("top", "right"), ("left", "bottom"), ("right", "bottom")]
+
+
+def run_python(code: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with CACHEMAN_DIR pointing at ``env_dir``."""
+    env = {**os.environ, "CACHEMAN_DIR": str(env_dir)}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+# -- the registry of managers ----------------------------------------------------------
+
+
+def test_get_cache_manager_is_one_per_name(tmp_path: Path) -> None:
+    first = get_cache_manager("one_per_name", base_cache_directory=tmp_path)
+    assert get_cache_manager("one_per_name") is first
+    assert get_cache_manager("one_per_name", base_cache_directory="/elsewhere") is first
+    assert get_cache_manager("another_name", tmp_path) is not first
+    assert first.cache_directory == tmp_path / "one_per_name"
+
+
+def test_default_manager_and_directory(tmp_path: Path) -> None:
+    result = run_python(
+        """
+        from cacheman import cacher, CacheWrap, NonPersistentCache
+        manager = cacher.get_cache_manager()
+        print(manager.name)
+        print(manager.cache_directory)
+        orphan = NonPersistentCache("orphan")
+        print(orphan.manager is manager)
+        """,
+        tmp_path,
+    )
+    name, directory, same = result.stdout.split()
+    assert name == "general_cacher"
+    assert directory == str(tmp_path / "general_cacher")
+    assert same == "True"
+
+
+def test_direct_construction_with_positional_directory(tmp_path: Path) -> None:
+    manager = cacher.CacheManager("direct", str(tmp_path))
+    assert manager.cache_directory == tmp_path / "direct"
+    assert isinstance(manager.register_cache("x"), dict)
+    manager.deregister_all_caches()
+
+
+def test_building_a_manager_does_no_io(tmp_path: Path) -> None:
+    manager = CacheManager("lazy", tmp_path)
+    assert not manager.cache_directory.exists()
+
+
+def test_package_reexports() -> None:
+    assert cacheman.__all__ == sorted(cacheman.__all__)
+    for name in cacheman.__all__:
+        assert hasattr(cacheman, name), name
+    from cacheman import autosync, cachewrap, csvcache
+
+    assert cachewrap.PersistentCache is PersistentCache
+    assert autosync.TimeCount(60, 10) == cacheman.TimeCount(60, 10)
+    assert csvcache.CSVCache is cacheman.CSVCache
+
+
+# -- registering caches ------------------------------------------------------------------
+
+
+def test_register_kinds(manager: CacheManager) -> None:
+    assert type(manager.register_cache("auto")) is AutoSyncCache
+    assert type(manager.register_custom_cache("plain", autosync=False)) is PersistentCache
+    assert type(manager.register_custom_cache("mem", persistent=False)) is NonPersistentCache
+    assert manager.cache_names() == ["auto", "plain", "mem"]
+
+
+def test_register_with_contents(manager: CacheManager) -> None:
+    cache = manager.register_cache("seeded", {"a": 1})
+    assert cache == {"a": 1}
+
+
+def test_retrieve_cache_registers_once(manager: CacheManager) -> None:
+    assert not manager.cache_registered("r")
+    cache = manager.retrieve_cache("r")
+    assert manager.cache_registered("r")
+    assert manager.retrieve_cache("r") is cache
+    assert manager.retrieve_raise("r") is cache
+
+
+def test_retrieve_raise_is_a_key_error_naming_cache(manager: CacheManager) -> None:
+    with pytest.raises(KeyError, match="'missing'") as raised:
+        manager.retrieve_raise("missing")
+    assert isinstance(raised.value, CacheNotRegisteredError)
+    assert isinstance(raised.value, CacheManError)
+    for method in ("save_cache_contents", "reload_cache", "invalidate_cache"):
+        with pytest.raises(KeyError):
+            getattr(manager, method)("missing")
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "../up", "/abs", "back\\slash", "nul\x00"])
+def test_invalid_names_are_refused(manager: CacheManager, bad: str) -> None:
+    with pytest.raises(InvalidCacheNameError, match="invalid cache name") as raised:
+        manager.register_cache(bad)
+    assert isinstance(raised.value, ValueError)
+    assert not manager.cache_registered(bad)
+    assert not any(manager.cache_directory.parent.rglob("*.pkl"))
+
+
+def test_non_string_name_is_refused(manager: CacheManager) -> None:
+    with pytest.raises(InvalidCacheNameError, match="must be a str"):
+        manager.register_cache(42)  # type: ignore[arg-type]
+
+
+def test_reregistering_a_name_keeps_old_edits(manager: CacheManager) -> None:
+    old = manager.register_custom_cache("again", autosync=False)
+    old["edit"] = 1
+    new = manager.register_custom_cache("again", autosync=False)
+    assert new is not old
+    assert new == {"edit": 1}
+    assert manager.retrieve_raise("again") is new
+
+
+def test_deregister(manager: CacheManager) -> None:
+    manager.register_cache("parent")
+    manager.register_cache("child")
+    manager.register_cache("other")
+    manager.register_dependent_cache("parent", "child")
+    manager.deregister_cache("parent", apply_to_dependents=True)
+    assert manager.cache_names() == ["other"]
+    assert list(manager.dependency_graph().edges()) == []
+    manager.deregister_all_caches()
+    assert manager.cache_names() == []
+
+
+def test_deregistered_cache_is_not_saved_by_save_all(manager: CacheManager) -> None:
+    cache = manager.register_custom_cache("gone", autosync=False)
+    cache["a"] = 1
+    manager.deregister_cache("gone")
+    manager.save_all_cache_contents()
+    assert not manager.store.exists("gone")
+
+
+# -- dependencies ------------------------------------------------------------------------
+
+
+def counting_builder(log: list[str], value: Any = None) -> Any:
+    def builder(name: str) -> dict[str, Any]:
+        log.append(name)
+        return {} if value is None else {"built": value}
+
+    return builder
+
+
+def test_cycle_refused_through_manager(manager: CacheManager) -> None:
+    manager.register_dependent_cache("a", "b")
+    manager.register_dependent_cache("b", "c")
+    with pytest.raises(DependencyCycleError, match="c -> a -> b -> c"):
+        manager.register_dependent_cache("c", "a")
+
+
+def test_dependents_property_and_constructor_argument(manager: CacheManager) -> None:
+    root = PersistentCache("root", cache_manager=manager, dependents=["mid"])
+    mid = manager.register_cache("mid")
+    root.add_dependent(manager.register_cache("other"))
+    assert root.dependents == ["mid", "other"]
+    assert mid.dependents == []
+
+
+def test_invalidate_chain_of_three(manager: CacheManager) -> None:
+    built: list[str] = []
+    root = manager.register_custom_cache("root", autosync=False)
+    mid = manager.register_custom_cache("mid", autosync=False, builder=counting_builder(built, 1))
+    leaf = manager.register_custom_cache("leaf", autosync=False)
+    manager.register_dependent_cache("root", "mid")
+    manager.register_dependent_cache("mid", "leaf")
+    built.clear()
+    root["saved"] = 1
+    root.save()
+    root["unsaved"] = 2
+    mid["x"] = 1
+    leaf["y"] = 1
+    manager.save_all_cache_contents()  # saves root too: its "unsaved" edit is now saved
+    root["really_unsaved"] = 3
+    root.invalidate()
+    assert root == {"saved": 1, "unsaved": 2}
+    assert mid == {"built": 1}
+    assert leaf == {}
+    assert built == ["mid"]
+    assert not manager.store.exists("mid")
+    assert not manager.store.exists("leaf")
+    assert manager.store.exists("root")
+
+
+def test_invalidate_diamond_resets_bottom_once_after_its_parents(manager: CacheManager) -> None:
+    order: list[str] = []
+    for name in ("top", "left", "right", "bottom"):
+        manager.register_custom_cache(name, autosync=False, builder=counting_builder(order))
+    for parent, child in [
+        ("top", "left"),
+        ("top", "right"),
+        ("left", "bottom"),
+        ("right", "bottom"),
+    ]:
+        manager.register_dependent_cache(parent, child)
+    order.clear()
+    manager.invalidate_cache("top")
+    # top reloads (nothing saved, so it builds), then each dependent is reset once.
+    assert order[0] == "top"
+    assert sorted(order[1:]) == ["bottom", "left", "right"]
+    assert order[-1] == "bottom"
+
+
+def test_invalidate_without_dependents(manager: CacheManager) -> None:
+    root = manager.register_cache("root")
+    edge = manager.register_cache("edge")
+    manager.register_dependent_cache("root", "edge")
+    edge["kept"] = 1
+    root.invalidate(apply_to_dependents=False)
+    assert edge == {"kept": 1}
+
+
+def test_unloaded_and_unregistered_dependents_lose_saved_copies(manager: CacheManager) -> None:
+    manager.store.save("not_loaded", {"stale": 1})
+    manager.store.save("unregistered", {"stale": 2})
+    root = manager.register_cache("root")
+    # Registered with contents: it never loaded its saved copy.
+    not_loaded = manager.register_custom_cache("not_loaded", {"fresh": 1}, autosync=False)
+    manager.register_dependent_cache("root", "not_loaded")
+    manager.register_dependent_cache("not_loaded", "unregistered")
+    root.invalidate()
+    assert not manager.store.exists("not_loaded")
+    assert not manager.store.exists("unregistered")
+    assert not_loaded == {}
+
+
+def test_apply_to_dependents_visits_each_cache_once(manager: CacheManager) -> None:
+    visits: dict[str, list[str]] = {"load": [], "save": [], "delete": []}
+
+    def register(name: str) -> None:
+        manager.register_custom_cache(
+            name,
+            autosync=False,
+            loader=visits["load"].append,
+            saver=lambda n, contents: visits["save"].append(n),
+            deleter=visits["delete"].append,
+        )
+
+    for name in ("top", "left", "right", "bottom", "outside"):
+        register(name)
+    for parent, child in [
+        ("top", "left"),
+        ("top", "right"),
+        ("left", "bottom"),
+        ("right", "bottom"),
+    ]:
+        manager.register_dependent_cache(parent, child)
+    visits["load"].clear()
+
+    manager.save_cache_contents("top", apply_to_dependents=True)
+    manager.reload_cache("top", apply_to_dependents=True)
+    manager.delete_saved_cache_content("top", apply_to_dependents=True)
+    for operation, names in visits.items():
+        assert sorted(names) == ["bottom", "left", "right", "top"], operation
+        assert names[0] == "top"
+        assert names[-1] == "bottom"
+
+    for names in visits.values():
+        names.clear()
+    manager.save_cache_contents("top")
+    manager.reload_cache("top")
+    manager.delete_saved_cache_content("top", apply_to_dependents=False)
+    assert visits == {"load": ["top"], "save": ["top"], "delete": ["top"]}
+
+
+def test_invalidate_and_rebuild(manager: CacheManager) -> None:
+    built: list[str] = []
+    root = manager.register_custom_cache(
+        "root", autosync=False, builder=counting_builder(built, "r")
+    )
+    edge = manager.register_custom_cache(
+        "edge", autosync=False, builder=counting_builder(built, "e")
+    )
+    manager.register_dependent_cache("root", "edge")
+    root["x"] = 1
+    edge["y"] = 1
+    manager.save_all_cache_contents()
+    built.clear()
+    manager.invalidate_and_rebuild_cache("root")
+    assert root == {"built": "r"}
+    assert edge == {"built": "e"}
+    assert built == ["root", "edge"]
+    assert not manager.store.exists("root")
+
+
+def test_every_cache_operations(manager: CacheManager) -> None:
+    first = manager.register_custom_cache("first", autosync=False, builder=lambda n: {"b": 1})
+    second = manager.register_custom_cache("second", autosync=False)
+    first["x"] = 1
+    second["y"] = 2
+    manager.save_all_cache_contents()
+    first["unsaved"] = 1
+    manager.reload_all_caches()
+    assert first == {"b": 1, "x": 1}
+    manager.reload_or_rebuild_all_caches()
+    assert second == {"y": 2}
+    manager.delete_all_saved_cache_contents()
+    assert not manager.store.exists("first")
+    assert second == {"y": 2}
+    manager.invalidate_and_rebuild_all_caches()
+    assert first == {"b": 1}
+    assert second == {}
+
+
+def test_manager_with_block_saves_all(manager: CacheManager) -> None:
+    with manager:
+        manager.register_custom_cache("a", autosync=False)["k"] = 1
+        manager.register_custom_cache("b", autosync=False)["k"] = 2
+    assert manager.store.load("a") == {"k": 1}
+    assert manager.store.load("b") == {"k": 2}
+
+
+def test_dependency_graph_export(manager: CacheManager) -> None:
+    manager.register_dependent_cache("prices", "features")
+    manager.register_dependent_cache("features", "model")
+    graph = manager.dependency_graph()
+    assert '"prices" -> "features";' in graph.to_dot()
+    assert "n1 --> n2" in graph.to_mermaid()
+
+
+# -- threads -----------------------------------------------------------------------------
+
+
+def test_registry_and_lifecycle_from_many_threads(manager: CacheManager) -> None:
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for round_ in range(20):
+                cache = manager.retrieve_cache(f"shared{round_ % 3}")
+                cache[f"{index}-{round_}"] = round_
+                cache.save()
+                cache.load()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(manager.cache_names()) == ["shared0", "shared1", "shared2"]
+    for name in manager.cache_names():
+        assert manager.store.load(name) == dict(manager.retrieve_raise(name))
+
+
+# -- real restarts ---------------------------------------------------------------------------
+
+
+def test_contents_survive_a_restart(tmp_path: Path) -> None:
+    write = """
+        from cacheman import cacher
+        manager = cacher.get_cache_manager("restart")
+        cache = manager.register_cache("squares")
+        cache.update({n: n * n for n in range(5)})
+        cache.save()
+    """
+    read = """
+        from cacheman import cacher
+        print(sorted(cacher.get_cache_manager("restart").register_cache("squares").items()))
+    """
+    run_python(write, tmp_path)
+    assert run_python(read, tmp_path).stdout.strip() == str([(n, n * n) for n in range(5)])
+
+
+@pytest.mark.parametrize("kind", ["register_cache", "register_custom_cache"])
+def test_exit_saves_without_explicit_save(tmp_path: Path, kind: str) -> None:
+    extra = "" if kind == "register_cache" else ", autosync=False"
+    run_python(
+        f"""
+        from cacheman import cacher
+        cache = cacher.get_cache_manager().{kind}("at_exit"{extra})
+        cache["written"] = "before exit"
+        """,
+        tmp_path,
+    )
+    result = run_python(
+        """
+        from cacheman import cacher
+        print(cacher.get_cache_manager().register_cache("at_exit"))
+        """,
+        tmp_path,
+    )
+    assert result.stdout.strip() == "{'written': 'before exit'}"
+
+
+def test_dependent_example_prints_empty_on_every_run(tmp_path: Path) -> None:
+    code = """
+        from cacheman import cacher
+        manager = cacher.get_cache_manager()
+        root_cache = manager.register_cache("root")
+        edge_cache = manager.register_cache("edge")
+        manager.register_dependent_cache("root", "edge")
+        edge_cache["derived"] = len(edge_cache)
+        root_cache.invalidate()
+        print(edge_cache)
+    """
+    for _ in range(3):
+        assert run_python(code, tmp_path).stdout.strip() == "{}"
+
+
+def test_library_never_prints(manager: CacheManager, capsys: Any) -> None:
+    cache = manager.register_cache("quiet", {"a": 1})
+    cache.save()
+    manager.register_dependent_cache("quiet", "child")
+    cache.invalidate()
+    manager.store.path_for("quiet").write_bytes(b"")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ""
