@@ -149,7 +149,7 @@ def test_readme_set_up_commands_are_exactly_two_and_match_ci() -> None:
     assert any(
         words[:4] == ["python", "-m", "pip", "install"]
         and "-e" in words
-        and ".[test,docs]" in words
+        and any(word.startswith(".[") and "test" in word for word in words)
         for words in ci_commands
     )
     assert any(line.startswith("python -m pytest") for line in ci)
