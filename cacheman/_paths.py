@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import platformdirs
 
-from .errors import InvalidCacheNameError
+from .errors import InsecureCacheError, InvalidCacheNameError
 
-__all__ = ["CACHE_DIR_ENV", "default_base_directory", "manager_directory", "validate_cache_name"]
+__all__ = [
+    "CACHE_DIR_ENV",
+    "MAX_NAME_BYTES",
+    "check_private",
+    "default_base_directory",
+    "manager_directory",
+    "validate_cache_name",
+]
 
 CACHE_DIR_ENV = "CACHEMAN_DIR"
 
@@ -18,6 +26,14 @@ CACHE_DIR_ENV = "CACHEMAN_DIR"
 # rather than encoded: a refused name is an error the user sees at once, while an
 # encoded one silently gives a file name they did not expect.
 _FORBIDDEN_IN_NAME = ("/", "\\", "\x00")
+
+#: The longest name, in bytes of the file system encoding.  File names may not
+#: exceed 255 bytes, and the longest one made from a name is the quarantined copy
+#: ``<name>.pkl.corrupt-<UTC time to the microsecond>`` (36 bytes more).
+MAX_NAME_BYTES = 200
+
+# Group- or world-writable: someone other than the owner could plant a pickle.
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
 
 def default_base_directory() -> Path:
@@ -44,8 +60,19 @@ def manager_directory(
 def validate_cache_name(name: object, *, what: str = "cache") -> str:
     """Return ``name`` if it is usable as a cache (or manager) name, else raise.
 
+    Names are refused, never encoded: a refused name is an error the user sees
+    at once, while an encoded one would give a file name they did not expect.
     Raises :class:`~cacheman.errors.InvalidCacheNameError` (a ``ValueError``) for a
-    non-string, an empty name, ``.``/``..``, or one holding ``/``, ``\\`` or NUL.
+    non-string, an empty name, ``.``/``..``, a name holding ``/`` (so also every
+    absolute path), ``\\``, NUL or another control character, or one longer than
+    :data:`MAX_NAME_BYTES` bytes or not encodable as a file name.
+
+    >>> validate_cache_name("squares")
+    'squares'
+    >>> validate_cache_name("../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    cacheman.errors.InvalidCacheNameError: invalid cache name '../etc/passwd': ...
     """
     if not isinstance(name, str):
         raise InvalidCacheNameError(
@@ -61,4 +88,41 @@ def validate_cache_name(name: object, *, what: str = "cache") -> str:
             f"invalid {what} name {name!r}: it may not contain {', '.join(map(repr, bad))} "
             "(names map to files inside the cache directory and must not address other paths)"
         )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise InvalidCacheNameError(
+            f"invalid {what} name {name!r}: it may not contain control characters"
+        )
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeEncodeError:
+        raise InvalidCacheNameError(
+            f"invalid {what} name {name!r}: it cannot be encoded as a file name"
+        ) from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise InvalidCacheNameError(
+            f"invalid {what} name {name[:40]!r}...: {len(encoded)} bytes long, "
+            f"at most {MAX_NAME_BYTES} are allowed"
+        )
     return name
+
+
+def check_private(path: Path, info: os.stat_result, what: str) -> None:
+    """Raise :class:`~cacheman.errors.InsecureCacheError` unless only we can write ``path``.
+
+    ``info`` is its ``os.stat``/``os.fstat`` result (an ``fstat`` of an open file
+    cannot be swapped between the check and the read).  A pickle that another
+    user could have written is never loaded: unpickling runs code.
+    """
+    owner = os.geteuid()
+    if info.st_uid != owner:
+        raise InsecureCacheError(
+            f"refusing to use {what} {str(path)!r}: it is owned by uid {info.st_uid}, "
+            f"not by this user (uid {owner}); unpickling a file another user controls "
+            "runs their code. Delete it or point CacheMan at a directory of your own."
+        )
+    if info.st_mode & _WRITABLE_BY_OTHERS:
+        raise InsecureCacheError(
+            f"refusing to use {what} {str(path)!r}: its mode "
+            f"{stat.filemode(info.st_mode)} lets other users write it, so it may hold a "
+            f"planted pickle; check its contents, then run: chmod go-w {str(path)!r}"
+        )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import _registry
 from ._graph import DependencyGraph
 from ._paths import manager_directory, validate_cache_name
-from ._store import PickleStore
+from ._store import PickleStore, resolve_signing_key
 from .autosync import AutoSyncCache
 from .cachewrap import HOOK_NAMES, CacheWrap, NonPersistentCache, PersistentCache
 from .errors import CacheNotRegisteredError
@@ -37,11 +37,15 @@ logger = logging.getLogger("cacheman")
 def get_cache_manager(
     manager_name: str = _registry.DEFAULT_MANAGER_NAME,
     base_cache_directory: str | os.PathLike[str] | None = None,
+    *,
+    signing_key: bytes | str | None = None,
 ) -> CacheManager:
     """Return the process's one manager called ``manager_name``, creating it on first use.
 
     ``base_cache_directory`` only matters on that first call; later calls
-    return the existing manager whatever they pass.
+    return the existing manager whatever they pass.  A ``signing_key``, when
+    given, is set on the manager whichever call it comes with (see
+    :class:`CacheManager`).
 
     >>> import tempfile
     >>> manager = get_cache_manager("doc_example", base_cache_directory=tempfile.mkdtemp())
@@ -49,7 +53,10 @@ def get_cache_manager(
     True
     """
     base = None if base_cache_directory is None else os.fspath(base_cache_directory)
-    return _registry.get_or_create(validate_cache_name(manager_name, what="manager"), base)
+    manager = _registry.get_or_create(validate_cache_name(manager_name, what="manager"), base)
+    if signing_key is not None:
+        manager.store.signing_key = resolve_signing_key(signing_key)
+    return manager
 
 
 class CacheManager:
@@ -58,6 +65,11 @@ class CacheManager:
     Caches are saved under ``<base>/<manager name>/``, where the base is
     ``base_cache_directory``, else ``$CACHEMAN_DIR``, else the platform's user
     cache directory.  Building a manager does no I/O.
+
+    With ``signing_key`` (else ``$CACHEMAN_SIGNING_KEY``), every file the
+    manager's store writes carries an HMAC-SHA256 of its contents, checked
+    before anything is unpickled; a file without a valid one is refused with
+    :class:`~cacheman.errors.SignatureMismatchError`.
 
     >>> import tempfile
     >>> manager = CacheManager("doc_manager", tempfile.mkdtemp())
@@ -73,10 +85,12 @@ class CacheManager:
         self,
         manager_name: str = _registry.DEFAULT_MANAGER_NAME,
         base_cache_directory: str | os.PathLike[str] | None = None,
+        *,
+        signing_key: bytes | str | None = None,
     ) -> None:
         self.name = validate_cache_name(manager_name, what="manager")
         self.cache_directory: Path = manager_directory(self.name, base_cache_directory)
-        self.store = PickleStore(self.cache_directory)
+        self.store = PickleStore(self.cache_directory, signing_key=resolve_signing_key(signing_key))
         self._caches: dict[str, CacheWrap] = {}
         self._graph = DependencyGraph()
         self._lock = threading.RLock()
