@@ -10,6 +10,7 @@ after every child has exited and so can no longer save into it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -100,6 +101,9 @@ def run_demo(step: str | None = None) -> int:
         return _STEPS[step][1]()
 
     directory = manager_directory(DEMO_MANAGER, None)
+    # On a fresh machine the base directory is created by the demo itself; then
+    # it is removed as well (only if empty: rmdir never takes anything else).
+    base_existed = directory.parent.exists()
     # Left over from an interrupted demo: start clean so step 1 proves something.
     shutil.rmtree(directory, ignore_errors=True)
     print(f"CacheMan demo: caches under {directory}", flush=True)
@@ -115,6 +119,9 @@ def run_demo(step: str | None = None) -> int:
                 break
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        if not base_existed:
+            with contextlib.suppress(OSError):
+                directory.parent.rmdir()
     if status == 0:
         print(f"Done; removed the demo data in {directory}", flush=True)
     return status

@@ -49,6 +49,14 @@ def test_demo_uses_the_platform_directory_by_default(tmp_path: Path) -> None:
     demo_dir = tmp_path / "xdg-cache" / "cacheman" / DEMO_MANAGER
     assert f"caches under {demo_dir}" in result.stdout
     assert not demo_dir.exists()
+    assert not demo_dir.parent.exists(), "the demo created the base directory, so it removes it"
+
+
+def test_demo_keeps_a_base_directory_that_already_existed(tmp_path: Path) -> None:
+    (tmp_path / "other-manager").mkdir()
+    result = run_cacheman("demo", env={**os.environ, "CACHEMAN_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other-manager"]
 
 
 def test_demo_starts_clean_after_an_interrupted_run(tmp_path: Path) -> None:
