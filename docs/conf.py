@@ -17,9 +17,12 @@ copyright = "The CacheMan authors"
 release = cacheman.__version__
 version = ".".join(release.split(".")[:2])
 
+# The pages' and docstrings' ``>>>`` examples are run by tests/test_docs.py, each
+# page in a fresh interpreter.  sphinx.ext.doctest is left out on purpose: its
+# builder runs every page and every autodoc'd docstring in one interpreter, where
+# the examples (which, like a reader's session, build on one another) collide.
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.doctest",
     "sphinx.ext.viewcode",
 ]
 
