@@ -1,0 +1,234 @@
+"""Benchmark the core rows of SPEC §10: reads, save, load and memory of a real cache.
+
+Every row is a ratio between a CacheMan operation and its floor, both timed in
+this one run (the minimum over several repeats, alternating the two sides), so
+a noisy or slow machine moves both sides alike.  Rows:
+
+* ``c[k]``, ``c.get(k)``, ``k in c`` on a hit, for an AutoSyncCache from
+  ``manager.register_cache`` and for a PersistentCache, against a bare
+  ``class D(dict): pass`` (the target) and against a plain ``dict`` (reported).
+* ``save()`` of N entries through the cache, against ``pickle.dump`` (protocol 5)
+  of the same dict to a file plus ``fsync``.
+* ``load()`` of N entries through the cache (header check, CRC-32, unpickle,
+  copy into the live cache), against ``pickle.load`` of the same pickle.
+* memory of a cache holding N entries against a plain dict holding the same
+  ones, measured with ``tracemalloc`` as the bytes each container allocates
+  while it is filled with the same, already existing, keys and values (so the
+  ratio is of the containers alone, the part CacheMan could make bigger).
+
+Run ``python benchmarks/bench_core.py`` (1,000,000 entries) or ``--quick``
+(100,000 entries, fewer repeats).  The exit status is 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import pickle
+import sys
+import tempfile
+import time
+import timeit
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cacheman import CacheManager, PersistentCache
+
+READ_TARGET = 1.10
+SAVE_TARGET = 1.15
+LOAD_TARGET = 1.15
+MEMORY_TARGET = 1.05
+
+
+@dataclass
+class Row:
+    """One line of the table: what was measured, the ratio, and its target (if any)."""
+
+    what: str
+    ratio: float
+    against: str
+    target: float | None
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.target is None or self.ratio <= self.target
+
+
+class Bare(dict[Any, Any]):
+    """The floor for reads: a dict subclass that overrides nothing."""
+
+
+def entries(count: int) -> dict[str, tuple[int, float, str]]:
+    """A cache-like mapping: string keys, small tuples of mixed values."""
+    return {f"key-{i:08d}": (i, i * 0.5, f"value {i}") for i in range(count)}
+
+
+def best_of(repeats: int, *functions: Callable[[], object]) -> list[float]:
+    """The shortest run of each function, alternating them so drift hits all alike."""
+    best = [float("inf")] * len(functions)
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best
+
+
+def read_rows(manager: CacheManager, repeats: int, number: int) -> list[Row]:
+    contents = {f"key-{i}": i for i in range(1000)}
+    caches: dict[str, dict[Any, Any]] = {
+        "AutoSyncCache": manager.register_cache("reads_autosync", contents),
+        "PersistentCache": PersistentCache(
+            "reads_persistent", cache_manager=manager, contents=contents
+        ),
+        "D(dict)": Bare(contents),
+        "dict": dict(contents),
+    }
+    statements = {"c[k]": "c[k]", "c.get(k)": "c.get(k)", "k in c": "k in c"}
+    rows = []
+    for label, statement in statements.items():
+        timers = [
+            timeit.Timer(statement, globals={"c": cache, "k": "key-500"})
+            for cache in caches.values()
+        ]
+        best = [float("inf")] * len(timers)
+        for _ in range(repeats):
+            for index, timer in enumerate(timers):
+                best[index] = min(best[index], timer.timeit(number))
+        by_kind = dict(zip(caches, best, strict=True))
+        for kind in ("AutoSyncCache", "PersistentCache"):
+            rows.append(
+                Row(
+                    f"{label} on a hit, {kind}",
+                    by_kind[kind] / by_kind["D(dict)"],
+                    "D(dict)",
+                    READ_TARGET,
+                    f"{by_kind[kind] / by_kind['dict']:.2f} x dict",
+                )
+            )
+    return rows
+
+
+def save_load_rows(manager: CacheManager, count: int, repeats: int) -> list[Row]:
+    plain = entries(count)
+    cache = manager.register_cache("big", plain)
+    raw_path = manager.cache_directory.parent / "raw.pickle"
+
+    def raw_dump() -> None:
+        with open(raw_path, "wb") as handle:
+            pickle.dump(plain, handle, 5)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def raw_load() -> None:
+        with open(raw_path, "rb") as handle:
+            pickle.load(handle)
+
+    raw_save_time, save_time = best_of(repeats, raw_dump, cache.save)
+    raw_load_time, load_time = best_of(repeats, raw_load, cache.load)
+    assert cache == plain, "the benchmark cache did not round-trip"
+    size = manager.store.path_for("big").stat().st_size
+    return [
+        Row(
+            f"save() of {count:,} entries",
+            save_time / raw_save_time,
+            "pickle.dump+fsync",
+            SAVE_TARGET,
+            f"{save_time * 1000:.0f} ms vs {raw_save_time * 1000:.0f} ms, {size / 1e6:.1f} MB",
+        ),
+        Row(
+            f"load() of {count:,} entries",
+            load_time / raw_load_time,
+            "pickle.load",
+            LOAD_TARGET,
+            f"{load_time * 1000:.0f} ms vs {raw_load_time * 1000:.0f} ms",
+        ),
+    ]
+
+
+def allocated_while(fill: Callable[[], object]) -> tuple[int, object]:
+    """Bytes still allocated after ``fill()`` returned, and what it returned."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = fill()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return after - before, result
+
+
+def memory_row(manager: CacheManager, count: int) -> Row:
+    items = list(entries(count).items())
+
+    def fill_plain() -> dict[Any, Any]:
+        plain: dict[Any, Any] = {}
+        plain.update(items)
+        return plain
+
+    def fill_cache() -> dict[Any, Any]:
+        cache = manager.register_cache("memory")
+        cache.update(items)
+        return cache
+
+    plain_bytes, _plain = allocated_while(fill_plain)
+    cache_bytes, _cache = allocated_while(fill_cache)
+    return Row(
+        f"memory of {count:,} entries (containers)",
+        cache_bytes / plain_bytes,
+        "dict",
+        MEMORY_TARGET,
+        f"{cache_bytes / 1e6:.1f} MB vs {plain_bytes / 1e6:.1f} MB",
+    )
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("what", "ratio", "against", "target", "ok", "detail")
+    lines = [
+        (
+            row.what,
+            f"{row.ratio:.3f}",
+            row.against,
+            "-" if row.target is None else f"<= {row.target:.2f}",
+            "yes" if row.passed else "NO",
+            row.detail,
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    for line in [header, tuple("-" * width for width in widths), *lines]:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="100,000 entries, fewer repeats")
+    args = parser.parse_args(argv)
+    count, repeats, read_repeats, number = (
+        (100_000, 5, 7, 200_000) if args.quick else (1_000_000, 7, 15, 1_000_000)
+    )
+    with tempfile.TemporaryDirectory(prefix="cacheman-bench-") as directory:
+        manager = CacheManager("bench", Path(directory))
+        rows = read_rows(manager, read_repeats, number)
+        rows += save_load_rows(manager, count, repeats)
+        rows.append(memory_row(manager, count))
+        manager.deregister_all_caches()
+    print(f"CacheMan core benchmark, Python {sys.version.split()[0]}, {count:,} entries")
+    print_table(rows)
+    missed = [row.what for row in rows if not row.passed]
+    if missed:
+        print(f"targets missed: {', '.join(missed)}")
+        return 1
+    print("all targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
