@@ -1,4 +1,4 @@
-"""Stub so that legacy tools (`python setup.py ...`, old pips) still work; metadata lives in setup.cfg."""
+"""Stub for legacy tools (`python setup.py ...`, old pips); metadata lives in setup.cfg."""
 
 from setuptools import setup
 

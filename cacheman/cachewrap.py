@@ -156,7 +156,9 @@ class CacheWrap(dict[Any, Any]):
             if contents is None:
                 self._load_self()
             else:
-                dict.update(self, contents)
+                # Through self.update, so an autosync cache counts the initial
+                # contents as edits and saves them (they replace the saved copy).
+                self.update(contents)
         except BaseException:
             self._manager._detach(self)
             raise

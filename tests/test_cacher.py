@@ -450,3 +450,30 @@ def test_library_never_prints(manager: CacheManager, capsys: Any) -> None:
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == ""
+
+
+@pytest.mark.parametrize("autosync", [True, False])
+def test_initial_contents_replace_saved_copy_at_exit(tmp_path: Path, autosync: bool) -> None:
+    register = "cacher.get_cache_manager().register_custom_cache"
+    run_python(
+        f"""
+        from cacheman import cacher
+        {register}("seeded", autosync={autosync})["old"] = 1
+        """,
+        tmp_path,
+    )
+    run_python(
+        f"""
+        from cacheman import cacher
+        {register}("seeded", {{"new": 2}}, autosync={autosync})
+        """,
+        tmp_path,
+    )
+    result = run_python(
+        """
+        from cacheman import cacher
+        print(cacher.get_cache_manager().register_cache("seeded"))
+        """,
+        tmp_path,
+    )
+    assert result.stdout.strip() == "{'new': 2}"
