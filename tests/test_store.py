@@ -1,0 +1,663 @@
+"""The pickle store: file format, damage, security, signing, crashes and concurrent writers.
+
+Processes here are real (``sys.executable`` children) and so are the signals;
+files are damaged on disk exactly as a crash, a bad disk or an attacker would.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cacheman import (
+    CacheManager,
+    InsecureCacheError,
+    PersistentCache,
+    SignatureMismatchError,
+    UnpicklableValueError,
+    _registry,
+    get_cache_manager,
+)
+from cacheman._store import FORMAT_VERSION, HEADER_SIZE, MAGIC
+
+FIXTURES = Path(__file__).parent / "fixtures"
+#: What tests/fixtures/cacheman2_bare.pkl holds: a plain ``pickle.dump`` (protocol 2)
+#: of this dict, as CacheMan 2.x's default saver wrote it.
+CACHEMAN2_CONTENTS = {
+    "alpha": 1,
+    "beta": [1, 2, 3],
+    "gamma": {"nested": True},
+    7: "seven",
+    (1, "tuple key"): 2.5,
+}
+CONTENTS = {f"key-{i}": (i, f"value {i}") for i in range(500)}
+
+
+@pytest.fixture
+def reopen(manager: CacheManager) -> Iterator[Callable[..., CacheManager]]:
+    """Build a second manager on the same directory, as the next run of a program would."""
+    opened: list[CacheManager] = []
+
+    def make(**kwargs: Any) -> CacheManager:
+        again = CacheManager(manager.name, manager.cache_directory.parent, **kwargs)
+        opened.append(again)
+        return again
+
+    yield make
+    for again in opened:
+        again.deregister_all_caches()
+        _registry.discard(again)
+
+
+def saved_file(manager: CacheManager, name: str = "data", contents: Any = None) -> Path:
+    cache = PersistentCache(name, cache_manager=manager, contents=contents or CONTENTS)
+    cache.save()
+    manager.deregister_cache(name)
+    return manager.store.path_for(name)
+
+
+def header_fields(data: bytes) -> tuple[bytes, int, int, int]:
+    magic, version, flags, length = struct.unpack_from("<8sHHQ", data)
+    return magic, version, flags, length
+
+
+def forge(payload: bytes, *, flags: int = 0, signature: bytes = bytes(32)) -> bytes:
+    """A file in CacheMan's format with a correct checksum, as an attacker could write one."""
+    fields = struct.pack("<8sHHQ", MAGIC, FORMAT_VERSION, flags, len(payload))
+    crc = zlib.crc32(fields, zlib.crc32(payload))
+    return fields + struct.pack("<I32s", crc, signature) + payload
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temporary and quarantined files in ``directory``."""
+    return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name or "corrupt" in p.name)
+
+
+def run_python(script: str, *args: object, timeout: float = 60) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+class _Planted:
+    """Unpickling this creates ``marker``: proof that foreign code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+def planted_pickle(marker: Path) -> bytes:
+    return pickle.dumps({"innocent": _Planted(marker)}, protocol=2)
+
+
+def test_a_planted_pickle_really_runs_code_when_unpickled(tmp_path: Path) -> None:
+    # The control for every "marker never appears" test below.
+    marker = tmp_path / "marker"
+    pickle.loads(planted_pickle(marker))
+    assert marker.exists()
+
+
+# -- the file format ------------------------------------------------------------------
+
+
+def test_saved_file_has_the_header_then_a_protocol_5_pickle(manager: CacheManager) -> None:
+    data = saved_file(manager).read_bytes()
+    magic, version, flags, length = header_fields(data)
+    assert (magic, version, flags) == (MAGIC, FORMAT_VERSION, 0)
+    assert length == len(data) - HEADER_SIZE
+    payload = data[HEADER_SIZE:]
+    assert payload[:2] == b"\x80\x05"
+    assert pickle.loads(payload) == CONTENTS
+    assert type(pickle.loads(payload)) is dict
+
+
+def test_save_and_load_round_trip_through_a_new_manager(
+    manager: CacheManager, reopen: Callable[..., CacheManager]
+) -> None:
+    cache = manager.register_cache("data", CONTENTS)
+    cache.save()
+    assert reopen().register_cache("data") == CONTENTS
+
+
+def test_a_mapping_that_is_not_a_dict_is_saved_as_a_plain_dict(manager: CacheManager) -> None:
+    from types import MappingProxyType
+
+    manager.store.save("proxy", MappingProxyType({"a": 1}))
+    loaded = manager.store.load("proxy")
+    assert loaded == {"a": 1}
+    assert type(loaded) is dict
+
+
+def test_a_cacheman2_bare_pickle_still_loads(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cacheman")
+    path = manager.store.path_for("legacy")
+    manager.cache_directory.mkdir(mode=0o700, parents=True)
+    shutil.copyfile(FIXTURES / "cacheman2_bare.pkl", path)
+    path.chmod(0o644)  # what 2.x left under a usual umask: readable, not writable, by others
+    original = path.read_bytes()
+
+    cache = manager.register_cache("legacy")
+
+    assert cache == CACHEMAN2_CONTENTS
+    assert caplog.records == []
+    assert path.read_bytes() == original  # loading never rewrites the user's file
+    assert leftovers(manager.cache_directory) == []
+    cache.save()
+    assert path.read_bytes().startswith(MAGIC)
+    assert manager.store.load("legacy") == CACHEMAN2_CONTENTS
+
+
+# -- damage ---------------------------------------------------------------------------
+
+
+def _flip_one_byte(good: bytes) -> bytes:
+    middle = HEADER_SIZE + (len(good) - HEADER_SIZE) // 2
+    return good[:middle] + bytes([good[middle] ^ 0x01]) + good[middle + 1 :]
+
+
+def _newer_version(good: bytes) -> bytes:
+    return good[:8] + struct.pack("<H", FORMAT_VERSION + 1) + good[10:]
+
+
+DAMAGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    "garbage bytes": (lambda good: b"\xde\xad\xbe\xef not a pickle at all " * 20, "unpickle"),
+    "truncated": (lambda good: good[: len(good) // 2], "truncated"),
+    "truncated in the header": (lambda good: good[:30], "truncated inside its header"),
+    "one flipped byte": (_flip_one_byte, "checksum does not match"),
+    "empty file": (lambda good: b"", "empty"),
+    "newer format version": (_newer_version, "format version 2"),
+    "a pickle of a list": (lambda good: pickle.dumps([1, 2]), "holds a list, not a mapping"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=list(DAMAGES))
+def test_a_damaged_file_is_kept_aside_and_the_cache_rebuilt(
+    manager: CacheManager,
+    reopen: Callable[..., CacheManager],
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
+) -> None:
+    damaged_bytes = DAMAGES[damage][0](saved_file(manager).read_bytes())
+    reason = DAMAGES[damage][1]
+    path = manager.store.path_for("data")
+    path.write_bytes(damaged_bytes)
+    caplog.set_level(logging.WARNING, logger="cacheman")
+
+    # The user only registers the cache: no exception, the builder's contents.
+    cache = reopen().register_custom_cache("data", builder=lambda name: {"rebuilt": name})
+
+    assert cache == {"rebuilt": "data"}
+    [kept] = [p for p in manager.cache_directory.iterdir() if ".corrupt-" in p.name]
+    assert kept.name.startswith("data.pkl.corrupt-")
+    assert kept.read_bytes() == damaged_bytes  # nothing deleted: every byte kept
+    assert not path.exists()
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.name == "cacheman"
+    message = record.getMessage()
+    assert "cache 'data'" in message
+    assert str(kept) in message
+    assert reason in message
+    assert "rebuilt" in message
+
+
+def test_a_damaged_file_without_a_builder_gives_an_empty_cache(
+    manager: CacheManager, reopen: Callable[..., CacheManager], caplog: pytest.LogCaptureFixture
+) -> None:
+    saved_file(manager).write_bytes(b"")
+    caplog.set_level(logging.WARNING, logger="cacheman")
+    assert reopen().register_cache("data") == {}
+    assert len(caplog.records) == 1
+
+
+def test_two_damaged_files_in_a_row_are_both_kept(manager: CacheManager) -> None:
+    path = manager.store.path_for("data")
+    for garbage in (b"first", b"second"):
+        saved_file(manager)
+        path.write_bytes(garbage)
+        assert manager.store.load("data") is None
+    kept = sorted(p.read_bytes() for p in manager.cache_directory.glob("data.pkl.corrupt-*"))
+    assert kept == [b"first", b"second"]
+
+
+# -- what cannot be pickled, and what only cloudpickle can ---------------------------------
+
+
+def test_an_unpicklable_value_raises_and_leaves_the_saved_copy_alone(
+    manager: CacheManager,
+) -> None:
+    cache = PersistentCache("data", cache_manager=manager, contents={"fine": 1})
+    cache.save()
+    path = manager.store.path_for("data")
+    before = path.read_bytes()
+    cache[("a", "tuple", "key")] = threading.Lock()
+
+    with pytest.raises(UnpicklableValueError) as caught:
+        cache.save()
+
+    assert isinstance(caught.value, TypeError)
+    message = str(caught.value)
+    assert "cache 'data'" in message
+    assert "key is a tuple" in message
+    assert "lock" in message
+    assert path.read_bytes() == before
+    assert leftovers(manager.cache_directory) == []
+
+
+SAVE_FUNCTIONS = """
+import sys
+from cacheman import CacheManager
+
+def make_adder(n):
+    return lambda x: x + n
+
+def make_local_object():
+    class Local:
+        def __init__(self):
+            self.value = 42
+        def describe(self):
+            return f"local {self.value}"
+    return Local()
+
+manager = CacheManager("functions", sys.argv[1])
+cache = manager.register_custom_cache("functions", autosync=False)
+cache["double"] = lambda x: 2 * x
+cache["adder"] = make_adder(10)
+cache["local"] = make_local_object()
+cache.save()
+"""
+
+LOAD_FUNCTIONS = """
+import json, sys
+from cacheman import CacheManager
+
+cache = CacheManager("functions", sys.argv[1]).register_custom_cache("functions", autosync=False)
+print(json.dumps([cache["double"](21), cache["adder"](5), cache["local"].describe()]))
+"""
+
+
+def test_lambdas_closures_and_local_classes_survive_a_fresh_interpreter(tmp_path: Path) -> None:
+    run_python(SAVE_FUNCTIONS, tmp_path)
+    data = (tmp_path / "functions" / "functions.pkl").read_bytes()
+    assert header_fields(data)[2] == 2  # the cloudpickle flag: the fallback was needed
+    assert run_python(LOAD_FUNCTIONS, tmp_path).strip() == '[42, 15, "local 42"]'
+
+
+def test_the_cloudpickle_fallback_is_for_that_save_only(manager: CacheManager) -> None:
+    cache = PersistentCache("data", cache_manager=manager, contents={"f": lambda: 1})
+    cache.save()
+    path = manager.store.path_for("data")
+    assert header_fields(path.read_bytes())[2] == 2
+    del cache["f"]
+    cache.save()
+    assert header_fields(path.read_bytes())[2] == 0
+
+
+# -- permissions and refusals ------------------------------------------------------------
+
+
+def test_directories_are_created_0700_and_files_0600_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        manager = CacheManager("perms", tmp_path / "deep" / "base")
+        try:
+            PersistentCache("data", cache_manager=manager, contents={"a": 1}).save()
+        finally:
+            manager.deregister_all_caches()
+            _registry.discard(manager)
+    finally:
+        os.umask(previous)
+    assert manager.cache_directory.stat().st_mode & 0o777 == 0o700
+    for path in manager.cache_directory.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_loading_from_a_directory_others_can_write_is_refused(
+    manager: CacheManager, reopen: Callable[..., CacheManager], mode: int
+) -> None:
+    saved_file(manager)
+    manager.cache_directory.chmod(mode)
+    with pytest.raises(InsecureCacheError, match="lets other users write it"):
+        reopen().register_cache("data")
+
+
+def test_saving_into_a_directory_others_can_write_is_refused(manager: CacheManager) -> None:
+    manager.cache_directory.mkdir(parents=True)
+    manager.cache_directory.chmod(0o777)
+    cache = PersistentCache("data", cache_manager=manager, contents={"a": 1})
+    with pytest.raises(InsecureCacheError):
+        cache.save()
+    assert list(manager.cache_directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o620, 0o602])
+def test_loading_a_file_others_can_write_is_refused(
+    manager: CacheManager, reopen: Callable[..., CacheManager], mode: int
+) -> None:
+    saved_file(manager).chmod(mode)
+    with pytest.raises(InsecureCacheError, match="cache file"):
+        reopen().register_cache("data")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_file_owned_by_another_user_is_refused_and_never_unpickled(
+    manager: CacheManager, reopen: Callable[..., CacheManager], tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    path = saved_file(manager)
+    path.write_bytes(forge(planted_pickle(marker)))
+    os.chown(path, 12345, 12345)
+    with pytest.raises(InsecureCacheError, match="owned by uid 12345"):
+        reopen().register_cache("data")
+    assert not marker.exists()
+    assert path.exists()  # refused, not quarantined: the user must look at it
+
+
+@pytest.mark.parametrize("with_header", [False, True], ids=["bare pickle", "with header"])
+def test_a_pickle_planted_in_a_world_writable_directory_never_runs(
+    tmp_path: Path, with_header: bool
+) -> None:
+    marker = tmp_path / "marker"
+    directory = tmp_path / "base" / "victim"
+    directory.mkdir(parents=True)
+    directory.chmod(0o777)  # anyone could have put a file here ...
+    payload = planted_pickle(marker)
+    (directory / "data.pkl").write_bytes(forge(payload) if with_header else payload)
+    (directory / "data.pkl").chmod(0o600)  # ... even one that looks private
+
+    manager = CacheManager("victim", tmp_path / "base")
+    try:
+        with pytest.raises(InsecureCacheError, match="chmod go-w"):
+            manager.register_cache("data")
+        with pytest.raises(InsecureCacheError):
+            manager.store.load("data")
+    finally:
+        manager.deregister_all_caches()
+        _registry.discard(manager)
+    assert not marker.exists()
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+
+def test_a_signed_file_loads_with_the_same_key(
+    manager: CacheManager, reopen: Callable[..., CacheManager]
+) -> None:
+    signed = reopen(signing_key=b"secret")
+    path = saved_file(signed)
+    assert header_fields(path.read_bytes())[2] == 1  # the signed flag
+    assert reopen(signing_key="secret").register_cache("data") == CONTENTS
+    # Without a key the checksum still guards it; the signature is simply not checked.
+    assert reopen().register_cache("data") == CONTENTS
+
+
+def test_a_tampered_signed_file_is_refused_before_unpickling(
+    manager: CacheManager, reopen: Callable[..., CacheManager], tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    path = saved_file(reopen(signing_key=b"secret"))
+    signature = path.read_bytes()[24:HEADER_SIZE]
+    # The attacker swaps the payload, keeps the signature and fixes up the checksum.
+    path.write_bytes(forge(planted_pickle(marker), flags=1, signature=signature))
+    with pytest.raises(SignatureMismatchError, match="does not match") as caught:
+        reopen(signing_key=b"secret").register_cache("data")
+    assert isinstance(caught.value, ValueError)
+    assert "cache 'data'" in str(caught.value)
+    assert not marker.exists()
+    assert path.exists()
+
+
+@pytest.mark.parametrize("how", ["unsigned file", "bare pickle", "wrong key"])
+def test_a_file_not_signed_with_our_key_is_refused(
+    manager: CacheManager, reopen: Callable[..., CacheManager], tmp_path: Path, how: str
+) -> None:
+    marker = tmp_path / "marker"
+    path = manager.store.path_for("data")
+    if how == "wrong key":
+        saved_file(reopen(signing_key=b"another key"))
+    else:
+        saved_file(manager)
+        planted = planted_pickle(marker)
+        path.write_bytes(forge(planted) if how == "unsigned file" else planted)
+    with pytest.raises(SignatureMismatchError):
+        reopen(signing_key=b"secret").register_cache("data")
+    assert not marker.exists()
+
+
+def test_damage_to_a_signed_file_is_quarantined_not_refused(
+    manager: CacheManager, reopen: Callable[..., CacheManager]
+) -> None:
+    path = saved_file(reopen(signing_key=b"secret"))
+    path.write_bytes(_flip_one_byte(path.read_bytes()))
+    assert reopen(signing_key=b"secret").register_cache("data") == {}
+    assert len(list(manager.cache_directory.glob("data.pkl.corrupt-*"))) == 1
+
+
+def test_the_signing_key_can_come_from_the_environment(
+    manager: CacheManager, reopen: Callable[..., CacheManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CACHEMAN_SIGNING_KEY", "from the environment")
+    path = saved_file(reopen())
+    assert header_fields(path.read_bytes())[2] == 1
+    monkeypatch.delenv("CACHEMAN_SIGNING_KEY")
+    with pytest.raises(SignatureMismatchError):
+        reopen(signing_key="another key").register_cache("data")
+    assert reopen(signing_key="from the environment").register_cache("data") == CONTENTS
+
+
+def test_get_cache_manager_takes_a_signing_key(tmp_path: Path) -> None:
+    manager = get_cache_manager("signed_by_get", tmp_path, signing_key="secret")
+    try:
+        path = saved_file(manager)
+        assert header_fields(path.read_bytes())[2] == 1
+    finally:
+        manager.deregister_all_caches()
+        _registry.discard(manager)
+
+
+def test_an_empty_signing_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must not be empty"):
+        CacheManager("empty_key", tmp_path, signing_key=b"")
+
+
+# -- writes: temporary files, the lock --------------------------------------------------------
+
+
+def test_temporary_files_of_killed_writers_are_swept_by_the_next_save(
+    manager: CacheManager,
+) -> None:
+    path = saved_file(manager)
+    stale = path.with_name(".data.pkl.tmp-abcd1234")
+    stale.write_bytes(b"half a pickle")
+    # Another cache whose name extends this one keeps its own temporary file.
+    other = path.with_name(".data.pkl.tmp-x.pkl.tmp-abcd1234")
+    other.write_bytes(b"not ours")
+    saved_file(manager)
+    assert not stale.exists()
+    assert other.exists()
+
+
+HOLD_AND_SAVE = """
+import sys
+from cacheman import CacheManager
+manager = CacheManager("locked", sys.argv[1])
+manager.register_custom_cache("data", {"from": "child"}, autosync=False).save()
+"""
+
+
+def test_a_writer_waits_for_the_lock_held_by_another_process(tmp_path: Path) -> None:
+    directory = tmp_path / "locked"
+    directory.mkdir(mode=0o700)
+    lock_path = directory / ".data.pkl.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-c", HOLD_AND_SAVE, str(tmp_path)])
+        try:
+            time.sleep(1.0)
+            assert child.poll() is None, "the child saved while another process held the lock"
+            assert not (directory / "data.pkl").exists()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        assert child.wait(timeout=30) == 0
+    store = CacheManager("locked", tmp_path).store
+    assert store.load("data") == {"from": "child"}
+    assert lock_path.stat().st_size == 0  # a lock, not a PID file
+
+
+def test_delete_removes_the_saved_copy(manager: CacheManager) -> None:
+    path = saved_file(manager)
+    manager.store.delete("data")
+    assert not path.exists()
+    manager.store.delete("data")  # deleting nothing is fine
+    manager.store.delete("never-saved-in-a-missing-directory")
+
+
+# -- crashes and concurrent writers --------------------------------------------------------------
+
+SAVE_GENERATIONS = """
+import sys
+from cacheman import CacheManager
+base, count = sys.argv[1], int(sys.argv[2])
+cache = CacheManager("kill", base).register_custom_cache("big", autosync=False)
+generation = 0
+while True:
+    cache.contents = {i: (generation, i) for i in range(count)}
+    cache.save()
+    print(generation, flush=True)
+    generation += 1
+"""
+
+KILL_TRIALS = 24
+KILL_ENTRIES = 100_000
+
+
+def _one_generation(loaded: dict[Any, Any] | None, count: int) -> int:
+    assert loaded is not None
+    assert len(loaded) == count
+    generations = {generation for generation, _ in loaded.values()}
+    assert len(generations) == 1, f"a mix of generations: {sorted(generations)[:5]}"
+    assert all(
+        loaded[i] == (generation, i)
+        for i in (0, count // 2, count - 1)
+        for generation in generations
+    )
+    return generations.pop()
+
+
+@pytest.mark.slow
+def test_a_writer_killed_at_any_moment_leaves_one_complete_generation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cacheman")
+    directory = tmp_path / "kill"
+    store = CacheManager("kill", tmp_path).store
+    killed_mid_write = 0
+    for trial in range(KILL_TRIALS):
+        child = subprocess.Popen(
+            [sys.executable, "-c", SAVE_GENERATIONS, str(tmp_path), str(KILL_ENTRIES)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "0"  # one generation is on disk
+        # Spread the kills over a whole save cycle (a few tens of milliseconds).
+        time.sleep((trial * 7 % KILL_TRIALS) * 0.004)
+        child.send_signal(signal.SIGKILL)
+        printed = [int(line) for line in [0, *child.stdout.read().split()]]
+        assert child.wait() == -signal.SIGKILL
+        child.stdout.close()
+        killed_mid_write += any(".tmp-" in p.name for p in directory.iterdir())
+
+        generation = _one_generation(store.load("big"), KILL_ENTRIES)
+        # The saved generation is the last one reported, or the one whose report was cut off.
+        assert generation in (max(printed), max(printed) + 1)
+    assert caplog.records == []  # nothing was ever found damaged
+    assert not list(directory.glob("*.corrupt-*"))
+    # Some kills landed inside a write (they left a temporary file for the next save to sweep).
+    assert killed_mid_write >= 1
+    store.save("big", store.load("big") or {})
+    assert leftovers(directory) == []
+
+
+RACE_WRITER = """
+import sys, time
+from cacheman import CacheManager
+base, writer, count, rounds, start_at = sys.argv[1:]
+writer, count, rounds = int(writer), int(count), int(rounds)
+cache = CacheManager("race", base).register_custom_cache(
+    "shared", {f"key-{i}": (writer, i) for i in range(count)}, autosync=False
+)
+while time.time() < float(start_at):
+    time.sleep(0.001)
+for _ in range(rounds):
+    cache.save()
+"""
+
+
+@pytest.mark.slow
+def test_four_concurrent_writers_leave_one_complete_copy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cacheman")
+    count, rounds = 50_000, 8
+    start_at = time.time() + 1.0
+    writers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                RACE_WRITER,
+                str(tmp_path),
+                str(w),
+                str(count),
+                str(rounds),
+                str(start_at),
+            ]
+        )
+        for w in range(4)
+    ]
+    store = CacheManager("race", tmp_path).store
+    seen_writers = set()
+    # Read while they write: a reader never sees a partial file.
+    while any(w.poll() is None for w in writers):
+        loaded = store.load("shared")
+        if loaded is not None:
+            assert len(loaded) == count
+            owners = {owner for owner, _ in loaded.values()}
+            assert len(owners) == 1
+            seen_writers |= owners
+    assert [w.wait() for w in writers] == [0, 0, 0, 0]
+    loaded = store.load("shared")
+    assert loaded is not None
+    [owner] = {owner for owner, _ in loaded.values()}
+    assert loaded == {f"key-{i}": (owner, i) for i in range(count)}
+    assert caplog.records == []
+    assert leftovers(tmp_path / "race") == []
+    assert seen_writers  # the reader did see files while the writers ran
