@@ -1,93 +1,418 @@
-"""AutoSyncCache: a persistent cache that saves itself when its edit rules fire.
+"""AutoSyncCache: a persistent cache that saves itself when one of its rules fires.
 
-(Interim version: edits are counted and saved at exit; the rules, the background
-thread and child-process saves arrive with the autosync issue.)
+The rules (:class:`TimeCount`), sorted by length, cut time into windows: the
+first rule counts the edits of its last ``time_length`` seconds, each later
+rule the edits older than the previous rule's length but younger than its own.
+A rule fires when its window holds ``count`` unsaved edits.  With the default
+rules: 10,000 edits within 60 s, or 10 edits older than 60 s (within 300 s), or
+1 edit older than 300 s (within 900 s).
+
+How it stays cheap: an edit only adds 1 to a counter and compares it with a
+threshold (``_trip``).  The threshold is set so that the comparison fails only
+(a) on the first edit after the cache has been quiet for a bucket (the edit
+then reads the clock and opens a time bucket) or (b) when the burst rule fires.
+The scheduler thread closes each bucket ``time_bucket_size`` seconds after it
+opened, recording the counter's value, and wakes again when a bucket's edits
+enter a later rule's window.  Edits are thus timed to their bucket's opening,
+which is exact for the first edit after a quiet spell and at most one bucket
+early for the others.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
+import time
+import weakref
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
+from . import _fork, _scheduler
 from .cachewrap import PersistentCache
 
-__all__ = ["DEFAULT_TIME_CHECKS", "AutoSyncCache", "TimeCount"]
+__all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_TIME_CHECKS", "AutoSyncCache", "EditLog", "TimeCount"]
+
+logger = logging.getLogger("cacheman")
 
 
 @dataclass(frozen=True)
 class TimeCount:
-    """A rule: save once ``count`` edits fall within a window of ``time_length`` seconds."""
+    """A rule: save once ``count`` unsaved edits fall in this rule's window of time.
+
+    The window of the shortest rule is its last ``time_length`` seconds; the
+    window of each longer rule starts where the previous rule's ends.
+    """
 
     time_length: float
     count: int
 
 
 DEFAULT_TIME_CHECKS = (TimeCount(60, 10000), TimeCount(300, 10), TimeCount(900, 1))
+#: Seconds per time bucket when ``time_bucket_size`` is not given (capped by the first rule).
+DEFAULT_BUCKET_SIZE = 1.0
+_NEVER = sys.maxsize
+
+
+class EditLog:
+    """Edits in time buckets, as marks of a monotonic edit counter.
+
+    Bucket ``i`` opened at ``times[i]`` and holds the edits numbered
+    ``(start(i), ends[i]]``; edits up to ``floor`` are saved.  Pure data: the
+    cache holds the locks and reads the clock.
+    """
+
+    def __init__(self, rules: tuple[TimeCount, ...], bucket_size: float, mark: int = 0) -> None:
+        self.rules = rules
+        self.bucket_size = bucket_size
+        # Window k is [lows[k], rules[k].time_length) seconds of age.
+        self.lows = (0.0, *(rule.time_length for rule in rules[:-1]))
+        self.times: list[float] = []
+        self.ends: list[int] = []
+        self.base = mark  # the mark before the first bucket
+        self.floor = mark
+        self.open_time: float | None = None
+        # Per rule: how many buckets' edits have already entered its window.
+        self.entered = [0] * len(rules)
+
+    def __repr__(self) -> str:
+        return f"<EditLog {len(self.times)} buckets, floor={self.floor}, open={self.open_time}>"
+
+    def _start(self, index: int) -> int:
+        return self.ends[index - 1] if index > 0 else self.base
+
+    def closed_mark(self) -> int:
+        """The mark through which every edit is in a closed bucket."""
+        return self.ends[-1] if self.ends else self.base
+
+    def open(self, now: float) -> None:
+        """Start a bucket for the edits after :meth:`closed_mark`."""
+        self.open_time = now
+
+    def close(self, mark: int) -> None:
+        """End the open bucket at edit ``mark`` (dropped if it holds no edit)."""
+        if self.open_time is not None and mark > self.closed_mark():
+            self.times.append(self.open_time)
+            self.ends.append(mark)
+        self.open_time = None
+
+    def _recent_start(self, now: float) -> int:
+        first = bisect_right(self.times, now - self.rules[0].time_length)
+        return max(self._start(first), self.floor)
+
+    def recent(self, now: float, edits: int) -> int:
+        """Unsaved edits inside the first rule's window (the burst count)."""
+        return max(0, edits - self._recent_start(now)) if self.rules else 0
+
+    def burst_trip(self, now: float) -> int:
+        """The edit mark at which the first rule fires if no time passes."""
+        return self._recent_start(now) + self.rules[0].count if self.rules else _NEVER
+
+    def later_rules_fire(self, now: float) -> bool:
+        """Check the rules after the first; True if one holds enough edits."""
+        fire = False
+        for k in range(1, len(self.rules)):
+            entered = bisect_right(self.times, now - self.lows[k])
+            if entered <= self.entered[k]:
+                continue  # no edit entered this window since the last look
+            self.entered[k] = entered
+            first = bisect_right(self.times, now - self.rules[k].time_length)
+            if entered > first:
+                count = self.ends[entered - 1] - max(self._start(first), self.floor)
+                fire = fire or count >= self.rules[k].count
+        self._drop_old(now)
+        return fire
+
+    def _drop_old(self, now: float) -> None:
+        # Buckets older than the longest window, or wholly saved, count for no rule.
+        if not self.rules:
+            return
+        old = bisect_right(self.times, now - self.rules[-1].time_length)
+        drop = max(old, bisect_right(self.ends, self.floor))
+        if drop:
+            self.base = self.ends[drop - 1]
+            del self.times[:drop], self.ends[:drop]
+            self.entered = [max(0, entered - drop) for entered in self.entered]
+
+    def next_deadline(self) -> float | None:
+        """When the cache must next be looked at: a bucket to close or a window to enter."""
+        deadlines = []
+        if self.open_time is not None:
+            deadlines.append(self.open_time + self.bucket_size)
+        first_unsaved = bisect_right(self.ends, self.floor)
+        for k in range(1, len(self.rules)):
+            index = max(self.entered[k], first_unsaved)
+            if index < len(self.times):
+                deadlines.append(self.times[index] + self.lows[k])
+        return min(deadlines) if deadlines else None
+
+    def saved_through(self, mark: int) -> None:
+        """Edits up to ``mark`` are saved: no rule counts them any more."""
+        self.floor = max(self.floor, mark)
+
+    def _check(self) -> None:
+        """Assert every invariant (the tests call this after each step)."""
+        assert self.times == sorted(self.times)
+        assert len(self.times) == len(self.ends)
+        marks = [self.base, *self.ends]
+        assert all(a < b for a, b in pairwise(marks)), marks
+        assert all(0 <= entered <= len(self.times) for entered in self.entered)
+
+
+def _checked_rules(time_checks: Iterable[TimeCount]) -> tuple[TimeCount, ...]:
+    rules = tuple(sorted(time_checks, key=lambda rule: rule.time_length))
+    for rule in rules:
+        if not isinstance(rule, TimeCount):
+            raise TypeError(f"time_checks must hold TimeCount rules, not {type(rule).__name__}")
+        if not rule.time_length > 0 or rule.count < 1:
+            raise ValueError(f"{rule!r}: time_length must be > 0 and count >= 1")
+    return rules
 
 
 class AutoSyncCache(PersistentCache):
-    """A persistent cache that counts its edits and saves them without being asked."""
+    """A persistent cache that saves itself, in a child process, when a rule fires.
+
+    ``time_checks`` (default :data:`DEFAULT_TIME_CHECKS`) are the rules;
+    ``time_bucket_size`` (default 1 s, at most the shortest rule's length) is
+    the resolution to which edits are timed; ``clock`` (default
+    ``time.monotonic``) lets tests run in virtual time.  Pending edits are also
+    saved at interpreter exit.  Each edit costs one counter increment and one
+    comparison.
+
+    >>> import tempfile
+    >>> from cacheman import CacheManager, TimeCount
+    >>> manager = CacheManager("doc_autosync", tempfile.mkdtemp())
+    >>> cache = manager.register_custom_cache("squares", time_checks=[TimeCount(60, 100)])
+    >>> cache[3] = 9
+    >>> cache.pending_edits
+    1
+    >>> manager.deregister_all_caches()
+    """
 
     # No __slots__ here: a subclass may also derive from CSVCache, and two bases
     # that each add slots cannot be combined.
 
     def __init__(
-        self, *args: Any, time_checks: Iterable[TimeCount] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        time_checks: Iterable[TimeCount] | None = None,
+        time_bucket_size: float | None = None,
+        clock: _scheduler.Clock | None = None,
+        **kwargs: Any,
     ) -> None:
-        self._pending_edits = 0
-        self.time_checks = tuple(DEFAULT_TIME_CHECKS if time_checks is None else time_checks)
+        rules = _checked_rules(DEFAULT_TIME_CHECKS if time_checks is None else time_checks)
+        shortest = rules[0].time_length if rules else DEFAULT_BUCKET_SIZE
+        bucket = time_bucket_size
+        if bucket is None:
+            bucket = min(DEFAULT_BUCKET_SIZE, shortest)
+        if not 0 < bucket <= shortest:
+            raise ValueError(
+                f"time_bucket_size must be > 0 and at most the shortest rule ({shortest} s), "
+                f"not {bucket}"
+            )
+        self.clock: _scheduler.Clock = clock or time.monotonic
+        self._scheduler = _scheduler.for_clock(self.clock)
+        # The edit counter only grows; the rules compare marks of it.  _trip is the
+        # value at which an edit leaves the fast path (see the module docstring).
+        self._edits = 0
+        self._trip = 1
+        self._log = EditLog(rules, bucket)
+        self._log_lock = threading.Lock()  # held for microseconds, never across I/O
+        self._background = _fork.saver_for(self, self._scheduler)
         super().__init__(*args, **kwargs)
+        _live[id(self)] = self
+
+    @property
+    def time_checks(self) -> tuple[TimeCount, ...]:
+        """The rules, shortest first."""
+        return self._log.rules
+
+    @property
+    def time_bucket_size(self) -> float:
+        """Seconds per time bucket: the resolution to which edits are timed."""
+        return self._log.bucket_size
 
     @property
     def pending_edits(self) -> int:
-        """How many edits were made since the last save."""
-        return self._pending_edits
+        """How many edits no save has captured yet."""
+        return max(0, self._edits - self._log.floor)
 
-    def _record_edits(self, count: int = 1) -> None:
-        self._pending_edits += count
+    @property
+    def save_in_progress(self) -> bool:
+        """Whether a child process is saving this cache right now."""
+        return self._background.busy
 
-    def _saved(self) -> None:
-        self._pending_edits = 0
-
-    def _save_at_exit(self) -> None:
-        if self._pending_edits:
-            self._save_self()
+    # -- the edit path: keep it to one increment and one comparison ---------------
 
     def __setitem__(self, key: Any, value: Any) -> None:
         dict.__setitem__(self, key, value)
-        self._pending_edits += 1
+        self._edits += 1
+        if self._edits >= self._trip:
+            self._tripped()
 
     def __delitem__(self, key: Any) -> None:
         dict.__delitem__(self, key)
-        self._pending_edits += 1
+        self._edits += 1
+        if self._edits >= self._trip:
+            self._tripped()
+
+    def _record(self, count: int) -> None:
+        if count > 0:
+            self._edits += count
+            if self._edits >= self._trip:
+                self._tripped()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
+        before = len(self)
+        sized = all(hasattr(arg, "__len__") for arg in args)
         dict.update(self, *args, **kwargs)
-        self._record_edits()
+        if sized:
+            self._record(sum(len(arg) for arg in args) + len(kwargs))
+        else:  # an iterator of pairs cannot be counted without consuming it
+            self._record(max(1, len(self) - before))
 
     def __ior__(self, other: Any) -> AutoSyncCache:  # type: ignore[misc]
-        dict.update(self, other)
-        self._record_edits()
+        self.update(other)
         return self
 
     def pop(self, key: Any, *default: Any) -> Any:
+        removed = key in self
         value = dict.pop(self, key, *default)
-        self._record_edits()
+        self._record(removed)
         return value
 
     def popitem(self) -> tuple[Any, Any]:
         item = dict.popitem(self)
-        self._record_edits()
+        self._record(1)
         return item
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         if key in self:
             return dict.__getitem__(self, key)
         dict.__setitem__(self, key, default)
-        self._record_edits()
+        self._record(1)
         return default
 
     def clear(self) -> None:
+        removed = len(self)
         dict.clear(self)
-        self._record_edits()
+        self._record(removed)
+
+    # -- the slow path and the scheduler's task -------------------------------------
+
+    def _tripped(self) -> None:
+        """The first edit of a bucket, or the burst rule firing."""
+        now = self.clock()
+        opened = fire = False
+        with self._log_lock:
+            log = self._log
+            if log.open_time is None:
+                log.open(now)
+                opened = True
+            if log.rules and log.recent(now, self._edits) >= log.rules[0].count:
+                fire = True
+                # Until the save lands, leave the fast path only after another burst.
+                self._trip = self._edits + log.rules[0].count
+            else:
+                self._trip = log.burst_trip(now)
+        if opened:
+            self._scheduler.call_at(log, now + log.bucket_size, self._on_due)
+        if fire:
+            self._background.request("edit")
+
+    def _on_due(self, now: float) -> float | None:
+        """Scheduler task: close the bucket that is due, check the later rules."""
+        with self._log_lock:
+            log = self._log
+            if log.open_time is not None and now >= log.open_time + log.bucket_size:
+                edits = self._edits
+                log.close(edits)
+                self._trip = edits + 1
+                if self._edits != edits:
+                    # An edit slipped in before the new threshold: it opens the next bucket.
+                    log.open(now)
+                    self._trip = log.burst_trip(now)
+            fire = log.later_rules_fire(now)
+            deadline = log.next_deadline()
+        if fire:
+            self._background.request("thread")
+        return deadline
+
+    # -- what the lifecycle and the background saver call ------------------------------
+
+    def _edit_mark(self) -> int:
+        return self._edits
+
+    def _saved_through(self, mark: int) -> None:
+        with self._log_lock:
+            log = self._log
+            log.saved_through(mark)
+            if log.open_time is not None:
+                self._trip = log.burst_trip(self.clock())
+
+    def _saved(self) -> None:
+        self._saved_through(self._edits)
+
+    def _has_unsaved_edits(self) -> bool:
+        return self._edits > self._log.floor
+
+    def _save_at_exit(self) -> None:
+        _fork.stop_background_work()
+        self._await_pending_save()
+        if self._has_unsaved_edits():
+            self._save_now()
+
+    def _forget_inherited(self) -> None:
+        """In a process forked by the user: the parent's edits are the parent's to save."""
+        self._log_lock = threading.Lock()
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+        else:  # held by a thread that does not exist in this process
+            self._lock = threading.RLock()
+        self._log = EditLog(self._log.rules, self._log.bucket_size, mark=self._edits)
+        self._trip = self._edits + 1
+
+
+# Every live autosync cache, for the fork hook and a forked worker's exit flush.
+_live: weakref.WeakValueDictionary[int, AutoSyncCache] = weakref.WeakValueDictionary()
+
+
+def _forget_inherited_edits() -> None:
+    for cache in list(_live.values()):
+        cache._forget_inherited()
+
+
+def _flush_worker() -> None:
+    """Save the pending edits of a forked multiprocessing worker (its exit skips atexit)."""
+    for cache in list(_live.values()):
+        try:
+            if cache.manager._caches.get(cache.name) is cache:
+                cache._save_at_exit()
+        except Exception:
+            logger.exception("cache %r: saving at worker exit failed", cache.name)
+
+
+def _arm_worker_flush(_token: object) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _flush_worker, exitpriority=100)
+
+
+class _WorkerToken:
+    """A weak-referenceable object for multiprocessing's after-fork registry."""
+
+
+_token = _WorkerToken()
+_fork.on_fork_child(_forget_inherited_edits)
+
+
+def _register_worker_flush() -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.register_after_fork(_token, _arm_worker_flush)
+
+
+_register_worker_flush()

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _registry
+from . import _fork, _registry
 from ._paths import validate_cache_name
 
 if TYPE_CHECKING:
@@ -283,7 +283,16 @@ class CacheWrap(dict[Any, Any]):
                 self._replace(new_contents)
 
     def _save_self(self) -> None:
+        if self.async_save:
+            # A child process writes a snapshot; the caller goes on at once.
+            _fork.request_save(self)
+        else:
+            self._save_now()
+
+    def _save_now(self) -> None:
+        """Save in this thread, after any background save in flight (so it cannot land later)."""
         with self._lock:
+            self._await_pending_save()
             saver = self._resolved("saver")
             if saver is None:
                 return
@@ -307,12 +316,35 @@ class CacheWrap(dict[Any, Any]):
 
     def _save_at_exit(self) -> None:
         """Called by the manager's exit handler; subclasses may skip clean caches."""
-        self._save_self()
+        _fork.stop_background_work()
+        self._save_now()
 
     # -- hooks for subclasses (autosync) ---------------------------------------
 
     def _await_pending_save(self) -> None:
-        """Wait for an in-flight background save of this cache (none here)."""
+        """Wait for this cache's background save in flight, so a load reads its own writes."""
+        _fork.await_idle(self)
+
+    def _edit_mark(self) -> int:
+        """A mark of the edits made so far (autosync counts them; 0 here)."""
+        return 0
+
+    def _saved_through(self, mark: int) -> None:
+        """Called after a background save that captured the edits up to ``mark``."""
+        self._saved()
+
+    def _has_unsaved_edits(self) -> bool:
+        """Whether a deferred background save still has something to write."""
+        return True
+
+    @property
+    def last_save_error(self) -> str | None:
+        """Why the last background save failed, or None if it succeeded (or none ran).
+
+        A failed background save is logged and retried after a back-off; this
+        shows the failure to code that wants to check.
+        """
+        return _fork.last_error(self)
 
     def _saved(self) -> None:
         """Called after the contents were saved; autosync clears its edit counts."""
