@@ -57,7 +57,8 @@ class Scheduler:
         self._lock = threading.Lock()
         # (deadline, sequence, owner id): the sequence breaks ties in arrival order.
         self._queue: Any = SortedList()
-        self._entries: dict[int, tuple[float, int, Task]] = {}
+        # The owner is kept alive while scheduled, so that its id is not reused.
+        self._entries: dict[int, tuple[float, int, Task, object]] = {}
         self._watched: dict[int, Callable[[], None]] = {}
         self._sequence = itertools.count()
         self._thread: threading.Thread | None = None
@@ -78,14 +79,7 @@ class Scheduler:
         """
         key = id(owner)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if entry[0] <= when:
-                    return
-                self._queue.remove((entry[0], entry[1], key))
-            sequence = next(self._sequence)
-            self._entries[key] = (when, sequence, task)
-            self._queue.add((when, sequence, key))
+            self._insert(key, when, task, owner)
             is_first = self._queue[0][2] == key
         if is_first:
             self._wake()
@@ -123,27 +117,28 @@ class Scheduler:
                 if not self._queue or self._queue[0][0] > now:
                     return
                 _, _, key = self._queue.pop(0)
-                _, _, task = self._entries.pop(key)
+                _, _, task, owner = self._entries.pop(key)
             try:
                 again = task(now)
             except Exception:  # a failing task must not take the thread down
                 logger.exception("cacheman background task %r failed", task)
                 again = None
             if again is not None:
-                self._call_at_key(key, again, task)
+                with self._lock:
+                    self._insert(key, again, task, owner)
 
     # -- the thread ----------------------------------------------------------------
 
-    def _call_at_key(self, key: int, when: float, task: Task) -> None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if entry[0] <= when:
-                    return
-                self._queue.remove((entry[0], entry[1], key))
-            sequence = next(self._sequence)
-            self._entries[key] = (when, sequence, task)
-            self._queue.add((when, sequence, key))
+    def _insert(self, key: int, when: float, task: Task, owner: object) -> None:
+        # Called with self._lock held.
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry[0] <= when:
+                return
+            self._queue.remove((entry[0], entry[1], key))
+        sequence = next(self._sequence)
+        self._entries[key] = (when, sequence, task, owner)
+        self._queue.add((when, sequence, key))
 
     def _wake(self) -> None:
         if not self.threaded or _exiting:
