@@ -59,8 +59,14 @@ HOOK_NAMES = (
 )
 
 
-def _as_mapping(cache_name: str, hook: str, result: object) -> dict[Any, Any] | None:
-    """Check what a loader/builder/processor returned; copy it into a fresh dict."""
+def _as_mapping(
+    cache_name: str, hook: str, result: object, *, fresh: bool = False
+) -> dict[Any, Any] | None:
+    """Check what a loader/builder/processor returned; copy it into a fresh dict.
+
+    ``fresh`` says the result is a new plain dict nobody else holds (the store's
+    own loader returns one), so the copy, a tenth of a large load, is skipped.
+    """
     if result is None:
         return None
     if not isinstance(result, Mapping):
@@ -68,6 +74,8 @@ def _as_mapping(cache_name: str, hook: str, result: object) -> dict[Any, Any] | 
             f"cache {cache_name!r}: the {hook} must return a mapping or None, "
             f"not {type(result).__name__}"
         )
+    if fresh and type(result) is dict:
+        return result
     return dict(result)
 
 
@@ -378,7 +386,14 @@ class CacheWrap(dict[Any, Any]):
             # Nothing to load from and nothing to build: a non-persistent cache
             # keeps what it holds rather than being wiped by a reload.
             return _KEEP
-        loaded = None if loader is None else _as_mapping(self._name, "loader", loader(self._name))
+        # A user's loader may hand back a dict it keeps using, so that one is copied;
+        # the built-in loaders (no own hook) return a new dict each time.
+        fresh = self.loader is None
+        loaded = (
+            None
+            if loader is None
+            else _as_mapping(self._name, "loader", loader(self._name), fresh=fresh)
+        )
         if loaded is not None and not self._is_valid(loaded):
             loaded = None
         if loaded is None:
