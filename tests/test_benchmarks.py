@@ -22,3 +22,17 @@ def test_bench_core_quick_meets_its_targets() -> None:
         assert row in done.stdout
     assert "memory of" in done.stdout
     assert "all targets met" in done.stdout
+
+
+def test_bench_autosync_quick_meets_its_targets() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_autosync.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for row in ("autosync c[k] = v (bookkeeping)", "bare os.fork()", "longest pause"):
+        assert row in done.stdout
+    assert "all targets met" in done.stdout
