@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     missed = [row.what for row in rows if not row.passed]
     if missed:
-        print(f"targets missed: {', '.join(missed)}")
+        print(f"TARGET MISSED: {', '.join(missed)}")
         return 1
     print("all targets met")
     return 0
