@@ -29,6 +29,7 @@ import math
 import os
 import select
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -99,10 +100,30 @@ class _TempFileReporter:
             return
 
 
+def _close_inherited_pipes(keep: int) -> None:
+    """Close the pipes the child inherited (but its own report pipe).
+
+    A pipe another thread of the parent has just opened (the output of a
+    ``subprocess.run``, say) would otherwise stay open in the child, and whoever
+    reads it would wait for the child to end before seeing end-of-file.
+    """
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd <= 2 or fd == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.close(fd)
+
+
 def _run_child(write_fd: int, save: Callable[[], object]) -> NoReturn:
     """The whole life of a save child; never returns."""
     code = 1
     try:
+        _close_inherited_pipes(keep=write_fd)
         # A collection would walk (and so copy) every tracked object's header.
         gc.disable()
         # Ctrl-C reaches the whole process group: let the parent decide, not us.
