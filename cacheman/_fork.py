@@ -195,6 +195,8 @@ class _Job:
         self.timeout = timeout
         self.real_deadline = time.monotonic() + timeout
         self.lock = threading.Lock()
+        self._scheduler: _scheduler.Scheduler | None = None
+        self._on_readable: Callable[[], None] | None = None
         self.done = False
         self.ok = False
         self.error: str | None = None
@@ -207,6 +209,21 @@ class _Job:
     def __repr__(self) -> str:
         state = "done" if self.done else "running"
         return f"<child save pid={self.pid} {state}>"
+
+    def watch(self, scheduler: _scheduler.Scheduler, on_readable: Callable[[], None]) -> None:
+        """Have ``scheduler`` call ``on_readable()`` when the child writes or ends."""
+        self._scheduler, self._on_readable = scheduler, on_readable
+        scheduler.watch(self.fd, on_readable)
+
+    def unwatch(self) -> None:
+        """Stop the scheduler watching this job's pipe (and only this job's).
+
+        The pipe's descriptor number is reused as soon as it is closed, so the
+        scheduler is told to forget it before the close, and only if it still
+        watches it for this job.
+        """
+        if self._scheduler is not None and self._on_readable is not None:
+            self._scheduler.unwatch(self.fd, self._on_readable)
 
     def _read_available(self) -> bool:
         """Read what the child wrote so far; True once the pipe is closed (lock held)."""
@@ -228,6 +245,7 @@ class _Job:
                 status = None
         with contextlib.suppress(OSError):
             self._read_available()
+        self.unwatch()
         os.close(self.fd)
         _inherited_fds.discard(self.fd)
         records = bytes(self._data).split(b"\0")
@@ -430,7 +448,7 @@ class BackgroundSaver:
         job = _Job(pid, fd, mark, self.scheduler.clock() + timeout, timeout)
         with self._lock:
             self.job = job
-        self.scheduler.watch(fd, lambda: self._on_pipe(job))
+        job.watch(self.scheduler, lambda: self._on_pipe(job))
         self.scheduler.call_at(self, job.deadline, self._on_due)
 
     def _save_in_process(self, cache: CacheWrap) -> None:
@@ -481,7 +499,7 @@ class BackgroundSaver:
                 return
             self.job = None
             requested, self.requested = self.requested, False
-        self.scheduler.unwatch(job.fd)
+        # (The job stopped being watched when it finished, before its pipe closed.)
         if job.ok:
             self._succeeded(job.mark)
             if requested:
@@ -492,7 +510,7 @@ class BackgroundSaver:
     def _on_pipe(self, job: _Job) -> None:
         state = job.service()
         if state == "busy":  # a waiting thread owns it now; stop polling its pipe
-            self.scheduler.unwatch(job.fd)
+            job.unwatch()
         elif state == "done":
             self._completed(job)
 
@@ -523,7 +541,7 @@ class BackgroundSaver:
             job = self.job
         if job is None:
             return
-        self.scheduler.unwatch(job.fd)
+        job.unwatch()
         if not job.wait(max(0.0, job.real_deadline - time.monotonic())):
             job.kill(f"the save process ran past async_timeout ({job.timeout:g} s) and was killed")
         self._completed(job)

@@ -60,6 +60,10 @@ class Scheduler:
         # The owner is kept alive while scheduled, so that its id is not reused.
         self._entries: dict[int, tuple[float, int, Task, object]] = {}
         self._watched: dict[int, Callable[[], None]] = {}
+        # The descriptors the thread is blocked in poll() on, and a condition to
+        # learn that it has left poll(); see unwatch() for why that matters.
+        self._polling: frozenset[int] = frozenset()
+        self._poll_done = threading.Condition(self._lock)
         self._sequence = itertools.count()
         self._thread: threading.Thread | None = None
         self._wake_pipe: tuple[int, int] | None = None
@@ -98,10 +102,29 @@ class Scheduler:
             self._watched[fd] = callback
         self._wake()
 
-    def unwatch(self, fd: int) -> None:
-        """Stop watching ``fd`` (call it before closing the descriptor)."""
+    def unwatch(self, fd: int, callback: Callable[[], None] | None = None) -> None:
+        """Stop watching ``fd`` (only if it is watched for ``callback``, when given).
+
+        On return it is safe to close the descriptor.
+
+        A thread blocked in poll() holds a reference to every file it polls, so
+        a descriptor closed under it stays open until the poll ends; worse, its
+        number may be reused at once (say for a ``subprocess.run`` output pipe,
+        whose reader would then wait for end-of-file until our poll times out).
+        So unless the caller is the scheduler thread itself, this wakes the
+        thread and waits until it has left the poll that covered ``fd``.
+        """
         with self._lock:
+            if callback is not None and self._watched.get(fd) is not callback:
+                return
             self._watched.pop(fd, None)
+            if fd not in self._polling or threading.current_thread() is self._thread:
+                return
+            pipe = self._wake_pipe
+            if pipe is not None:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.write(pipe[1], b"!")
+            self._poll_done.wait_for(lambda: fd not in self._polling, timeout=5.0)
 
     def next_deadline(self) -> float | None:
         """The earliest deadline, or None when nothing is scheduled."""
@@ -176,10 +199,16 @@ class Scheduler:
             self.run_due()
 
     def _serve_pipes(self, timeout_ms: int | None) -> None:
+        blocking = timeout_ms != 0
         with self._lock:
             watched = dict(self._watched)
             wake_fd = self._wake_pipe[0] if self._wake_pipe and self.threaded else None
+            if blocking:
+                # Published with the snapshot, under the same lock: an unwatch() that
+                # comes after the snapshot must know to wait for this poll to end.
+                self._polling = frozenset(watched)
         if not watched and wake_fd is None:
+            self._left_poll(blocking)
             return
         poller = select.poll()
         for fd in watched:
@@ -190,6 +219,8 @@ class Scheduler:
             ready = poller.poll(timeout_ms)
         except InterruptedError:  # pragma: no cover - PEP 475 retries, but be safe
             return
+        finally:
+            self._left_poll(blocking)
         for fd, _ in ready:
             if fd == wake_fd:
                 with contextlib.suppress(BlockingIOError, OSError):
@@ -203,6 +234,12 @@ class Scheduler:
                 callback()
             except Exception:
                 logger.exception("cacheman: serving a child save's pipe failed")
+
+    def _left_poll(self, blocking: bool) -> None:
+        if blocking:
+            with self._lock:
+                self._polling = frozenset()
+                self._poll_done.notify_all()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop the thread (it finishes the task it runs); the schedule is kept."""

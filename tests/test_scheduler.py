@@ -158,3 +158,46 @@ def test_edit_log_random_operations_keep_its_invariants(seed: int) -> None:
             log.saved_through(rng.randint(log.floor, edits))
         assert 0 <= log.recent(now, edits) <= edits - log.floor
         log._check()
+
+
+def test_unwatch_with_a_callback_leaves_a_newer_watch_of_the_same_number() -> None:
+    # Pipe numbers are reused as soon as they are closed: a finished save must not
+    # stop the scheduler watching the next save's pipe that got the same number.
+    scheduler = _scheduler.Scheduler(time.monotonic, threaded=True)
+    read_end, write_end = os.pipe()
+    seen = threading.Event()
+
+    def old_job() -> None:  # pragma: no cover - never called
+        raise AssertionError("the old job's watch was replaced")
+
+    def new_job() -> None:
+        os.read(read_end, 100)
+        seen.set()
+
+    scheduler.watch(read_end, old_job)
+    scheduler.watch(read_end, new_job)
+    scheduler.unwatch(read_end, old_job)
+    os.write(write_end, b"x")
+    assert seen.wait(5)
+    scheduler.unwatch(read_end, new_job)
+    scheduler.stop()
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_unwatch_returns_only_once_the_thread_has_left_its_poll() -> None:
+    # A thread blocked in poll() keeps every polled file open; if a descriptor were
+    # closed and its number reused (a subprocess's output pipe, say) meanwhile,
+    # that pipe's reader would wait for end-of-file until the poll timed out.
+    scheduler = _scheduler.Scheduler(time.monotonic, threaded=True)
+    read_end, write_end = os.pipe()
+    scheduler.watch(read_end, lambda: None)
+    deadline = time.monotonic() + 5
+    while read_end not in scheduler._polling and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert read_end in scheduler._polling  # the thread is blocked in poll() on it
+    scheduler.unwatch(read_end)
+    assert read_end not in scheduler._polling
+    os.close(read_end)
+    os.close(write_end)
+    scheduler.stop()
