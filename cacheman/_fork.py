@@ -126,6 +126,11 @@ def _run_child(write_fd: int, save: Callable[[], object]) -> NoReturn:
         _close_inherited_pipes(keep=write_fd)
         # A collection would walk (and so copy) every tracked object's header.
         gc.disable()
+        # The program must not wait for its own background save: on a machine
+        # with few cores, the child at normal priority competes with the parent
+        # for the CPU and shows up as pauses of the calling thread.
+        with contextlib.suppress(OSError):
+            os.nice(10)
         # Ctrl-C reaches the whole process group: let the parent decide, not us.
         with contextlib.suppress(Exception):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
