@@ -227,12 +227,7 @@ def test_invalidate_diamond_resets_bottom_once_after_its_parents(manager: CacheM
     order: list[str] = []
     for name in ("top", "left", "right", "bottom"):
         manager.register_custom_cache(name, autosync=False, builder=counting_builder(order))
-    for parent, child in [
-        ("top", "left"),
-        ("top", "right"),
-        ("left", "bottom"),
-        ("right", "bottom"),
-    ]:
+    for parent, child in DIAMOND:
         manager.register_dependent_cache(parent, child)
     order.clear()
     manager.invalidate_cache("top")
@@ -279,12 +274,7 @@ def test_apply_to_dependents_visits_each_cache_once(manager: CacheManager) -> No
 
     for name in ("top", "left", "right", "bottom", "outside"):
         register(name)
-    for parent, child in [
-        ("top", "left"),
-        ("top", "right"),
-        ("left", "bottom"),
-        ("right", "bottom"),
-    ]:
+    for parent, child in DIAMOND:
         manager.register_dependent_cache(parent, child)
     visits["load"].clear()
 

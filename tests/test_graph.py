@@ -38,12 +38,7 @@ def test_chain_of_three() -> None:
 
 def test_diamond_visits_each_node_once_after_all_its_parents() -> None:
     graph = DependencyGraph()
-    for parent, child in [
-        ("top", "left"),
-        ("top", "right"),
-        ("left", "bottom"),
-        ("right", "bottom"),
-    ]:
+    for parent, child in DIAMOND:
         graph.add_edge(parent, child)
     order = graph.downstream("top")
     assert sorted(order) == ["bottom", "left", "right"]
