@@ -306,8 +306,11 @@ class CacheWrap(dict[Any, Any]):
                 return
             if not self and not self.save_on_blank_cache:
                 return
+            # Edits other threads make while the saver runs are not in what it
+            # writes: only those made before it started count as saved.
+            mark = self._edit_mark()
             saver(self._name, self._prepared_for_save())
-            self._saved()
+            self._saved_through(mark)
 
     def _reset_self(self) -> None:
         with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
@@ -312,3 +312,21 @@ def test_editing_threads_and_the_autosync_thread_share_the_cache(manager: CacheM
         thread.join()
     wait_until(lambda: cache.pending_edits == 0 and not cache.save_in_progress)
     assert len(manager.store.load("threads") or {}) == 12000
+
+
+def test_an_edit_made_while_a_synchronous_save_runs_stays_pending(manager: CacheManager) -> None:
+    # Another thread's edit can land while the saver writes; it is not in what the
+    # saver wrote, so it must still count as unsaved.  The saver itself makes the
+    # edit here, which puts it at that moment deterministically.
+    written: list[dict[Any, Any]] = []
+
+    def saver(name: str, contents: Mapping[Any, Any]) -> None:
+        written.append(dict(contents))
+        cache["during"] = 1
+
+    cache = manager.register_custom_cache("sync_during", saver=saver)
+    assert isinstance(cache, AutoSyncCache)
+    cache["before"] = 1
+    cache.save()
+    assert written == [{"before": 1}]
+    assert cache.pending_edits == 1
