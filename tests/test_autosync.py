@@ -10,6 +10,7 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import wait_until
 
 from cacheman import AutoSyncCache, CacheManager, TimeCount, _scheduler
 from cacheman.autosync import DEFAULT_TIME_CHECKS
@@ -48,14 +49,6 @@ def advance(cache: AutoSyncCache, seconds: float) -> None:
     clock.now = end
     settle(cache)
     cache._log._check()
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 # Each scenario: rules (None = the defaults) and a script of steps:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_python
 
 import cacheman
 from cacheman import (
@@ -29,17 +28,9 @@ from cacheman import (
 DIAMOND = [("top", "left"), ("top", "right"), ("left", "bottom"), ("right", "bottom")]
 
 
-def run_python(code: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
+def run_code(code: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter with CACHEMAN_DIR pointing at ``env_dir``."""
-    env = {**os.environ, "CACHEMAN_DIR": str(env_dir)}
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python("-c", textwrap.dedent(code), cache_dir=env_dir)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -56,7 +47,7 @@ def test_get_cache_manager_is_one_per_name(tmp_path: Path) -> None:
 
 
 def test_default_manager_and_directory(tmp_path: Path) -> None:
-    result = run_python(
+    result = run_code(
         """
         from cacheman import cacher, CacheWrap, NonPersistentCache
         manager = cacher.get_cache_manager()
@@ -391,14 +382,14 @@ def test_contents_survive_a_restart(tmp_path: Path) -> None:
         from cacheman import cacher
         print(sorted(cacher.get_cache_manager("restart").register_cache("squares").items()))
     """
-    run_python(write, tmp_path)
-    assert run_python(read, tmp_path).stdout.strip() == str([(n, n * n) for n in range(5)])
+    run_code(write, tmp_path)
+    assert run_code(read, tmp_path).stdout.strip() == str([(n, n * n) for n in range(5)])
 
 
 @pytest.mark.parametrize("kind", ["register_cache", "register_custom_cache"])
 def test_exit_saves_without_explicit_save(tmp_path: Path, kind: str) -> None:
     extra = "" if kind == "register_cache" else ", autosync=False"
-    run_python(
+    run_code(
         f"""
         from cacheman import cacher
         cache = cacher.get_cache_manager().{kind}("at_exit"{extra})
@@ -406,7 +397,7 @@ def test_exit_saves_without_explicit_save(tmp_path: Path, kind: str) -> None:
         """,
         tmp_path,
     )
-    result = run_python(
+    result = run_code(
         """
         from cacheman import cacher
         print(cacher.get_cache_manager().register_cache("at_exit"))
@@ -428,7 +419,7 @@ def test_dependent_example_prints_empty_on_every_run(tmp_path: Path) -> None:
         print(edge_cache)
     """
     for _ in range(3):
-        assert run_python(code, tmp_path).stdout.strip() == "{}"
+        assert run_code(code, tmp_path).stdout.strip() == "{}"
 
 
 def test_library_never_prints(manager: CacheManager, capsys: Any) -> None:
@@ -445,21 +436,21 @@ def test_library_never_prints(manager: CacheManager, capsys: Any) -> None:
 @pytest.mark.parametrize("autosync", [True, False])
 def test_initial_contents_replace_saved_copy_at_exit(tmp_path: Path, autosync: bool) -> None:
     register = "cacher.get_cache_manager().register_custom_cache"
-    run_python(
+    run_code(
         f"""
         from cacheman import cacher
         {register}("seeded", autosync={autosync})["old"] = 1
         """,
         tmp_path,
     )
-    run_python(
+    run_code(
         f"""
         from cacheman import cacher
         {register}("seeded", {{"new": 2}}, autosync={autosync})
         """,
         tmp_path,
     )
-    result = run_python(
+    result = run_code(
         """
         from cacheman import cacher
         print(cacher.get_cache_manager().register_cache("seeded"))

@@ -10,14 +10,12 @@ docstrings run the same way through ``doctest.testmod``.
 
 from __future__ import annotations
 
-import os
 import pkgutil
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 import cacheman
 
@@ -56,17 +54,7 @@ _SUMMARY = re.compile(r"attempted=(\d+) failed=(\d+)\s*$")
 
 def run_doctests(script: str, target: str, directory: Path) -> int:
     """Run ``script`` on ``target`` in a fresh interpreter; return how many examples ran."""
-    env = {**os.environ, "CACHEMAN_DIR": str(directory)}
-    env.pop("PYTHONSTARTUP", None)
-    result = subprocess.run(
-        [sys.executable, "-c", script, target],
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python("-c", script, target, cache_dir=directory, cwd=directory)
     report = f"{target}:\n{result.stdout}\n{result.stderr}"
     assert result.returncode == 0, report
     assert "Traceback" not in result.stderr, report

@@ -6,15 +6,13 @@ import logging
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import run_python, wait_until
 
 from cacheman import AutoSyncCache, CacheManager, TimeCount, _fork
 
@@ -25,14 +23,6 @@ class SlowToPickle:
     def __reduce__(self) -> tuple[type[SlowToPickle], tuple[()]]:
         time.sleep(30)
         return (SlowToPickle, ())
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def temporaries(directory: Path) -> list[Path]:
@@ -151,12 +141,8 @@ for i in range(150):  # a child save starts at 100; 50 edits stay pending
 
 
 def test_exit_flush_in_a_fresh_interpreter(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", EXIT_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_python(
+        "-W", "error::DeprecationWarning", "-c", EXIT_SCRIPT, str(tmp_path), timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr
@@ -200,13 +186,7 @@ assert cache.pending_edits == 0 and cache.last_save_error is None
 
 
 def test_no_deprecation_warning_reaches_the_user(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", WARNING_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-W", "error", "-c", WARNING_SCRIPT, str(tmp_path), timeout=60)
     assert done.returncode == 0, done.stderr
     assert "DeprecationWarning" not in done.stderr
 
@@ -229,13 +209,7 @@ def test_fallback_in_process_when_the_platform_cannot_fork(manager: CacheManager
         print("pending", cache.pending_edits)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(manager.cache_directory)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-c", script, str(manager.cache_directory), timeout=60)
     assert done.returncode == 0, done.stderr
     assert "pending 0" in done.stdout
     assert "cannot fork" in done.stderr

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 from cacheman.__main__ import USAGE_ERROR, main
 from cacheman._demo import DEMO_MANAGER
 
 
 def run_cacheman(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cacheman", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_python("-m", "cacheman", *args, env=env)
 
 
 def test_demo_runs_cleans_up_and_exits_0(tmp_path: Path) -> None:

@@ -15,16 +15,15 @@ The convention, which README.rst follows:
 from __future__ import annotations
 
 import io
-import os
 import re
 import shlex
 import subprocess
-import sys
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"
@@ -85,17 +84,7 @@ DEPENDENT_EXAMPLE = next(
 
 
 def run_block(block: Block, directory: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CACHEMAN_DIR": str(directory)}
-    env.pop("PYTHONSTARTUP", None)
-    return subprocess.run(
-        [sys.executable, "-c", block.code],
-        cwd=directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_python("-c", block.code, cache_dir=directory, cwd=directory)
 
 
 def assert_prints_as_documented(block: Block, directory: Path) -> None:

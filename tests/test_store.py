@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_python
 
 from cacheman import (
     CacheManager,
@@ -88,14 +89,9 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if ".tmp-" in p.name or "corrupt" in p.name)
 
 
-def run_python(script: str, *args: object, timeout: float = 60) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def run_script(script: str, *args: object, timeout: float = 60) -> str:
+    """Run ``script`` with ``args`` in a fresh interpreter; return what it printed."""
+    done = run_python("-c", script, *map(str, args), timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -303,10 +299,10 @@ print(json.dumps([cache["double"](21), cache["adder"](5), cache["local"].describ
 
 
 def test_lambdas_closures_and_local_classes_survive_a_fresh_interpreter(tmp_path: Path) -> None:
-    run_python(SAVE_FUNCTIONS, tmp_path)
+    run_script(SAVE_FUNCTIONS, tmp_path)
     data = (tmp_path / "functions" / "functions.pkl").read_bytes()
     assert header_fields(data)[2] == 2  # the cloudpickle flag: the fallback was needed
-    assert run_python(LOAD_FUNCTIONS, tmp_path).strip() == '[42, 15, "local 42"]'
+    assert run_script(LOAD_FUNCTIONS, tmp_path).strip() == '[42, 15, "local 42"]'
 
 
 def test_the_cloudpickle_fallback_is_for_that_save_only(manager: CacheManager) -> None:

@@ -1,0 +1,46 @@
+"""Helpers shared by the test modules: fresh interpreters and polling with a bound."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+
+def run_python(
+    *args: str,
+    cache_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` in a fresh interpreter; return the result, whatever its exit status.
+
+    The child gets this process's environment (or ``env``), with ``CACHEMAN_DIR``
+    set to ``cache_dir`` when given, and without ``PYTHONSTARTUP``.
+    """
+    child_env = dict(os.environ if env is None else env)
+    child_env.pop("PYTHONSTARTUP", None)
+    if cache_dir is not None:
+        child_env["CACHEMAN_DIR"] = str(cache_dir)
+    return subprocess.run(
+        [sys.executable, *args],
+        env=child_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
