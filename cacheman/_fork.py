@@ -431,23 +431,11 @@ class BackgroundSaver:
 
     # -- the two ways to save (cache lock held) ------------------------------------
 
-    @staticmethod
-    def _saver_and_mark(cache: CacheWrap) -> tuple[Callable[..., Any], int] | None:
-        """The saver to run and the edit mark it captures, or None if there is nothing to do."""
-        saver = cache._resolved("saver")
-        if saver is None:
-            return None
-        mark = cache._edit_mark()
-        if not cache and not cache.save_on_blank_cache:
-            cache._saved_through(mark)  # a blank cache is not saved, by request
-            return None
-        return saver, mark
-
     def _start_child(self, cache: CacheWrap) -> None:
-        what = self._saver_and_mark(cache)
-        if what is None:
+        plan = cache._save_plan()
+        if plan is None:
             return
-        saver, mark = what
+        saver, mark = plan
         name = cache.name
 
         def save() -> None:  # runs in the child
@@ -466,10 +454,10 @@ class BackgroundSaver:
         self.scheduler.call_at(self, job.deadline, self._on_due)
 
     def _save_in_process(self, cache: CacheWrap) -> None:
-        what = self._saver_and_mark(cache)
-        if what is None:
+        plan = cache._save_plan()
+        if plan is None:
             return
-        saver, mark = what
+        saver, mark = plan
         try:
             saver(cache.name, _snapshot(cache))
         except Exception as error:

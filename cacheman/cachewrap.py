@@ -301,16 +301,28 @@ class CacheWrap(dict[Any, Any]):
         """Save in this thread, after any background save in flight (so it cannot land later)."""
         with self._lock:
             self._await_pending_save()
-            saver = self._resolved("saver")
-            if saver is None:
+            plan = self._save_plan()
+            if plan is None:
                 return
-            if not self and not self.save_on_blank_cache:
-                return
-            # Edits other threads make while the saver runs are not in what it
-            # writes: only those made before it started count as saved.
-            mark = self._edit_mark()
+            saver, mark = plan
             saver(self._name, self._prepared_for_save())
             self._saved_through(mark)
+
+    def _save_plan(self) -> tuple[Callable[..., Any], int] | None:
+        """The saver to run and the edit mark it captures, or None when nothing is written.
+
+        Every save path (in this thread, in a child, in-process fallback) starts
+        here.  The mark is taken before the saver runs: edits other threads make
+        meanwhile are not in what it writes, so they stay pending.
+        """
+        saver = self._resolved("saver")
+        if saver is None:
+            return None
+        mark = self._edit_mark()
+        if not self and not self.save_on_blank_cache:
+            self._saved_through(mark)  # a blank cache is not written, by request
+            return None
+        return saver, mark
 
     def _reset_self(self) -> None:
         with self._lock:
