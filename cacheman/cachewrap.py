@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _fork, _registry
 from ._paths import validate_cache_name
@@ -118,9 +118,6 @@ class CacheWrap(dict[Any, Any]):
         "saver",
         "validator",
     )
-
-    #: Whether a cache without its own loader/saver/deleter uses the manager's store.
-    uses_default_store = False
 
     def __init__(
         self,
@@ -381,18 +378,17 @@ class CacheWrap(dict[Any, Any]):
 
     # -- hook plumbing -----------------------------------------------------------
 
+    def _default_storage(self) -> Storage | None:
+        """Where the cache is kept when it has no loader/saver/deleter of its own."""
+        return None
+
     def _resolved(self, hook: str) -> Callable[..., Any] | None:
-        """The hook to run: the cache's own, else the store's for persistent caches."""
+        """The hook to run: the cache's own, else its default storage's."""
         own: Callable[..., Any] | None = getattr(self, hook)
-        if own is not None or not self.uses_default_store:
+        if own is not None or hook not in _STORAGE_METHODS:
             return own
-        store = self._manager.store
-        defaults: dict[str, Callable[..., Any]] = {
-            "loader": store.load,
-            "saver": store.save,
-            "deleter": store.delete,
-        }
-        return defaults.get(hook)
+        storage = self._default_storage()
+        return None if storage is None else getattr(storage, _STORAGE_METHODS[hook])
 
     def _read_contents(self) -> dict[Any, Any] | _Keep | None:
         """What a load should put in the cache, or ``_KEEP`` to leave it alone."""
@@ -455,6 +451,20 @@ class CacheWrap(dict[Any, Any]):
         return copy if result is None else result
 
 
+class Storage(Protocol):
+    """Where a cache is kept when it has no loader/saver/deleter hooks (pickle store, CSV file)."""
+
+    def load(self, name: str) -> Mapping[Any, Any] | None: ...
+
+    def save(self, name: str, contents: Mapping[Any, Any]) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+
+#: Which method of a :class:`Storage` stands in for each storage hook.
+_STORAGE_METHODS = {"loader": "load", "saver": "save", "deleter": "delete"}
+
+
 class _Keep:
     """Marker: a load found nothing to load or build, so the contents stay."""
 
@@ -480,4 +490,5 @@ class PersistentCache(CacheWrap):
 
     __slots__ = ()
 
-    uses_default_store = True
+    def _default_storage(self) -> Storage:
+        return self._manager.store

@@ -99,16 +99,8 @@ class CSVCache(PersistentCache):
         """The CSV file this cache is saved to."""
         return self._csv_file.path
 
-    def _resolved(self, hook: str) -> Callable[..., Any] | None:
-        own: Callable[..., Any] | None = getattr(self, hook)
-        if own is not None:
-            return own
-        csv_file: dict[str, Callable[..., Any]] = {
-            "loader": self._csv_file.load,
-            "saver": self._csv_file.save,
-            "deleter": self._csv_file.delete,
-        }
-        return csv_file.get(hook)
+    def _default_storage(self) -> _CSVFile:
+        return self._csv_file
 
 
 class AutoSyncCSVCache(CSVCache, AutoSyncCache):
