@@ -29,6 +29,7 @@ import contextlib
 import datetime
 import fcntl
 import hmac
+import json
 import logging
 import os
 import pickle
@@ -36,12 +37,13 @@ import re
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from hashlib import sha256
 from pathlib import Path
 from typing import IO, Any
 
 from ._paths import check_private, validate_cache_name
+from ._store_api import Edge
 from .errors import CorruptCacheError, SignatureMismatchError, UnpicklableValueError
 
 __all__ = [
@@ -165,19 +167,24 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     ensure_private_directory(path.parent)
     with _locked(path):
         _remove_stale_temporaries(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp_name, _FILE_MODE)
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
-        _fsync_directory(path.parent)
+        replace_file(path, write)
+
+
+def replace_file(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """The body of :func:`atomic_write`, for a caller that already holds the lock of ``path``."""
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, _FILE_MODE)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(path.parent)
 
 
 class _DigestingWriter:
@@ -463,16 +470,119 @@ class PickleStore:
     # -- delete -------------------------------------------------------------------
 
     def delete(self, name: str) -> None:
-        """Remove the saved copy of ``name``, if there is one (under the write lock)."""
+        """Remove the saved copy of ``name`` and its metadata, if any (under the write lock)."""
         path = self.path_for(name)
         if not path.parent.is_dir():
             return
-        with _locked(path), contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        with _locked(path):
+            for each in (path, self._meta_path(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(each)
 
     def exists(self, name: str) -> bool:
         """Tell whether a saved copy of ``name`` exists."""
         return self.path_for(name).exists()
+
+    def names(self) -> list[str]:
+        """The names of the caches with a saved copy or metadata here, sorted."""
+        try:
+            entries = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        found = set()
+        for entry in entries:
+            for suffix in self._suffixes:
+                if entry.endswith(suffix) and not entry.startswith(".") and entry != suffix:
+                    found.add(entry[: -len(suffix)])
+        return sorted(found)
+
+    # -- metadata: small JSON files, never unpickled --------------------------------
+
+    meta_suffix = ".meta.json"
+
+    @property
+    def _suffixes(self) -> tuple[str, ...]:
+        return (self.suffix, self.meta_suffix)
+
+    def _meta_path(self, name: str) -> Path:
+        return self.directory / (validate_cache_name(name) + self.meta_suffix)
+
+    def read_meta(self, name: str) -> dict[str, Any] | None:
+        """The metadata of ``name`` (generation, parents, save time...), or None.
+
+        Metadata is JSON, so reading it never runs code; a damaged file reads
+        as None with a warning (its only use is to notice stale caches, and a
+        missing generation makes a derived cache rebuild, the safe side).
+        """
+        return _read_json(self._meta_path(name), f"cache {name!r}: metadata")
+
+    def update_meta(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Set metadata fields of ``name`` (a field given as None is removed); return the result.
+
+        The read-modify-write holds the store's lock for ``name``, so two
+        processes updating different fields both keep theirs.
+        """
+        path = self._meta_path(name)
+        ensure_private_directory(self.directory)
+        with _locked(path):
+            meta = self.read_meta(name) or {}
+            for field, value in fields.items():
+                if value is None:
+                    meta.pop(field, None)
+                else:
+                    meta[field] = value
+            _write_json(path, meta)
+        return meta
+
+    # -- the dependency edges declared by any process ---------------------------------
+
+    edges_file = "_dependencies.json"
+
+    def read_edges(self) -> list[Edge]:
+        """Every persisted dependency edge ``(parent, child)``, in the order first declared."""
+        data = _read_json(self.directory / self.edges_file, "the dependency edges")
+        edges = [] if data is None else data.get("edges", [])
+        return [(str(parent), str(child)) for parent, child in edges]
+
+    def add_edges(self, edges: Iterable[Edge]) -> None:
+        """Persist ``edges`` as well (edges already there are kept once)."""
+        self._rewrite_edges(lambda known: known + [e for e in edges if e not in known])
+
+    def remove_edges(self, name: str) -> None:
+        """Forget every persisted edge that touches ``name``."""
+        self._rewrite_edges(lambda known: [e for e in known if name not in e])
+
+    def _rewrite_edges(self, change: Callable[[list[Edge]], list[Edge]]) -> None:
+        path = self.directory / self.edges_file
+        ensure_private_directory(self.directory)
+        with _locked(path):
+            known = self.read_edges()
+            wanted = change(list(known))
+            if wanted != known:
+                _write_json(path, {"edges": [list(edge) for edge in wanted]})
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """Read a small JSON object we wrote; None if missing, a warning if damaged."""
+    try:
+        with open(path, "rb") as handle:
+            check_private(path, os.fstat(handle.fileno()), "cache file")
+            data = json.loads(handle.read())
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        logger.warning("%s in %s is damaged (%s); ignoring it", what, path, error)
+        return None
+    if not isinstance(data, dict):
+        logger.warning("%s in %s is not a JSON object; ignoring it", what, path)
+        return None
+    return data
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as ``path``, atomically (the caller holds the lock of ``path``)."""
+    text = json.dumps(data, sort_keys=True).encode()
+    replace_file(path, lambda handle: handle.write(text))
 
 
 class _Replaced:

@@ -19,6 +19,7 @@ from . import _registry
 from ._graph import DependencyGraph
 from ._paths import manager_directory, validate_cache_name
 from ._store import PickleStore, resolve_signing_key
+from ._store_api import Store, StoreFactory
 from .autosync import AutoSyncCache
 from .cachewrap import HOOK_NAMES, CacheWrap, NonPersistentCache, PersistentCache
 from .errors import CacheNotRegisteredError
@@ -55,7 +56,7 @@ def get_cache_manager(
     base = None if base_cache_directory is None else os.fspath(base_cache_directory)
     manager = _registry.get_or_create(validate_cache_name(manager_name, what="manager"), base)
     if signing_key is not None:
-        manager.store.signing_key = resolve_signing_key(signing_key)
+        manager.store.signing_key = resolve_signing_key(signing_key)  # type: ignore[attr-defined]
     return manager
 
 
@@ -65,6 +66,10 @@ class CacheManager:
     Caches are saved under ``<base>/<manager name>/``, where the base is
     ``base_cache_directory``, else ``$CACHEMAN_DIR``, else the platform's user
     cache directory.  Building a manager does no I/O.
+
+    ``store`` replaces the pickle files with another store (for example a
+    ``RedisStore``); the manager calls ``store.bind(manager_name, signing_key)``
+    and keeps what it returns.
 
     With ``signing_key`` (else ``$CACHEMAN_SIGNING_KEY``), every file the
     manager's store writes carries an HMAC-SHA256 of its contents, checked
@@ -87,10 +92,16 @@ class CacheManager:
         base_cache_directory: str | os.PathLike[str] | None = None,
         *,
         signing_key: bytes | str | None = None,
+        store: StoreFactory | None = None,
     ) -> None:
         self.name = validate_cache_name(manager_name, what="manager")
         self.cache_directory: Path = manager_directory(self.name, base_cache_directory)
-        self.store = PickleStore(self.cache_directory, signing_key=resolve_signing_key(signing_key))
+        key = resolve_signing_key(signing_key)
+        self.store: Store = (
+            PickleStore(self.cache_directory, signing_key=key)
+            if store is None
+            else store.bind(self.name, key)
+        )
         self._caches: dict[str, CacheWrap] = {}
         self._graph = DependencyGraph()
         self._lock = threading.RLock()

@@ -654,3 +654,59 @@ def test_four_concurrent_writers_leave_one_complete_copy(
     assert caplog.records == []
     assert leftovers(tmp_path / "race") == []
     assert seen_writers  # the reader did see files while the writers ran
+
+
+# -- metadata, names and persisted edges -------------------------------------------------
+
+
+def test_metadata_is_json_updated_field_by_field_and_deleted_with_the_cache(
+    manager: CacheManager,
+) -> None:
+    store = manager.store
+    assert store.read_meta("data") is None
+    store.update_meta("data", generation="ab:1", saved_at=1.5)
+    assert store.update_meta("data", parents={"root": "cd:2"}) == {
+        "generation": "ab:1",
+        "parents": {"root": "cd:2"},
+        "saved_at": 1.5,
+    }
+    assert store.update_meta("data", saved_at=None) == {
+        "generation": "ab:1",
+        "parents": {"root": "cd:2"},
+    }
+    meta_file = manager.cache_directory / "data.meta.json"
+    assert oct(meta_file.stat().st_mode & 0o777) == "0o600"
+    store.delete("data")
+    assert store.read_meta("data") is None
+    assert not meta_file.exists()
+
+
+def test_damaged_metadata_reads_as_none_with_a_warning(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager.store.update_meta("data", generation="ab:1")
+    (manager.cache_directory / "data.meta.json").write_text("{not json")
+    assert manager.store.read_meta("data") is None
+    assert "'data': metadata" in caplog.text
+    assert "damaged" in caplog.text
+
+
+def test_names_lists_caches_with_a_saved_copy_or_metadata(manager: CacheManager) -> None:
+    assert manager.store.names() == []
+    saved_file(manager, "b")
+    manager.store.update_meta("a", generation="x:1")
+    manager.store.update_meta("b", generation="y:1")
+    manager.store.add_edges([("a", "b")])
+    assert manager.store.names() == ["a", "b"]
+
+
+def test_persisted_edges_are_a_union_kept_in_order_and_forgotten_by_name(
+    manager: CacheManager,
+) -> None:
+    store = manager.store
+    assert store.read_edges() == []
+    store.add_edges([("root", "mid"), ("mid", "leaf")])
+    store.add_edges([("root", "mid"), ("root", "other")])
+    assert store.read_edges() == [("root", "mid"), ("mid", "leaf"), ("root", "other")]
+    store.remove_edges("mid")
+    assert store.read_edges() == [("root", "other")]
