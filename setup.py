@@ -1,4 +1,4 @@
-"""Stub for legacy tools (`python setup.py ...`, old pips); metadata lives in setup.cfg."""
+"""Stub for legacy tools (`python setup.py ...`, old pips); all metadata lives in pyproject.toml."""
 
 from setuptools import setup
 
