@@ -1,4 +1,4 @@
-"""Autosync benchmarks: the SPEC §10 write row and the longest pause while saves run.
+"""Autosync benchmarks: the write-speed target and the longest pause while saves run.
 
 Run ``python benchmarks/bench_autosync.py`` (``--quick`` for smaller write
 loops).  Everything is compared as ratios measured in the same run, because the
@@ -35,7 +35,7 @@ SYNC_TO_PAUSE_TARGET = 50.0
 
 
 class CountingDict(dict[Any, Any]):
-    """The SPEC's floor: one dict.__setitem__ and one counter increment per write."""
+    """The floor of the write target: one dict.__setitem__ and one counter increment per write."""
 
     def __init__(self) -> None:
         super().__init__()

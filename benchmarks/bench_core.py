@@ -1,4 +1,4 @@
-"""Benchmark the core rows of SPEC §10: reads, save, load and memory of a real cache.
+"""Benchmark the core speed targets: reads, save, load and memory of a real cache.
 
 Every row is a ratio between a CacheMan operation and its floor, both timed in
 this one run (the minimum over several repeats, alternating the two sides), so

@@ -225,7 +225,7 @@ class TestAutoSyncCSVCache(DictBehaviour):
 
 
 def test_reads_are_not_overridden() -> None:
-    """SPEC §2: reads run the dict's own C code on every cache class."""
+    """Reads are never overridden: every cache class runs the dict's own C code."""
     read_methods = ("__getitem__", "get", "__contains__", "__iter__", "__len__", "keys")
     for cls in (CacheWrap, NonPersistentCache, PersistentCache, AutoSyncCache, CSVCache):
         for method in read_methods:
