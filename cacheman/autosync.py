@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from . import _fork, _scheduler
+from . import _background, _lifecycle, _scheduler
 from .cachewrap import PersistentCache
 
 __all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_TIME_CHECKS", "AutoSyncCache", "EditLog", "TimeCount"]
@@ -220,8 +220,11 @@ class AutoSyncCache(PersistentCache):
         self._edits = 0
         self._trip = 1
         self._log = EditLog(rules, bucket)
-        self._log_lock = threading.Lock()  # held for microseconds, never across I/O
-        self._background = _fork.saver_for(self, self._scheduler)
+        # Held for microseconds, never across I/O.  Re-entrant because the exit
+        # flush of a SIGTERM handler may run in the main thread while that
+        # thread is inside this lock.
+        self._log_lock = threading.RLock()
+        self._background = _background.saver_for(self, self._scheduler)
         super().__init__(*args, **kwargs)
         _live[id(self)] = self
 
@@ -360,14 +363,14 @@ class AutoSyncCache(PersistentCache):
         return self._edits > self._log.floor
 
     def _save_at_exit(self) -> None:
-        _fork.stop_background_work()
+        _background.stop_background_work()
         self._await_pending_save()
         if self._has_unsaved_edits():
             self._save_now()
 
     def _forget_inherited(self) -> None:
         """In a process forked by the user: the parent's edits are the parent's to save."""
-        self._log_lock = threading.Lock()
+        self._log_lock = threading.RLock()
         if self._lock.acquire(blocking=False):
             self._lock.release()
         else:  # held by a thread that does not exist in this process
@@ -389,30 +392,11 @@ def _flush_worker() -> None:
     """Save the pending edits of a forked multiprocessing worker (its exit skips atexit)."""
     for cache in list(_live.values()):
         try:
-            if cache.manager._caches.get(cache.name) is cache:
+            if cache.manager.holds(cache):
                 cache._save_at_exit()
         except Exception:
             logger.exception("cache %r: saving at worker exit failed", cache.name)
 
 
-def _arm_worker_flush(_token: object) -> None:
-    import multiprocessing.util
-
-    multiprocessing.util.Finalize(None, _flush_worker, exitpriority=100)
-
-
-class _WorkerToken:
-    """A weak-referenceable object for multiprocessing's after-fork registry."""
-
-
-_token = _WorkerToken()
-_fork.on_fork_child(_forget_inherited_edits)
-
-
-def _register_worker_flush() -> None:
-    import multiprocessing.util
-
-    multiprocessing.util.register_after_fork(_token, _arm_worker_flush)
-
-
-_register_worker_flush()
+_lifecycle.on_fork_child(_forget_inherited_edits)
+_lifecycle.on_worker_exit(_flush_worker)

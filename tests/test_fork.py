@@ -14,7 +14,7 @@ import psutil
 import pytest
 from helpers import run_python, wait_until
 
-from cacheman import AutoSyncCache, CacheManager, TimeCount, _fork
+from cacheman import AutoSyncCache, CacheManager, TimeCount, _background
 
 
 class SlowToPickle:
@@ -83,7 +83,7 @@ def test_a_child_past_async_timeout_is_killed(
 def test_an_unwritable_directory_shows_failures_retries_and_loses_nothing(
     manager: CacheManager, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_fork, "RETRY_FIRST", 0.2)
+    monkeypatch.setattr(_background, "RETRY_FIRST", 0.2)
     cache = manager.register_custom_cache(
         "blocked", time_checks=[TimeCount(0.2, 1000), TimeCount(0.4, 1)], time_bucket_size=0.05
     )
