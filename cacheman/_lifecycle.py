@@ -23,7 +23,9 @@ program ignores stays ignored; a handler set outside Python stays).  The
 handler runs the exit callbacks, then calls the handler it replaced, if that
 was a Python one, or else restores the default action and sends the signal
 again, so the process ends with the status a shell expects (128 + 15 for
-SIGTERM).  Set ``CACHEMAN_NO_SIGNAL_HANDLERS=1`` or call
+SIGTERM).  In a forked child the handler saves only what a forked worker
+saves at its exit (its own pending autosync edits), never the state it
+inherited.  Set ``CACHEMAN_NO_SIGNAL_HANDLERS=1`` or call
 :func:`disable_signal_handlers` to opt out.
 """
 
@@ -77,6 +79,8 @@ _in_signal_handler = False
 
 # Set, in the forking thread only, around a fork by cacheman._fork.
 _local = threading.local()
+# True in a process forked (by anyone but cacheman._fork) from one that imported us.
+_forked = False
 
 
 # -- registration ---------------------------------------------------------------------
@@ -101,17 +105,21 @@ def on_worker_exit(callback: Callable[[], None]) -> None:
 
 
 def flush() -> None:
-    """Run the exit callbacks, unless they have run (or are running) already.
+    """Run the exit callbacks, unless an exit flush has run (or is running) already.
 
     A callback that raises is logged and the next one still runs.
     """
+    _flush_once(_exit_callbacks, "the exit flush")
+
+
+def _flush_once(callbacks: list[Callable[[], None]], what: str) -> None:
     global _flushed, _flushing
     with _flush_lock:
         if _flushed or _flushing:
             return
         _flushing = True
     try:
-        _run_each(_exit_callbacks, "the exit flush")
+        _run_each(callbacks, what)
     finally:
         with _flush_lock:
             _flushing = False
@@ -184,7 +192,13 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     _in_signal_handler = True
     try:
         logger.info("signal %s: saving pending edits", signal.Signals(signum).name)
-        flush()
+        if _forked:
+            # A forked child (a multiprocessing worker told to stop by
+            # Pool.terminate, say) saves only its own edits, as at its normal
+            # exit: the rest of what it holds is the parent's, as of the fork.
+            _flush_once(_worker_exit_callbacks, "a forked process's signal flush")
+        else:
+            flush()
     finally:
         _in_signal_handler = False
     previous = _previous.get(signum, signal.SIG_DFL)
@@ -213,15 +227,17 @@ def own_fork() -> Iterator[None]:
 
 
 def _after_fork_in_child() -> None:
-    global _flush_lock
+    global _flush_lock, _flushed, _flushing, _forked, _in_signal_handler
     if getattr(_local, "in_own_fork", False):
         return  # a save child: touch nothing
     _flush_lock = threading.RLock()  # another thread of the parent may have held it
+    _flushed = _flushing = _in_signal_handler = False
+    _forked = True
     _run_each(_fork_child_callbacks, "the fork hook")
 
 
 def _run_worker_exit() -> None:
-    _run_each(_worker_exit_callbacks, "a worker's exit flush")
+    _flush_once(_worker_exit_callbacks, "a worker's exit flush")
 
 
 def _arm_worker_exit(_token: object) -> None:
