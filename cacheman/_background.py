@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 import psutil
 
 from . import _lifecycle, _scheduler
-from ._fork import _fork_child, _Job
+from ._fork import ChildJob, fork_child
 
 __all__ = [
     "BackgroundSaver",
@@ -140,7 +140,8 @@ class BackgroundSaver:
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
-        self.job: _Job | None = None
+        self.job: ChildJob | None = None
+        self.job_mark = 0  # the edit mark the job's save captures
         self.requested = False  # asked for while a child ran: one more save after it
         self.due_at: float | None = None  # a deferred save or a retry
 
@@ -228,14 +229,14 @@ class BackgroundSaver:
             saver(name, cache._prepared_for_save())
 
         try:
-            pid, fd = _fork_child(save)
+            pid, fd = fork_child(save)
         except OSError as error:  # EAGAIN, ENOMEM: count it as a failed child save
             self._failed(f"cannot fork: {error}", in_child=True)
             return
         timeout = float(cache.async_timeout)
-        job = _Job(pid, fd, mark, self.scheduler.clock() + timeout, timeout)
+        job = ChildJob(pid, fd, self.scheduler.clock() + timeout, timeout)
         with self._lock:
-            self.job = job
+            self.job, self.job_mark = job, mark
         job.watch(self.scheduler, lambda: self._on_pipe(job))
         self.scheduler.call_at(self, job.deadline, self._on_due)
 
@@ -278,21 +279,22 @@ class BackgroundSaver:
         )
         self._defer(self.scheduler.clock() + delay)
 
-    def _completed(self, job: _Job) -> None:
+    def _completed(self, job: ChildJob) -> None:
         with self._lock:
             if self.job is not job:
                 return
             self.job = None
+            mark = self.job_mark
             requested, self.requested = self.requested, False
         # (The job stopped being watched when it finished, before its pipe closed.)
         if job.ok:
-            self._succeeded(job.mark)
+            self._succeeded(mark)
             if requested:
                 self._defer(self.scheduler.clock())
         else:
             self._failed(job.error or "unknown error", in_child=True)
 
-    def _on_pipe(self, job: _Job) -> None:
+    def _on_pipe(self, job: ChildJob) -> None:
         state = job.service()
         if state == "busy":  # a waiting thread owns it now; stop polling its pipe
             job.unwatch()

@@ -1,8 +1,8 @@
 """Fork mechanics: run a callable in a forked child and learn how it ended.
 
-:func:`_fork_child` forks a child that runs one callable and leaves with
+:func:`fork_child` forks a child that runs one callable and leaves with
 ``os._exit``; the parent goes on at once and follows the child through a
-:class:`_Job`: its report pipe (watched by the scheduler thread), its exit
+:class:`ChildJob`: its report pipe (watched by the scheduler thread), its exit
 status, and a kill at its deadline.  This module knows nothing of caches: what
 the child runs, and what an outcome means, is :mod:`cacheman._background`'s
 business.
@@ -39,7 +39,7 @@ from . import _lifecycle
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
-__all__ = ["_Job", "_fork_child"]
+__all__ = ["ChildJob", "fork_child"]
 
 # Pipe ends of our children; a process forked by someone else closes them.
 _inherited_fds: set[int] = set()
@@ -125,7 +125,7 @@ def _warm_tempfile() -> None:
         warm()
 
 
-def _fork_child(run: Callable[[], object]) -> tuple[int, int]:
+def fork_child(run: Callable[[], object]) -> tuple[int, int]:
     """Fork a child that runs ``run()``; return its pid and our end of its report pipe.
 
     Raises ``OSError`` when the fork itself fails (EAGAIN, ENOMEM).
@@ -160,17 +160,17 @@ def _fork_child(run: Callable[[], object]) -> tuple[int, int]:
 # -- one child, seen from the parent -------------------------------------------------
 
 
-class _Job:
+class ChildJob:
     """One child in flight: its pid, its pipe, and how it ended.
 
-    ``deadline`` is on the scheduler's clock, ``timeout`` in real seconds;
-    ``mark`` is the caller's to keep (what the child's work covers).
+    ``deadline`` is on the scheduler's clock (the caller kills the child when
+    the scheduler reaches it), ``timeout`` the same span in real seconds (for
+    :meth:`wait`).
     """
 
-    def __init__(self, pid: int, fd: int, mark: int, deadline: float, timeout: float) -> None:
+    def __init__(self, pid: int, fd: int, deadline: float, timeout: float) -> None:
         self.pid = pid
         self.fd = fd
-        self.mark = mark
         self.deadline = deadline  # on the scheduler's clock
         self.timeout = timeout
         self.real_deadline = time.monotonic() + timeout
