@@ -36,7 +36,9 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -59,6 +61,10 @@ logger = logging.getLogger("cacheman")
 NO_SIGNAL_HANDLERS_ENV = "CACHEMAN_NO_SIGNAL_HANDLERS"
 #: The signals whose default action ends the process without running ``atexit``.
 SIGNAL_NAMES = ("SIGTERM", "SIGHUP")
+#: Seconds a signal waits for the main thread to finish a cache operation it
+#: interrupted (a save holding a file's lock, a builder) before the process
+#: ends without the flush.
+SIGNAL_DEFER_LIMIT = 30.0
 
 SignalHandler = Callable[[int, "FrameType | None"], Any]
 
@@ -74,6 +80,11 @@ _flushing = False
 
 # Signal state: the handler each signal had before ours, for chaining.
 _previous: dict[int, SignalHandler | int | None] = {}
+# Signals put off until the main thread leaves a cache operation, and those
+# that waited longer than SIGNAL_DEFER_LIMIT for it.
+_deferred: set[int] = set()
+_overdue: set[int] = set()
+_PACKAGE = __name__.rpartition(".")[0] + "."
 _signals_disabled = False
 _in_signal_handler = False
 
@@ -182,12 +193,66 @@ def disable_signal_handlers() -> None:
         del _previous[signum]
 
 
+def _inside_the_package(frame: FrameType | None) -> bool:
+    """Whether the interrupted thread is running the package's code (or a hook it called)."""
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if isinstance(module, str) and module.startswith(_PACKAGE) and module != __name__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _main_thread_frame() -> FrameType | None:
+    ident = threading.main_thread().ident
+    return None if ident is None else sys._current_frames().get(ident)
+
+
+def _redeliver_when_outside(signum: int) -> None:
+    """Send ``signum`` to the main thread again once it has left the package's code."""
+    end = time.monotonic() + SIGNAL_DEFER_LIMIT
+    while _inside_the_package(_main_thread_frame()) and time.monotonic() < end:
+        time.sleep(0.005)
+    with _flush_lock:
+        _deferred.discard(signum)
+        if time.monotonic() >= end:
+            _overdue.add(signum)
+    ident = threading.main_thread().ident
+    if ident is not None:
+        signal.pthread_kill(ident, signum)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     """Save pending edits, then let the signal do what it did before we were installed."""
     global _in_signal_handler, _flushed
-    if _in_signal_handler:
-        # A second signal while the first one's flush runs: the flush goes on and
-        # the first handler then ends the process; running it twice would not help.
+    if _in_signal_handler or _flushing:
+        # A second signal while a flush runs: the flush goes on, and the process
+        # then ends as it was going to; running the flush twice would not help.
+        return
+    with _flush_lock:
+        overdue = signum in _overdue
+        _overdue.discard(signum)
+        if not overdue and _inside_the_package(frame):
+            # The main thread was stopped inside a cache operation, maybe holding a
+            # file's lock: a flush from here could wait for that lock forever.
+            # Let the operation finish, then take the signal again.
+            if signum not in _deferred:
+                _deferred.add(signum)
+                threading.Thread(
+                    target=_redeliver_when_outside,
+                    args=(signum,),
+                    name="cacheman-signal",
+                    daemon=True,
+                ).start()
+            return
+    if overdue:
+        logger.warning(
+            "signal %s: the main thread stayed in a cache operation for %g s; "
+            "ending without saving pending edits",
+            signal.Signals(signum).name,
+            SIGNAL_DEFER_LIMIT,
+        )
+        _end_as_before(signum, frame)
         return
     _in_signal_handler = True
     try:
@@ -201,16 +266,25 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
             flush()
     finally:
         _in_signal_handler = False
-    previous = _previous.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)
+    if _end_as_before(signum, frame):
         # The program's handler let it go on: what it edits from now on is saved
         # at exit (or at the next signal).
         with _flush_lock:
             _flushed = False
-        return
+
+
+def _end_as_before(signum: int, frame: FrameType | None) -> bool:
+    """Do what the signal did before our handler: call the old handler, or die of it.
+
+    Returns True when the program's own handler returned (the program goes on).
+    """
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+        return True
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+    return False
 
 
 # -- forks --------------------------------------------------------------------------------------

@@ -75,8 +75,10 @@ print("stdin closed", flush=True)
 """
 
 
-def start(tmp_path: Path, before: str = "", after: str = "", **env: str) -> subprocess.Popen[str]:
-    """Start SIGNAL_SCRIPT in a fresh interpreter and wait until its edits are made."""
+def start(
+    tmp_path: Path, before: str = "", after: str = "", *, expect: str = "ready\n", **env: str
+) -> subprocess.Popen[str]:
+    """Start SIGNAL_SCRIPT in a fresh interpreter; wait until it prints ``expect``."""
     script = SIGNAL_SCRIPT.format(before=textwrap.dedent(before), after=textwrap.dedent(after))
     child_env = {**os.environ, "CACHEMAN_DIR": str(tmp_path), **env}
     child_env.pop("PYTHONSTARTUP", None)
@@ -90,13 +92,30 @@ def start(tmp_path: Path, before: str = "", after: str = "", **env: str) -> subp
     )
     assert process.stdout is not None
     line = process.stdout.readline()
-    assert line == "ready\n", line + (process.stderr.read() if process.stderr else "")
+    assert line == expect, line + (process.stderr.read() if process.stderr else "")
     return process
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    """Wait for the program to end; its exit status, output and error output."""
-    out, err = process.communicate(timeout=60)
+    """Wait for the program to end; its exit status, output and error output.
+
+    Its stdin stays open while it runs: only a signal (or the test closing
+    stdin first) ends it.
+    """
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()  # a hung program must not outlive the test
+        process.wait()
+        raise
+    assert process.stdin is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
+    if not process.stdin.closed:
+        process.stdin.close()
+    out, err = process.stdout.read(), process.stderr.read()
+    process.stdout.close()
+    process.stderr.close()
     return process.returncode, out, err
 
 
@@ -140,7 +159,9 @@ def test_an_ignored_signal_stays_ignored(tmp_path: Path) -> None:
     time.sleep(0.5)
     assert process.poll() is None, "SIGTERM is still ignored"
     assert saved(tmp_path) == {}, "and nothing was flushed for it"
-    status, out, err = finish(process)  # closing stdin lets the program end normally
+    assert process.stdin is not None
+    process.stdin.close()  # lets the program end normally
+    status, out, err = finish(process)
     assert "stdin closed" in out
     assert status == 0, err
     assert err.strip() == "True", err  # our handler was not installed over it
@@ -243,3 +264,29 @@ def test_terminated_pool_workers_do_not_write_back_what_they_inherited(
         pool.join()
     assert not any(result.ready() for result in busy)
     assert manager.store.load("parents") == {"version": 2}
+
+
+def test_a_signal_during_a_save_of_the_main_thread_waits_for_it_then_flushes(
+    tmp_path: Path,
+) -> None:
+    # The save holds the file's lock while it pickles; a flush started inside it,
+    # in the same thread, would wait for that lock forever.
+    slow_save = """
+        import time
+        class SlowToPickle:
+            def __reduce__(self):
+                print("pickling", flush=True)
+                time.sleep(1)
+                return (SlowToPickle, ())
+        for i in range(50):
+            cache[i] = i
+        other = manager.register_custom_cache("other", autosync=False)
+        other["slow"] = SlowToPickle()
+        other.save()
+    """
+    process = start(tmp_path, after=slow_save, expect="pickling\n")
+    process.send_signal(signal.SIGTERM)
+    status, _, err = finish(process)
+    assert status == -signal.SIGTERM, err
+    assert saved(tmp_path) == {i: i for i in range(50)}
+    assert (tmp_path / "signals" / "other.pkl").exists(), "the interrupted save finished"
