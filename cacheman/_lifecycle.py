@@ -23,9 +23,11 @@ program ignores stays ignored; a handler set outside Python stays).  The
 handler runs the exit callbacks, then calls the handler it replaced, if that
 was a Python one, or else restores the default action and sends the signal
 again, so the process ends with the status a shell expects (128 + 15 for
-SIGTERM).  In a forked child the handler saves only what a forked worker
-saves at its exit (its own pending autosync edits), never the state it
-inherited.  Set ``CACHEMAN_NO_SIGNAL_HANDLERS=1`` or call
+SIGTERM).  A signal that stops the main thread inside the package's own code
+(a save holding a file's lock, say) is put off until that code returns, so the
+flush never waits for a lock its own thread holds.  In a forked child the
+handler saves only what a forked worker saves at its exit (its own pending
+autosync edits), never the state it inherited.  Set ``CACHEMAN_NO_SIGNAL_HANDLERS=1`` or call
 :func:`disable_signal_handlers` to opt out.
 """
 
@@ -83,6 +85,7 @@ _previous: dict[int, SignalHandler | int | None] = {}
 # Signals put off until the main thread leaves a cache operation, and those
 # that waited longer than SIGNAL_DEFER_LIMIT for it.
 _deferred: set[int] = set()
+_defer_deadline: dict[int, float] = {}  # from the first time a signal was put off
 _overdue: set[int] = set()
 _PACKAGE = __name__.rpartition(".")[0] + "."
 _signals_disabled = False
@@ -210,7 +213,7 @@ def _main_thread_frame() -> FrameType | None:
 
 def _redeliver_when_outside(signum: int) -> None:
     """Send ``signum`` to the main thread again once it has left the package's code."""
-    end = time.monotonic() + SIGNAL_DEFER_LIMIT
+    end = _defer_deadline[signum]
     while _inside_the_package(_main_thread_frame()) and time.monotonic() < end:
         time.sleep(0.005)
     with _flush_lock:
@@ -238,6 +241,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
             # Let the operation finish, then take the signal again.
             if signum not in _deferred:
                 _deferred.add(signum)
+                _defer_deadline.setdefault(signum, time.monotonic() + SIGNAL_DEFER_LIMIT)
                 threading.Thread(
                     target=_redeliver_when_outside,
                     args=(signum,),
@@ -245,6 +249,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
                     daemon=True,
                 ).start()
             return
+    _defer_deadline.pop(signum, None)
     if overdue:
         logger.warning(
             "signal %s: the main thread stayed in a cache operation for %g s; "

@@ -220,10 +220,7 @@ class AutoSyncCache(PersistentCache):
         self._edits = 0
         self._trip = 1
         self._log = EditLog(rules, bucket)
-        # Held for microseconds, never across I/O.  Re-entrant because the exit
-        # flush of a SIGTERM handler may run in the main thread while that
-        # thread is inside this lock.
-        self._log_lock = threading.RLock()
+        self._log_lock = threading.Lock()  # held for microseconds, never across I/O
         self._background = _background.saver_for(self, self._scheduler)
         super().__init__(*args, **kwargs)
         _live[id(self)] = self
@@ -370,7 +367,7 @@ class AutoSyncCache(PersistentCache):
 
     def _forget_inherited(self) -> None:
         """In a process forked by the user: the parent's edits are the parent's to save."""
-        self._log_lock = threading.RLock()
+        self._log_lock = threading.Lock()
         if self._lock.acquire(blocking=False):
             self._lock.release()
         else:  # held by a thread that does not exist in this process
