@@ -308,22 +308,6 @@ class CacheWrap(dict[Any, Any]):
             saver(self._name, self._prepared_for_save())
             self._saved_through(mark)
 
-    def _save_plan(self) -> tuple[Callable[..., Any], int] | None:
-        """The saver to run and the edit mark it captures, or None when nothing is written.
-
-        Every save path (in this thread, in a child, in-process fallback) starts
-        here.  The mark is taken before the saver runs: edits other threads make
-        meanwhile are not in what it writes, so they stay pending.
-        """
-        saver = self._resolved("saver")
-        if saver is None:
-            return None
-        mark = self._edit_mark()
-        if not self and not self.save_on_blank_cache:
-            self._saved_through(mark)  # a blank cache is not written, by request
-            return None
-        return saver, mark
-
     def _reset_self(self) -> None:
         """Build anew, delete the saved copy, replace the contents (this cache only)."""
         with self._lock:
@@ -345,6 +329,40 @@ class CacheWrap(dict[Any, Any]):
         _background.stop_background_work()
         self._save_now()
 
+    # -- what the background saver uses (_background.SaveTarget declares it) -----
+
+    def _save_plan(self) -> tuple[Callable[..., Any], int] | None:
+        """The saver to run and the edit mark it captures, or None when nothing is written.
+
+        Every save path (in this thread, in a child, in-process fallback) starts
+        here.  The mark is taken before the saver runs: edits other threads make
+        meanwhile are not in what it writes, so they stay pending.
+        """
+        saver = self._resolved("saver")
+        if saver is None:
+            return None
+        mark = self._edit_mark()
+        if not self and not self.save_on_blank_cache:
+            self._saved_through(mark)  # a blank cache is not written, by request
+            return None
+        return saver, mark
+
+    def _prepared_for_save(self) -> Mapping[Any, Any]:
+        """The mapping handed to the saver: the live cache, or a pre-processed copy."""
+        if self.pre_processor is None:
+            return self
+        copy = dict(self)
+        result = _as_mapping(self._name, "pre_processor", self.pre_processor(copy))
+        return copy if result is None else result
+
+    def _saved_through(self, mark: int) -> None:
+        """Called after a background save that captured the edits up to ``mark``."""
+        self._saved()
+
+    def _has_unsaved_edits(self) -> bool:
+        """Whether a deferred background save still has something to write."""
+        return True
+
     # -- hooks for subclasses (autosync) ---------------------------------------
 
     def _await_pending_save(self) -> None:
@@ -354,14 +372,6 @@ class CacheWrap(dict[Any, Any]):
     def _edit_mark(self) -> int:
         """A mark of the edits made so far (autosync counts them; 0 here)."""
         return 0
-
-    def _saved_through(self, mark: int) -> None:
-        """Called after a background save that captured the edits up to ``mark``."""
-        self._saved()
-
-    def _has_unsaved_edits(self) -> bool:
-        """Whether a deferred background save still has something to write."""
-        return True
 
     @property
     def last_save_error(self) -> str | None:
@@ -447,14 +457,6 @@ class CacheWrap(dict[Any, Any]):
             return contents
         result = _as_mapping(self._name, "post_processor", self.post_processor(contents))
         return contents if result is None else result
-
-    def _prepared_for_save(self) -> Mapping[Any, Any]:
-        """The mapping handed to the saver: the live cache, or a pre-processed copy."""
-        if self.pre_processor is None:
-            return self
-        copy = dict(self)
-        result = _as_mapping(self._name, "pre_processor", self.pre_processor(copy))
-        return copy if result is None else result
 
 
 class CacheSteps(Protocol):
