@@ -1,5 +1,6 @@
 """CacheMan: dict caches that persist between runs, with hooks and dependency invalidation."""
 
+from ._lifecycle import disable_signal_handlers
 from .autosync import AutoSyncCache, TimeCount
 from .cacher import CacheManager, get_cache_manager
 from .cachewrap import CacheWrap, NonPersistentCache, PersistentCache
@@ -35,5 +36,6 @@ __all__ = [
     "TimeCount",
     "UnpicklableValueError",
     "__version__",
+    "disable_signal_handlers",
     "get_cache_manager",
 ]

@@ -1,30 +1,24 @@
-"""Saves in a forked child process: fork, psutil tracking, reaping, timeouts, retries.
+"""Fork mechanics: run a callable in a forked child and learn how it ended.
 
-A background save forks the process: the child sees a point-in-time,
-copy-on-write snapshot of every cache, pickles the one it was made for, writes
-it through the cache's saver, and leaves with ``os._exit``.  The parent goes on
-at once; it learns the outcome through a pipe (watched by the scheduler thread)
-and the child's exit status.
+:func:`fork_child` forks a child that runs one callable and leaves with
+``os._exit``; the parent goes on at once and follows the child through a
+:class:`ChildJob`: its report pipe (watched by the scheduler thread), its exit
+status, and a kill at its deadline.  This module knows nothing of caches: what
+the child runs, and what an outcome means, is :mod:`cacheman._background`'s
+business.
 
-What the child runs is kept to the pickler and plain file writes: no lock of
-ours, no logging.  It reports, through the pipe, ``T<path>`` for each file it
-creates exclusively (a temporary file, seen by an audit hook), then ``K`` on
+What the child runs must be kept to the pickler and plain file writes: no lock
+of ours, no logging.  It reports, through the pipe, ``T<path>`` for each file
+it creates exclusively (a temporary file, seen by an audit hook), then ``K`` on
 success or ``E<error>`` on failure.  So when a child dies half-way (killed at
-the timeout, or by anyone else), the parent knows which temporary files to
+its timeout, or by anyone else), the parent knows which temporary files to
 remove.
-
-Per cache, a :class:`BackgroundSaver` keeps at most one child in flight,
-coalesces the requests made meanwhile into one more save, retries a failed save
-after a back-off, and falls back to saving in-process (with a warning) when the
-platform cannot fork, when memory is too short for a copy-on-write child, or
-after two failed child saves in a row.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import logging
 import math
 import os
 import select
@@ -35,43 +29,20 @@ import tempfile
 import threading
 import time
 import warnings
-import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import psutil
 
-from . import _scheduler
+from . import _lifecycle
 
 if TYPE_CHECKING:
-    from .cachewrap import CacheWrap
+    from ._scheduler import Scheduler
 
-__all__ = ["BackgroundSaver", "await_idle", "last_error", "request_save", "saver_for"]
+__all__ = ["ChildJob", "fork_child"]
 
-logger = logging.getLogger("cacheman")
-
-#: Seconds before the first retry of a failed save; it doubles up to RETRY_MAX.
-RETRY_FIRST = 1.0
-RETRY_MAX = 60.0
-#: How long the scheduler waits before retrying when a cache's lock is busy.
-LOCK_RETRY = 0.1
-#: Child saves that fail in a row before the cache saves in-process instead.
-CHILD_FAILURES_BEFORE_FALLBACK = 2
-#: A rough upper bound of the memory a child may copy per item (refcount writes
-#: dirty the pages of every key and value it pickles).
-BYTES_PER_ITEM = 200
-
-Mode = Literal["caller", "edit", "thread"]
-
-# Set, in the forking thread only, around our own fork: the child's fork hook
-# must then do nothing at all (it runs in a save child, which touches no state).
-_local = threading.local()
-# Pipe ends of our child saves; a process forked by someone else closes them.
+# Pipe ends of our children; a process forked by someone else closes them.
 _inherited_fds: set[int] = set()
-_savers: dict[int, BackgroundSaver] = {}
-_savers_lock = threading.Lock()
-_child_resetters: list[Callable[[], None]] = []
-_warned_no_fork = False
 
 
 # -- the child -------------------------------------------------------------------
@@ -119,8 +90,8 @@ def _close_inherited_pipes(keep: int) -> None:
                 os.close(fd)
 
 
-def _run_child(write_fd: int, save: Callable[[], object]) -> NoReturn:
-    """The whole life of a save child; never returns."""
+def _run_child(write_fd: int, run: Callable[[], object]) -> NoReturn:
+    """The whole life of a child; never returns."""
     code = 1
     try:
         _close_inherited_pipes(keep=write_fd)
@@ -135,7 +106,7 @@ def _run_child(write_fd: int, save: Callable[[], object]) -> NoReturn:
         with contextlib.suppress(Exception):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.addaudithook(_TempFileReporter(write_fd))
-        save()
+        run()
         _write_record(write_fd, b"K")
         code = 0
     except BaseException as error:
@@ -154,32 +125,32 @@ def _warm_tempfile() -> None:
         warm()
 
 
-def _fork_child(save: Callable[[], object]) -> tuple[int, int]:
-    """Fork a child that runs ``save``; return its pid and our end of its pipe."""
+def fork_child(run: Callable[[], object]) -> tuple[int, int]:
+    """Fork a child that runs ``run()``; return its pid and our end of its report pipe.
+
+    Raises ``OSError`` when the fork itself fails (EAGAIN, ENOMEM).
+    """
     read_fd, write_fd = os.pipe()
     _inherited_fds.update((read_fd, write_fd))
     _warm_tempfile()
-    _local.in_save_child = True
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _lifecycle.own_fork():
             # Python 3.12+ warns that forking a process with threads may leave the
             # child holding a lock forever.  This child runs only the pickler and
             # plain file writes and takes no lock of ours (no logging either); one
-            # that hangs anyway is killed at async_timeout.  So the warning is
+            # that hangs anyway is killed at its deadline.  So the warning is
             # silenced here, at this one call, and nowhere else.
             warnings.filterwarnings(
                 "ignore", category=DeprecationWarning, message=r".*multi-threaded.*fork"
             )
             pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child; coverage cannot follow os._exit
-            _run_child(write_fd, save)
+            if pid == 0:  # pragma: no cover - the child; coverage cannot follow os._exit
+                _run_child(write_fd, run)
     except BaseException:
         for fd in (read_fd, write_fd):
             _inherited_fds.discard(fd)
             os.close(fd)
         raise
-    finally:
-        _local.in_save_child = False
     os.close(write_fd)
     _inherited_fds.discard(write_fd)
     os.set_blocking(read_fd, False)
@@ -189,18 +160,22 @@ def _fork_child(save: Callable[[], object]) -> tuple[int, int]:
 # -- one child, seen from the parent -------------------------------------------------
 
 
-class _Job:
-    """One child save in flight: its pid, its pipe, and how it ended."""
+class ChildJob:
+    """One child in flight: its pid, its pipe, and how it ended.
 
-    def __init__(self, pid: int, fd: int, mark: int, deadline: float, timeout: float) -> None:
+    ``deadline`` is on the scheduler's clock (the caller kills the child when
+    the scheduler reaches it), ``timeout`` the same span in real seconds (for
+    :meth:`wait`).
+    """
+
+    def __init__(self, pid: int, fd: int, deadline: float, timeout: float) -> None:
         self.pid = pid
         self.fd = fd
-        self.mark = mark
         self.deadline = deadline  # on the scheduler's clock
         self.timeout = timeout
         self.real_deadline = time.monotonic() + timeout
         self.lock = threading.Lock()
-        self._scheduler: _scheduler.Scheduler | None = None
+        self._scheduler: Scheduler | None = None
         self._on_readable: Callable[[], None] | None = None
         self.done = False
         self.ok = False
@@ -215,7 +190,7 @@ class _Job:
         state = "done" if self.done else "running"
         return f"<child save pid={self.pid} {state}>"
 
-    def watch(self, scheduler: _scheduler.Scheduler, on_readable: Callable[[], None]) -> None:
+    def watch(self, scheduler: Scheduler, on_readable: Callable[[], None]) -> None:
         """Have ``scheduler`` call ``on_readable()`` when the child writes or ends."""
         self._scheduler, self._on_readable = scheduler, on_readable
         scheduler.watch(self.fd, on_readable)
@@ -316,303 +291,12 @@ class _Job:
             self._finish(killed=reason)
 
 
-# -- one cache's background saves ------------------------------------------------------
-
-
-def _snapshot(cache: CacheWrap) -> Mapping[Any, Any]:
-    """A copy to save in-process while other threads may go on editing the cache."""
-    prepared = cache._prepared_for_save()
-    return dict.copy(cache) if prepared is cache else prepared
-
-
-def _memory_short(cache: CacheWrap) -> bool:
-    try:
-        available = psutil.virtual_memory().available
-        resident = psutil.Process().memory_info().rss
-    except (psutil.Error, OSError):
-        return False
-    needed = min(resident, sys.getsizeof(cache) + len(cache) * BYTES_PER_ITEM)
-    return available < needed
-
-
-def _backoff(failures: int) -> float:
-    return float(min(RETRY_MAX, RETRY_FIRST * 2 ** max(0, failures - 1)))
-
-
-class BackgroundSaver:
-    """One cache's background saves: one child at a time, coalescing, retries, fallback."""
-
-    def __init__(self, cache: CacheWrap, scheduler: _scheduler.Scheduler) -> None:
-        self._cache = weakref.ref(cache)
-        self.scheduler = scheduler
-        self._reset_state()
-        self.failures = 0  # failed saves in a row, of any kind
-        self.child_failures = 0  # failed child saves in a row
-        self.last_error: str | None = None
-        self.completed = 0  # successful background saves so far
-        self._fallback: str | None = None
-
-    def _reset_state(self) -> None:
-        self._lock = threading.Lock()
-        self.job: _Job | None = None
-        self.requested = False  # asked for while a child ran: one more save after it
-        self.due_at: float | None = None  # a deferred save or a retry
-
-    @property
-    def name(self) -> str:
-        """The cache's name, for messages."""
-        cache = self._cache()
-        return "<gone>" if cache is None else cache.name
-
-    def __repr__(self) -> str:
-        return f"<BackgroundSaver {self.name!r} job={self.job!r} failures={self.failures}>"
-
-    @property
-    def busy(self) -> bool:
-        """Whether a child save is in flight."""
-        return self.job is not None
-
-    # -- asking for a save --------------------------------------------------------
-
-    def request(self, mode: Mode) -> None:
-        """Save soon, without making the caller wait for the write.
-
-        ``mode`` says who asks: ``"caller"`` (an explicit ``save()``; may wait
-        for the cache's lock), ``"edit"`` (the burst rule, on the editing
-        thread: never waits, never saves in-process) or ``"thread"`` (the
-        scheduler: never waits for a lock).
-        """
-        cache = self._cache()
-        if cache is None:
-            return
-        with self._lock:
-            if self.job is not None:
-                self.requested = True
-                return
-        in_process = self._in_process_reason(cache)
-        if in_process is not None and mode == "edit":
-            self._defer(self.scheduler.clock())
-            return
-        if not cache._lock.acquire(blocking=mode == "caller"):
-            self._defer(self.scheduler.clock() + (0 if mode == "edit" else LOCK_RETRY))
-            return
-        try:
-            if in_process is not None:
-                self._save_in_process(cache)
-            else:
-                self._start_child(cache)
-        finally:
-            cache._lock.release()
-
-    def _in_process_reason(self, cache: CacheWrap) -> str | None:
-        global _warned_no_fork
-        reason = None
-        if not hasattr(os, "fork"):
-            reason = "this platform cannot fork"
-        elif self.child_failures >= CHILD_FAILURES_BEFORE_FALLBACK:
-            reason = f"the last {self.child_failures} child saves failed"
-        elif _memory_short(cache):
-            reason = "free memory is too short for a copy-on-write child"
-        if reason is not None and reason != self._fallback:
-            if reason != "this platform cannot fork" or not _warned_no_fork:
-                logger.warning(
-                    "cache %r: saving in-process (the program waits for the write) because %s",
-                    self.name,
-                    reason,
-                )
-            _warned_no_fork = _warned_no_fork or reason == "this platform cannot fork"
-        self._fallback = reason
-        return reason
-
-    def _defer(self, when: float) -> None:
-        with self._lock:
-            self.due_at = when if self.due_at is None else min(self.due_at, when)
-        self.scheduler.call_at(self, when, self._on_due)
-
-    # -- the two ways to save (cache lock held) ------------------------------------
-
-    def _start_child(self, cache: CacheWrap) -> None:
-        plan = cache._save_plan()
-        if plan is None:
-            return
-        saver, mark = plan
-        name = cache.name
-
-        def save() -> None:  # runs in the child
-            saver(name, cache._prepared_for_save())
-
-        try:
-            pid, fd = _fork_child(save)
-        except OSError as error:  # EAGAIN, ENOMEM: count it as a failed child save
-            self._failed(f"cannot fork: {error}", in_child=True)
-            return
-        timeout = float(cache.async_timeout)
-        job = _Job(pid, fd, mark, self.scheduler.clock() + timeout, timeout)
-        with self._lock:
-            self.job = job
-        job.watch(self.scheduler, lambda: self._on_pipe(job))
-        self.scheduler.call_at(self, job.deadline, self._on_due)
-
-    def _save_in_process(self, cache: CacheWrap) -> None:
-        plan = cache._save_plan()
-        if plan is None:
-            return
-        saver, mark = plan
-        try:
-            saver(cache.name, _snapshot(cache))
-        except Exception as error:
-            self._failed(f"{type(error).__name__}: {error}", in_child=False)
-        else:
-            self._succeeded(mark)
-
-    # -- outcomes --------------------------------------------------------------------
-
-    def _succeeded(self, mark: int) -> None:
-        if self.failures:
-            logger.info("cache %r: saved after %d failed attempts", self.name, self.failures)
-        self.failures = 0
-        self.child_failures = 0
-        self.last_error = None
-        self.completed += 1
-        cache = self._cache()
-        if cache is not None:
-            cache._saved_through(mark)
-
-    def _failed(self, error: str, in_child: bool) -> None:
-        self.failures += 1
-        if in_child:
-            self.child_failures += 1
-        self.last_error = error
-        delay = _backoff(self.failures)
-        logger.warning(
-            "cache %r: background save failed (%s); the edits stay pending, retry in %g s",
-            self.name,
-            error,
-            delay,
-        )
-        self._defer(self.scheduler.clock() + delay)
-
-    def _completed(self, job: _Job) -> None:
-        with self._lock:
-            if self.job is not job:
-                return
-            self.job = None
-            requested, self.requested = self.requested, False
-        # (The job stopped being watched when it finished, before its pipe closed.)
-        if job.ok:
-            self._succeeded(job.mark)
-            if requested:
-                self._defer(self.scheduler.clock())
-        else:
-            self._failed(job.error or "unknown error", in_child=True)
-
-    def _on_pipe(self, job: _Job) -> None:
-        state = job.service()
-        if state == "busy":  # a waiting thread owns it now; stop polling its pipe
-            job.unwatch()
-        elif state == "done":
-            self._completed(job)
-
-    def _on_due(self, now: float) -> float | None:
-        """Scheduler task: kill a child past its timeout; run a deferred save or retry."""
-        with self._lock:
-            job, due = self.job, self.due_at
-        if job is not None and now >= job.deadline:
-            job.kill(f"the save process ran past async_timeout ({job.timeout:g} s) and was killed")
-            self._completed(job)
-            job = None
-        if due is not None and now >= due:
-            with self._lock:
-                self.due_at = None
-            cache = self._cache()
-            if cache is not None and cache._has_unsaved_edits():
-                self.request("thread")
-        with self._lock:
-            job_deadline = None if self.job is None else self.job.deadline
-            deadlines = [t for t in (self.due_at, job_deadline) if t is not None]
-        return min(deadlines) if deadlines else None
-
-    # -- waiting ----------------------------------------------------------------------
-
-    def await_idle(self) -> None:
-        """Wait for the child save in flight (killing it at its timeout); apply its outcome."""
-        with self._lock:
-            job = self.job
-        if job is None:
-            return
-        job.unwatch()
-        if not job.wait(max(0.0, job.real_deadline - time.monotonic())):
-            job.kill(f"the save process ran past async_timeout ({job.timeout:g} s) and was killed")
-        self._completed(job)
-
-    def _forget_after_fork(self) -> None:
-        # In a forked child the parent's save child is not ours to wait for.
-        self._reset_state()
-
-
-# -- what the cache classes call ----------------------------------------------------------
-
-
-def saver_for(cache: CacheWrap, scheduler: _scheduler.Scheduler | None = None) -> BackgroundSaver:
-    """The :class:`BackgroundSaver` of ``cache``, made on first use."""
-    key = id(cache)
-    with _savers_lock:
-        saver = _savers.get(key)
-        if saver is None or saver._cache() is not cache:
-            saver = BackgroundSaver(cache, scheduler or _scheduler.process_scheduler())
-            _savers[key] = saver
-            weakref.finalize(cache, _savers.pop, key, None).atexit = False
-        return saver
-
-
-def _existing(cache: CacheWrap) -> BackgroundSaver | None:
-    saver = _savers.get(id(cache))
-    return saver if saver is not None and saver._cache() is cache else None
-
-
-def request_save(cache: CacheWrap) -> None:
-    """Save ``cache`` in a child process (an explicit ``save()`` of an async cache)."""
-    saver_for(cache).request("caller")
-
-
-def await_idle(cache: CacheWrap) -> None:
-    """Wait for the background save of ``cache`` in flight, if any."""
-    saver = _existing(cache)
-    if saver is not None:
-        saver.await_idle()
-
-
-def last_error(cache: CacheWrap) -> str | None:
-    """The error of the last background save of ``cache`` if it failed, else None."""
-    saver = _existing(cache)
-    return None if saver is None else saver.last_error
-
-
-def stop_background_work() -> None:
-    """At exit: stop the scheduler thread so no new save starts during the final flush."""
-    _scheduler.shutdown()
-
-
-def on_fork_child(callback: Callable[[], None]) -> None:
-    """Run ``callback()`` in every child forked by someone else (not in save children)."""
-    _child_resetters.append(callback)
-
-
-def _after_fork_in_child() -> None:
-    global _savers_lock
-    if getattr(_local, "in_save_child", False):
-        return  # a save child: touch nothing
-    _savers_lock = threading.Lock()  # another thread of the parent may have held it
+def _close_inherited_fds() -> None:
+    """In a process forked by someone else: our children's pipes are not its own."""
     for fd in list(_inherited_fds):
         with contextlib.suppress(OSError):
             os.close(fd)
     _inherited_fds.clear()
-    _scheduler.forget_after_fork()
-    for saver in list(_savers.values()):
-        saver._forget_after_fork()
-    for callback in _child_resetters:
-        callback()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_lifecycle.on_fork_child(_close_inherited_fds)

@@ -20,7 +20,6 @@ stops it before the exit flush.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import logging
@@ -34,6 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
+
+from . import _lifecycle
 
 __all__ = ["Clock", "Scheduler", "Task", "for_clock", "process_scheduler", "shutdown"]
 
@@ -301,7 +302,7 @@ def shutdown() -> None:
 
 
 def forget_after_fork() -> None:
-    """Reset every scheduler in a forked child (called by ``_fork``'s fork hook)."""
+    """Reset every scheduler in a forked child (a fork callback of ``_lifecycle``)."""
     global _exiting
     _exiting = False
     _process_scheduler._forget_after_fork()
@@ -309,4 +310,6 @@ def forget_after_fork() -> None:
         scheduler._forget_after_fork()
 
 
-atexit.register(shutdown)
+# Registered first, so it stops the thread before the exit flush starts.
+_lifecycle.on_exit(shutdown)
+_lifecycle.on_fork_child(forget_after_fork)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from . import _fork, _scheduler
+from . import _background, _lifecycle, _scheduler
 from .cachewrap import PersistentCache
 
 __all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_TIME_CHECKS", "AutoSyncCache", "EditLog", "TimeCount"]
@@ -221,7 +221,7 @@ class AutoSyncCache(PersistentCache):
         self._trip = 1
         self._log = EditLog(rules, bucket)
         self._log_lock = threading.Lock()  # held for microseconds, never across I/O
-        self._background = _fork.saver_for(self, self._scheduler)
+        self._background = _background.saver_for(self, self._scheduler)
         super().__init__(*args, **kwargs)
         _live[id(self)] = self
 
@@ -360,7 +360,7 @@ class AutoSyncCache(PersistentCache):
         return self._edits > self._log.floor
 
     def _save_at_exit(self) -> None:
-        _fork.stop_background_work()
+        _background.stop_background_work()
         self._await_pending_save()
         if self._has_unsaved_edits():
             self._save_now()
@@ -389,30 +389,11 @@ def _flush_worker() -> None:
     """Save the pending edits of a forked multiprocessing worker (its exit skips atexit)."""
     for cache in list(_live.values()):
         try:
-            if cache.manager._caches.get(cache.name) is cache:
+            if cache.manager.holds(cache):
                 cache._save_at_exit()
         except Exception:
             logger.exception("cache %r: saving at worker exit failed", cache.name)
 
 
-def _arm_worker_flush(_token: object) -> None:
-    import multiprocessing.util
-
-    multiprocessing.util.Finalize(None, _flush_worker, exitpriority=100)
-
-
-class _WorkerToken:
-    """A weak-referenceable object for multiprocessing's after-fork registry."""
-
-
-_token = _WorkerToken()
-_fork.on_fork_child(_forget_inherited_edits)
-
-
-def _register_worker_flush() -> None:
-    import multiprocessing.util
-
-    multiprocessing.util.register_after_fork(_token, _arm_worker_flush)
-
-
-_register_worker_flush()
+_lifecycle.on_fork_child(_forget_inherited_edits)
+_lifecycle.on_worker_exit(_flush_worker)

@@ -1,27 +1,31 @@
 """The registry: :class:`CacheManager` and :func:`get_cache_manager`.
 
 A manager owns a directory, the caches registered under it, and the dependency
-graph between them.  It drives the caches' lifecycle (load, save, invalidate,
-delete) and walks the graph so that each operation reaches every derived cache
-exactly once, parents before children.
+graph between them.  Every cascade lives here: an operation on a cache (load,
+save, invalidate, delete), whether asked of the manager or of the cache itself,
+comes to the manager, which walks the graph so that it reaches every derived
+cache exactly once, parents before children, and drives each cache through the
+single-cache steps declared by :class:`~cacheman.cachewrap.CacheSteps`.
+
+At process exit (and on SIGTERM/SIGHUP) :mod:`cacheman._lifecycle` runs the
+exit flush registered here: every manager saves what its caches must keep.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _registry
+from . import _lifecycle, _registry
 from ._graph import DependencyGraph
 from ._paths import manager_directory, validate_cache_name
 from ._store import PickleStore, resolve_signing_key
 from ._store_api import Store, StoreFactory
 from .autosync import AutoSyncCache
-from .cachewrap import HOOK_NAMES, CacheWrap, NonPersistentCache, PersistentCache
+from .cachewrap import HOOK_NAMES, CacheSteps, CacheWrap, NonPersistentCache, PersistentCache
 from .errors import CacheNotRegisteredError
 
 if TYPE_CHECKING:
@@ -183,14 +187,14 @@ class CacheManager:
         cache = self.retrieve_raise(cache_name)
         with self._lock:
             for each in self._cascade(cache, apply_to_dependents):
-                self._detach(each)
+                self.detach(each)
                 self._graph.remove_node(each.name)
 
     def deregister_all_caches(self) -> None:
         """Forget every cache and every dependency edge."""
         with self._lock:
             for cache in list(self._caches.values()):
-                self._detach(cache)
+                self.detach(cache)
             self._graph.clear()
 
     # -- hooks ----------------------------------------------------------------------
@@ -247,33 +251,67 @@ class CacheManager:
         """The live dependency graph; ``.to_dot()`` and ``.to_mermaid()`` export it."""
         return self._graph
 
-    # -- operations on one cache by name ----------------------------------------------
+    # -- operations on one cache and its derived caches -------------------------------
+    #
+    # Each takes a cache's name or the cache itself (the cache's own methods,
+    # ``cache.save()`` and the rest, come here with ``self``, registered or not).
 
-    def save_cache_contents(self, cache_name: str, apply_to_dependents: bool = False) -> None:
+    def _resolve(self, cache: str | CacheWrap) -> CacheWrap:
+        return cache if isinstance(cache, CacheWrap) else self.retrieve_raise(cache)
+
+    def save_cache_contents(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = False
+    ) -> None:
         """Save one cache (and its derived caches with ``apply_to_dependents``)."""
-        self.retrieve_raise(cache_name).save(apply_to_dependents)
+        for cache in self._steps(self._resolve(cache_name), apply_to_dependents):
+            cache._save_self()
 
-    def reload_cache(self, cache_name: str, apply_to_dependents: bool = False) -> None:
-        """Reload one cache from its saved copy, dropping unsaved edits."""
-        self.retrieve_raise(cache_name).load(apply_to_dependents)
+    def reload_cache(self, cache_name: str | CacheWrap, apply_to_dependents: bool = False) -> None:
+        """Reload one cache from its saved copy, dropping unsaved edits.
 
-    def reload_or_rebuild_cache(self, cache_name: str, apply_to_dependents: bool = False) -> None:
+        With ``apply_to_dependents``, every cache derived from it is reloaded
+        too, parents first.  An exception from a hook propagates and leaves
+        that cache as it was.
+        """
+        for cache in self._steps(self._resolve(cache_name), apply_to_dependents):
+            cache._load_self()
+
+    def reload_or_rebuild_cache(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = False
+    ) -> None:
         """Reload one cache, building it if nothing valid is saved."""
-        self.retrieve_raise(cache_name).load_or_build(apply_to_dependents)
+        self.reload_cache(cache_name, apply_to_dependents)
 
-    def invalidate_cache(self, cache_name: str, apply_to_dependents: bool = True) -> None:
+    def invalidate_cache(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
+    ) -> None:
         """Reload one cache and reset every cache derived from it."""
-        self.retrieve_raise(cache_name).invalidate(apply_to_dependents)
+        cache = self._resolve(cache_name)
+        cache._load_self()
+        if apply_to_dependents:
+            self._reset_downstream(cache.name)
 
     def invalidate_and_rebuild_cache(
-        self, cache_name: str, apply_to_dependents: bool = True
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
     ) -> None:
         """Reset one cache (clear, delete saved copy, build) and every cache derived from it."""
-        self.retrieve_raise(cache_name).invalidate_and_rebuild(apply_to_dependents)
+        cache = self._resolve(cache_name)
+        cache._reset_self()
+        if apply_to_dependents:
+            self._reset_downstream(cache.name)
 
-    def delete_saved_cache_content(self, cache_name: str, apply_to_dependents: bool = True) -> None:
-        """Delete the saved copy of one cache (and of every cache derived from it)."""
-        self.retrieve_raise(cache_name).delete_saved_content(apply_to_dependents)
+    def delete_saved_cache_content(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
+    ) -> None:
+        """Delete the saved copy of one cache (and of every cache derived from it).
+
+        Derived caches that are not registered in this run lose their copy in
+        the manager's store too.
+        """
+        cache = self._resolve(cache_name)
+        cache._delete_saved_self()
+        if apply_to_dependents:
+            self._delete_saved_downstream(cache.name)
 
     # -- operations on every cache ---------------------------------------------------
 
@@ -299,8 +337,7 @@ class CacheManager:
     def delete_all_saved_cache_contents(self) -> None:
         """Delete the saved copy of every registered cache (contents in memory stay)."""
         for cache in self._all_in_order():
-            with cache._lock:
-                cache._delete_saved_self()
+            cache._delete_saved_self()
 
     def __enter__(self) -> Self:
         return self
@@ -313,10 +350,14 @@ class CacheManager:
     ) -> None:
         self.save_all_cache_contents()
 
-    # -- used by the caches --------------------------------------------------------------
+    # -- used by the caches' constructors ------------------------------------------------
 
-    def _attach(self, cache: CacheWrap) -> None:
-        """Register ``cache`` under its name, replacing (after saving) any older one."""
+    def attach(self, cache: CacheWrap) -> None:
+        """Register ``cache`` under its name, replacing (after saving) any older one.
+
+        Called by the cache's constructor; use ``register_cache`` or a cache
+        class to make a cache.
+        """
         with self._lock:
             previous = self._caches.get(cache.name)
             if previous is not None and previous is not cache:
@@ -326,10 +367,17 @@ class CacheManager:
                 previous._save_self()
             self._caches[cache.name] = cache
 
-    def _detach(self, cache: CacheWrap) -> None:
+    def detach(self, cache: CacheWrap) -> None:
+        """Forget ``cache`` if it is the one registered under its name (nothing is saved)."""
         with self._lock:
             if self._caches.get(cache.name) is cache:
                 del self._caches[cache.name]
+
+    def holds(self, cache: CacheWrap) -> bool:
+        """Whether ``cache`` is the object registered under its name."""
+        return self._caches.get(cache.name) is cache
+
+    # -- the cascades ------------------------------------------------------------------------
 
     def _cascade(self, cache: CacheWrap, apply_to_dependents: bool) -> list[CacheWrap]:
         """``cache`` and, if asked, every registered cache derived from it, parents first."""
@@ -339,27 +387,34 @@ class CacheManager:
             derived = [self._caches.get(name) for name in self._graph.downstream(cache.name)]
         return [cache, *(each for each in derived if each is not None)]
 
-    def _all_in_order(self) -> list[CacheWrap]:
+    def _steps(self, cache: CacheWrap, apply_to_dependents: bool) -> list[CacheSteps]:
+        """What :meth:`_cascade` reaches, seen through the steps the manager may drive."""
+        return list(self._cascade(cache, apply_to_dependents))
+
+    def _all_in_order(self) -> list[CacheSteps]:
         """Every registered cache, each once, parents before the caches derived from them."""
         with self._lock:
             order = self._graph.topological(self._caches)
             return [self._caches[name] for name in order if name in self._caches]
 
+    def _downstream(self, cache_name: str) -> list[tuple[str, CacheSteps | None]]:
+        """Each cache derived from ``cache_name``, parents first: its name, and it if registered."""
+        with self._lock:
+            return [(name, self._caches.get(name)) for name in self._graph.downstream(cache_name)]
+
     def _reset_downstream(self, cache_name: str) -> None:
         """Reset each cache derived from ``cache_name``; unregistered ones lose their saved copy."""
-        for name in self._graph.downstream(cache_name):
-            cache = self._caches.get(name)
+        for name, cache in self._downstream(cache_name):
             if cache is not None:
                 cache._reset_self()
             else:
                 self._delete_unregistered(name)
 
     def _delete_saved_downstream(self, cache_name: str) -> None:
-        for name in self._graph.downstream(cache_name):
-            cache = self._caches.get(name)
+        """Delete the saved copy of each cache derived from ``cache_name``, registered or not."""
+        for name, cache in self._downstream(cache_name):
             if cache is not None:
-                with cache._lock:
-                    cache._delete_saved_self()
+                cache._delete_saved_self()
             else:
                 self._delete_unregistered(name)
 
@@ -380,11 +435,13 @@ class CacheManager:
 _every_manager: list[CacheManager] = []
 
 
-@atexit.register
 def _save_every_manager_at_exit() -> None:
-    """Save what each manager holds when the interpreter exits (never from ``__del__``)."""
+    """Save what each manager holds as the process ends (never from ``__del__``)."""
     for manager in _every_manager:
         manager._save_at_exit()
+
+
+_lifecycle.on_exit(_save_every_manager_at_exit)
 
 
 def _build_manager(name: str, base_cache_directory: str | None) -> CacheManager:

@@ -5,6 +5,13 @@ are inherited untouched, so they cost what they cost on any dict subclass.
 Everything CacheMan adds happens in the lifecycle methods (``load``, ``save``,
 ``invalidate`` ...), which run the user's hooks and are serialised per cache by
 a re-entrant lock.
+
+A cache does one cache's work.  Its public lifecycle methods hand the call to
+its manager, which decides which caches an operation reaches (the cascade to
+derived caches, parents first) and drives each of them through the
+single-cache steps this module declares for it (:class:`CacheSteps`).  Its
+background saves are :mod:`cacheman._background`'s, through the interface that
+module declares (``SaveTarget``).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _fork, _registry
+from . import _background, _lifecycle, _registry
 from ._paths import validate_cache_name
 
 if TYPE_CHECKING:
@@ -154,7 +161,10 @@ class CacheWrap(dict[Any, Any]):
             raise TypeError(
                 f"cache {cache_name!r}: contents must be a mapping, not {type(contents).__name__}"
             )
-        self._manager._attach(self)
+        self._manager.attach(self)
+        if self._resolved("saver") is not None:
+            # A cache that saves has edits a SIGTERM would otherwise drop.
+            _lifecycle.install_signal_handlers()
         try:
             for dependent in dependents or ():
                 self.add_dependent(dependent)
@@ -165,7 +175,7 @@ class CacheWrap(dict[Any, Any]):
                 # contents as edits and saves them (they replace the saved copy).
                 self.update(contents)
         except BaseException:
-            self._manager._detach(self)
+            self._manager.detach(self)
             raise
 
     # -- identity -------------------------------------------------------------
@@ -228,17 +238,15 @@ class CacheWrap(dict[Any, Any]):
         derived from this one is reloaded too, parents first.  An exception
         from a hook propagates and leaves that cache as it was.
         """
-        for cache in self._manager._cascade(self, apply_to_dependents):
-            cache._load_self()
+        self._manager.reload_cache(self, apply_to_dependents)
 
     def load_or_build(self, apply_to_dependents: bool = True) -> None:
         """Load the saved copy, building the contents if nothing valid is saved."""
-        self.load(apply_to_dependents)
+        self._manager.reload_or_rebuild_cache(self, apply_to_dependents)
 
     def save(self, apply_to_dependents: bool = False) -> None:
         """Write the contents through the saver (the manager's store by default)."""
-        for cache in self._manager._cascade(self, apply_to_dependents):
-            cache._save_self()
+        self._manager.save_cache_contents(self, apply_to_dependents)
 
     def delete_saved_content(self, apply_to_dependents: bool = True) -> None:
         """Delete the saved copy (the in-memory contents stay).
@@ -246,10 +254,7 @@ class CacheWrap(dict[Any, Any]):
         With ``apply_to_dependents``, the saved copies of every derived cache
         are deleted too, registered or not.
         """
-        with self._lock:
-            self._delete_saved_self()
-        if apply_to_dependents:
-            self._manager._delete_saved_downstream(self._name)
+        self._manager.delete_saved_cache_content(self, apply_to_dependents)
 
     def invalidate(self, apply_to_dependents: bool = True) -> None:
         """Drop unsaved edits and reload; reset every cache derived from this one.
@@ -257,15 +262,11 @@ class CacheWrap(dict[Any, Any]):
         Resetting a derived cache clears it, deletes its saved copy and rebuilds
         it with its builder (or leaves it empty).
         """
-        self._load_self()
-        if apply_to_dependents:
-            self._manager._reset_downstream(self._name)
+        self._manager.invalidate_cache(self, apply_to_dependents)
 
     def invalidate_and_rebuild(self, apply_to_dependents: bool = True) -> None:
         """Reset this cache (clear, delete the saved copy, build) and its dependents."""
-        self._reset_self()
-        if apply_to_dependents:
-            self._manager._reset_downstream(self._name)
+        self._manager.invalidate_and_rebuild_cache(self, apply_to_dependents)
 
     def __enter__(self) -> Self:
         return self
@@ -278,9 +279,10 @@ class CacheWrap(dict[Any, Any]):
     ) -> None:
         self.save()
 
-    # -- the single-cache steps the manager cascades ----------------------------
+    # -- the single-cache steps the manager drives (see CacheSteps) -------------
 
     def _load_self(self) -> None:
+        """Replace the contents with the saved copy, else the builder's (this cache only)."""
         with self._lock:
             self._await_pending_save()
             new_contents = self._read_contents()
@@ -288,9 +290,10 @@ class CacheWrap(dict[Any, Any]):
                 self._replace(new_contents)
 
     def _save_self(self) -> None:
+        """Save this cache: in a child process with ``async_save``, else now."""
         if self.async_save:
             # A child process writes a snapshot; the caller goes on at once.
-            _fork.request_save(self)
+            _background.request_save(self)
         else:
             self._save_now()
 
@@ -304,6 +307,29 @@ class CacheWrap(dict[Any, Any]):
             saver, mark = plan
             saver(self._name, self._prepared_for_save())
             self._saved_through(mark)
+
+    def _reset_self(self) -> None:
+        """Build anew, delete the saved copy, replace the contents (this cache only)."""
+        with self._lock:
+            # Build first: a builder that raises must leave the saved copy in place.
+            rebuilt = self._build()
+            self._delete_saved_self()
+            self._replace(rebuilt)
+
+    def _delete_saved_self(self) -> None:
+        """Delete this cache's saved copy through its deleter; the contents stay."""
+        with self._lock:
+            self._await_pending_save()
+            deleter = self._resolved("deleter")
+            if deleter is not None:
+                deleter(self._name)
+
+    def _save_at_exit(self) -> None:
+        """The process is ending: save what must be kept (subclasses skip clean caches)."""
+        _background.stop_background_work()
+        self._save_now()
+
+    # -- what the background saver uses (_background.SaveTarget declares it) -----
 
     def _save_plan(self) -> tuple[Callable[..., Any], int] | None:
         """The saver to run and the edit mark it captures, or None when nothing is written.
@@ -321,33 +347,13 @@ class CacheWrap(dict[Any, Any]):
             return None
         return saver, mark
 
-    def _reset_self(self) -> None:
-        with self._lock:
-            # Build first: a builder that raises must leave the saved copy in place.
-            rebuilt = self._build()
-            self._delete_saved_self()
-            self._replace(rebuilt)
-
-    def _delete_saved_self(self) -> None:
-        self._await_pending_save()
-        deleter = self._resolved("deleter")
-        if deleter is not None:
-            deleter(self._name)
-
-    def _save_at_exit(self) -> None:
-        """Called by the manager's exit handler; subclasses may skip clean caches."""
-        _fork.stop_background_work()
-        self._save_now()
-
-    # -- hooks for subclasses (autosync) ---------------------------------------
-
-    def _await_pending_save(self) -> None:
-        """Wait for this cache's background save in flight, so a load reads its own writes."""
-        _fork.await_idle(self)
-
-    def _edit_mark(self) -> int:
-        """A mark of the edits made so far (autosync counts them; 0 here)."""
-        return 0
+    def _prepared_for_save(self) -> Mapping[Any, Any]:
+        """The mapping handed to the saver: the live cache, or a pre-processed copy."""
+        if self.pre_processor is None:
+            return self
+        copy = dict(self)
+        result = _as_mapping(self._name, "pre_processor", self.pre_processor(copy))
+        return copy if result is None else result
 
     def _saved_through(self, mark: int) -> None:
         """Called after a background save that captured the edits up to ``mark``."""
@@ -357,6 +363,16 @@ class CacheWrap(dict[Any, Any]):
         """Whether a deferred background save still has something to write."""
         return True
 
+    # -- hooks for subclasses (autosync) ---------------------------------------
+
+    def _await_pending_save(self) -> None:
+        """Wait for this cache's background save in flight, so a load reads its own writes."""
+        _background.await_idle(self)
+
+    def _edit_mark(self) -> int:
+        """A mark of the edits made so far (autosync counts them; 0 here)."""
+        return 0
+
     @property
     def last_save_error(self) -> str | None:
         """Why the last background save failed, or None if it succeeded (or none ran).
@@ -364,7 +380,7 @@ class CacheWrap(dict[Any, Any]):
         A failed background save is logged and retried after a back-off; this
         shows the failure to code that wants to check.
         """
-        return _fork.last_error(self)
+        return _background.last_error(self)
 
     def _saved(self) -> None:
         """Called after the contents were saved; autosync clears its edit counts."""
@@ -442,13 +458,28 @@ class CacheWrap(dict[Any, Any]):
         result = _as_mapping(self._name, "post_processor", self.post_processor(contents))
         return contents if result is None else result
 
-    def _prepared_for_save(self) -> Mapping[Any, Any]:
-        """The mapping handed to the saver: the live cache, or a pre-processed copy."""
-        if self.pre_processor is None:
-            return self
-        copy = dict(self)
-        result = _as_mapping(self._name, "pre_processor", self.pre_processor(copy))
-        return copy if result is None else result
+
+class CacheSteps(Protocol):
+    """The single-cache steps a :class:`~cacheman.cacher.CacheManager` drives.
+
+    The manager decides which caches an operation reaches and in what order;
+    each step does one cache's work under that cache's lock and never looks at
+    other caches.  They are single-underscore names, not for users, but a
+    declared contract: the manager calls nothing else of a cache's private side.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def _load_self(self) -> None: ...
+
+    def _save_self(self) -> None: ...
+
+    def _reset_self(self) -> None: ...
+
+    def _delete_saved_self(self) -> None: ...
+
+    def _save_at_exit(self) -> None: ...
 
 
 class Storage(Protocol):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import textwrap
@@ -14,7 +13,7 @@ import psutil
 import pytest
 from helpers import run_python, wait_until
 
-from cacheman import AutoSyncCache, CacheManager, TimeCount, _fork
+from cacheman import AutoSyncCache, CacheManager, TimeCount, _background
 
 
 class SlowToPickle:
@@ -83,7 +82,7 @@ def test_a_child_past_async_timeout_is_killed(
 def test_an_unwritable_directory_shows_failures_retries_and_loses_nothing(
     manager: CacheManager, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_fork, "RETRY_FIRST", 0.2)
+    monkeypatch.setattr(_background, "RETRY_FIRST", 0.2)
     cache = manager.register_custom_cache(
         "blocked", time_checks=[TimeCount(0.2, 1000), TimeCount(0.4, 1)], time_bucket_size=0.05
     )
@@ -125,48 +124,6 @@ def test_no_zombies_after_hundreds_of_saves(manager: CacheManager) -> None:
     assert cache._background.completed >= 150  # edits during a save coalesce
     assert not new_children(before), "every child was reaped"
     assert manager.store.load("many") == {i: i for i in range(300)}
-
-
-EXIT_SCRIPT = """
-import sys
-from cacheman import CacheManager, TimeCount
-manager = CacheManager("exit", sys.argv[1])
-cache = manager.register_cache("flushed")
-for i in range(500):
-    cache[i] = i
-burst = manager.register_custom_cache("in_flight", time_checks=[TimeCount(60, 100)])
-for i in range(150):  # a child save starts at 100; 50 edits stay pending
-    burst[i] = i
-"""
-
-
-def test_exit_flush_in_a_fresh_interpreter(tmp_path: Path) -> None:
-    done = run_python(
-        "-W", "error::DeprecationWarning", "-c", EXIT_SCRIPT, str(tmp_path), timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert "Warning" not in done.stderr
-    manager = CacheManager("exit", tmp_path)  # what the next run would see
-    assert manager.store.load("flushed") == {i: i for i in range(500)}
-    assert manager.store.load("in_flight") == {i: i for i in range(150)}
-
-
-def _edit_in_worker(cache: AutoSyncCache) -> None:
-    cache["from_worker"] = os.getpid()
-
-
-def test_exit_flush_in_a_forked_multiprocessing_worker(manager: CacheManager) -> None:
-    cache = manager.register_cache("worker")  # default rules: nothing saves by itself
-    cache["from_parent"] = 1
-    context = multiprocessing.get_context("fork")
-    worker = context.Process(target=_edit_in_worker, args=(cache,))
-    worker.start()
-    worker.join(30)
-    assert worker.exitcode == 0
-    saved = manager.store.load("worker") or {}
-    assert saved.get("from_worker") == worker.pid
-    assert "from_worker" not in cache  # the worker's edit lives in the worker's copy
-    assert cache.pending_edits == 1  # the parent's edit is still the parent's to save
 
 
 WARNING_SCRIPT = """

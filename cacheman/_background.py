@@ -1,0 +1,391 @@
+"""Per-cache background saves: the policy around the forked child that writes a cache.
+
+A background save forks the process (:mod:`cacheman._fork`): the child sees a
+point-in-time, copy-on-write snapshot of every cache, writes the one it was
+made for through the cache's saver, and exits.  The parent goes on at once and
+learns the outcome through the scheduler thread.
+
+Per cache, a :class:`BackgroundSaver` keeps at most one child in flight,
+coalesces the requests made meanwhile into one more save, retries a failed save
+after a back-off, and falls back to saving in-process (with a warning) when the
+platform cannot fork, when memory is too short for a copy-on-write child, or
+after two failed child saves in a row.
+
+It sees the cache only through :class:`SaveTarget`, the small interface
+declared below; :class:`~cacheman.cachewrap.CacheWrap` implements it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol
+
+import psutil
+
+from . import _lifecycle, _scheduler
+from ._fork import ChildJob, fork_child
+
+__all__ = [
+    "BackgroundSaver",
+    "SaveTarget",
+    "await_idle",
+    "last_error",
+    "request_save",
+    "saver_for",
+    "stop_background_work",
+]
+
+logger = logging.getLogger("cacheman")
+
+#: Seconds before the first retry of a failed save; it doubles up to RETRY_MAX.
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
+#: How long the scheduler waits before retrying when a cache's lock is busy.
+LOCK_RETRY = 0.1
+#: Child saves that fail in a row before the cache saves in-process instead.
+CHILD_FAILURES_BEFORE_FALLBACK = 2
+#: A rough upper bound of the memory a child may copy per item (refcount writes
+#: dirty the pages of every key and value it pickles).
+BYTES_PER_ITEM = 200
+
+Mode = Literal["caller", "edit", "thread"]
+
+
+class Lock(Protocol):
+    """What the saver needs of a cache's lock."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class SaveTarget(Protocol):
+    """What a :class:`BackgroundSaver` uses of its cache, and nothing more.
+
+    The single-underscore members are the cache's side of this interface: not
+    for users, but a contract between the cache classes and this module.
+    """
+
+    @property
+    def name(self) -> str:
+        """The cache's name, for messages."""
+
+    @property
+    def async_timeout(self) -> float:
+        """Seconds a child save may run before it is killed."""
+
+    @property
+    def _lock(self) -> Lock:
+        """The cache's re-entrant lock: held while a save is planned and forked."""
+
+    def __len__(self) -> int: ...
+
+    def _save_plan(self) -> tuple[Callable[..., Any], int] | None:
+        """The saver to run and the edit mark it captures, or None when nothing is written."""
+
+    def _prepared_for_save(self) -> Mapping[Any, Any]:
+        """The mapping to hand the saver (the live cache, or a pre-processed copy)."""
+
+    def _saved_through(self, mark: int) -> None:
+        """A save that captured the edits up to ``mark`` has landed."""
+
+    def _has_unsaved_edits(self) -> bool:
+        """Whether a deferred save still has something to write."""
+
+
+_savers: dict[int, BackgroundSaver] = {}
+_savers_lock = threading.Lock()
+_warned_no_fork = False
+
+
+def _snapshot(cache: SaveTarget) -> Mapping[Any, Any]:
+    """A copy to save in-process while other threads may go on editing the cache."""
+    prepared = cache._prepared_for_save()
+    live: object = cache  # the cache itself when it has no pre_processor
+    return dict(prepared) if prepared is live else prepared
+
+
+def _memory_short(cache: SaveTarget) -> bool:
+    try:
+        available = psutil.virtual_memory().available
+        resident = psutil.Process().memory_info().rss
+    except (psutil.Error, OSError):
+        return False
+    needed = min(resident, sys.getsizeof(cache) + len(cache) * BYTES_PER_ITEM)
+    return available < needed
+
+
+def _backoff(failures: int) -> float:
+    return float(min(RETRY_MAX, RETRY_FIRST * 2 ** max(0, failures - 1)))
+
+
+class BackgroundSaver:
+    """One cache's background saves: one child at a time, coalescing, retries, fallback."""
+
+    def __init__(self, cache: SaveTarget, scheduler: _scheduler.Scheduler) -> None:
+        self._cache = weakref.ref(cache)
+        self.scheduler = scheduler
+        self._reset_state()
+        self.failures = 0  # failed saves in a row, of any kind
+        self.child_failures = 0  # failed child saves in a row
+        self.last_error: str | None = None
+        self.completed = 0  # successful background saves so far
+        self._fallback: str | None = None
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self.job: ChildJob | None = None
+        self.job_mark = 0  # the edit mark the job's save captures
+        self.requested = False  # asked for while a child ran: one more save after it
+        self.due_at: float | None = None  # a deferred save or a retry
+
+    @property
+    def name(self) -> str:
+        """The cache's name, for messages."""
+        cache = self._cache()
+        return "<gone>" if cache is None else cache.name
+
+    def __repr__(self) -> str:
+        return f"<BackgroundSaver {self.name!r} job={self.job!r} failures={self.failures}>"
+
+    @property
+    def busy(self) -> bool:
+        """Whether a child save is in flight."""
+        return self.job is not None
+
+    # -- asking for a save --------------------------------------------------------
+
+    def request(self, mode: Mode) -> None:
+        """Save soon, without making the caller wait for the write.
+
+        ``mode`` says who asks: ``"caller"`` (an explicit ``save()``; may wait
+        for the cache's lock), ``"edit"`` (the burst rule, on the editing
+        thread: never waits, never saves in-process) or ``"thread"`` (the
+        scheduler: never waits for a lock).
+        """
+        cache = self._cache()
+        if cache is None:
+            return
+        with self._lock:
+            if self.job is not None:
+                self.requested = True
+                return
+        in_process = self._in_process_reason(cache)
+        if in_process is not None and mode == "edit":
+            self._defer(self.scheduler.clock())
+            return
+        if not cache._lock.acquire(blocking=mode == "caller"):
+            self._defer(self.scheduler.clock() + (0 if mode == "edit" else LOCK_RETRY))
+            return
+        try:
+            if in_process is not None:
+                self._save_in_process(cache)
+            else:
+                self._start_child(cache)
+        finally:
+            cache._lock.release()
+
+    def _in_process_reason(self, cache: SaveTarget) -> str | None:
+        global _warned_no_fork
+        reason = None
+        if not hasattr(os, "fork"):
+            reason = "this platform cannot fork"
+        elif self.child_failures >= CHILD_FAILURES_BEFORE_FALLBACK:
+            reason = f"the last {self.child_failures} child saves failed"
+        elif _memory_short(cache):
+            reason = "free memory is too short for a copy-on-write child"
+        if reason is not None and reason != self._fallback:
+            if reason != "this platform cannot fork" or not _warned_no_fork:
+                logger.warning(
+                    "cache %r: saving in-process (the program waits for the write) because %s",
+                    self.name,
+                    reason,
+                )
+            _warned_no_fork = _warned_no_fork or reason == "this platform cannot fork"
+        self._fallback = reason
+        return reason
+
+    def _defer(self, when: float) -> None:
+        with self._lock:
+            self.due_at = when if self.due_at is None else min(self.due_at, when)
+        self.scheduler.call_at(self, when, self._on_due)
+
+    # -- the two ways to save (cache lock held) ------------------------------------
+
+    def _start_child(self, cache: SaveTarget) -> None:
+        plan = cache._save_plan()
+        if plan is None:
+            return
+        saver, mark = plan
+        name = cache.name
+
+        def save() -> None:  # runs in the child
+            saver(name, cache._prepared_for_save())
+
+        try:
+            pid, fd = fork_child(save)
+        except OSError as error:  # EAGAIN, ENOMEM: count it as a failed child save
+            self._failed(f"cannot fork: {error}", in_child=True)
+            return
+        timeout = float(cache.async_timeout)
+        job = ChildJob(pid, fd, self.scheduler.clock() + timeout, timeout)
+        with self._lock:
+            self.job, self.job_mark = job, mark
+        job.watch(self.scheduler, lambda: self._on_pipe(job))
+        self.scheduler.call_at(self, job.deadline, self._on_due)
+
+    def _save_in_process(self, cache: SaveTarget) -> None:
+        plan = cache._save_plan()
+        if plan is None:
+            return
+        saver, mark = plan
+        try:
+            saver(cache.name, _snapshot(cache))
+        except Exception as error:
+            self._failed(f"{type(error).__name__}: {error}", in_child=False)
+        else:
+            self._succeeded(mark)
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def _succeeded(self, mark: int) -> None:
+        if self.failures:
+            logger.info("cache %r: saved after %d failed attempts", self.name, self.failures)
+        self.failures = 0
+        self.child_failures = 0
+        self.last_error = None
+        self.completed += 1
+        cache = self._cache()
+        if cache is not None:
+            cache._saved_through(mark)
+
+    def _failed(self, error: str, in_child: bool) -> None:
+        self.failures += 1
+        if in_child:
+            self.child_failures += 1
+        self.last_error = error
+        delay = _backoff(self.failures)
+        logger.warning(
+            "cache %r: background save failed (%s); the edits stay pending, retry in %g s",
+            self.name,
+            error,
+            delay,
+        )
+        self._defer(self.scheduler.clock() + delay)
+
+    def _completed(self, job: ChildJob) -> None:
+        with self._lock:
+            if self.job is not job:
+                return
+            self.job = None
+            mark = self.job_mark
+            requested, self.requested = self.requested, False
+        # (The job stopped being watched when it finished, before its pipe closed.)
+        if job.ok:
+            self._succeeded(mark)
+            if requested:
+                self._defer(self.scheduler.clock())
+        else:
+            self._failed(job.error or "unknown error", in_child=True)
+
+    def _on_pipe(self, job: ChildJob) -> None:
+        state = job.service()
+        if state == "busy":  # a waiting thread owns it now; stop polling its pipe
+            job.unwatch()
+        elif state == "done":
+            self._completed(job)
+
+    def _on_due(self, now: float) -> float | None:
+        """Scheduler task: kill a child past its timeout; run a deferred save or retry."""
+        with self._lock:
+            job, due = self.job, self.due_at
+        if job is not None and now >= job.deadline:
+            job.kill(f"the save process ran past async_timeout ({job.timeout:g} s) and was killed")
+            self._completed(job)
+            job = None
+        if due is not None and now >= due:
+            with self._lock:
+                self.due_at = None
+            cache = self._cache()
+            if cache is not None and cache._has_unsaved_edits():
+                self.request("thread")
+        with self._lock:
+            job_deadline = None if self.job is None else self.job.deadline
+            deadlines = [t for t in (self.due_at, job_deadline) if t is not None]
+        return min(deadlines) if deadlines else None
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def await_idle(self) -> None:
+        """Wait for the child save in flight (killing it at its timeout); apply its outcome."""
+        with self._lock:
+            job = self.job
+        if job is None:
+            return
+        job.unwatch()
+        if not job.wait(max(0.0, job.real_deadline - time.monotonic())):
+            job.kill(f"the save process ran past async_timeout ({job.timeout:g} s) and was killed")
+        self._completed(job)
+
+    def _forget_after_fork(self) -> None:
+        # In a forked child the parent's save child is not ours to wait for.
+        self._reset_state()
+
+
+# -- what the cache classes call ----------------------------------------------------------
+
+
+def saver_for(cache: SaveTarget, scheduler: _scheduler.Scheduler | None = None) -> BackgroundSaver:
+    """The :class:`BackgroundSaver` of ``cache``, made on first use."""
+    key = id(cache)
+    with _savers_lock:
+        saver = _savers.get(key)
+        if saver is None or saver._cache() is not cache:
+            saver = BackgroundSaver(cache, scheduler or _scheduler.process_scheduler())
+            _savers[key] = saver
+            weakref.finalize(cache, _savers.pop, key, None).atexit = False
+        return saver
+
+
+def _existing(cache: SaveTarget) -> BackgroundSaver | None:
+    saver = _savers.get(id(cache))
+    return saver if saver is not None and saver._cache() is cache else None
+
+
+def request_save(cache: SaveTarget) -> None:
+    """Save ``cache`` in a child process (an explicit ``save()`` of an async cache)."""
+    saver_for(cache).request("caller")
+
+
+def await_idle(cache: SaveTarget) -> None:
+    """Wait for the background save of ``cache`` in flight, if any."""
+    saver = _existing(cache)
+    if saver is not None:
+        saver.await_idle()
+
+
+def last_error(cache: SaveTarget) -> str | None:
+    """The error of the last background save of ``cache`` if it failed, else None."""
+    saver = _existing(cache)
+    return None if saver is None else saver.last_error
+
+
+def stop_background_work() -> None:
+    """At exit: stop the scheduler thread so no new save starts during the final flush."""
+    _scheduler.shutdown()
+
+
+def _forget_after_fork() -> None:
+    global _savers_lock
+    _savers_lock = threading.Lock()  # another thread of the parent may have held it
+    for saver in list(_savers.values()):
+        saver._forget_after_fork()
+
+
+_lifecycle.on_fork_child(_forget_after_fork)

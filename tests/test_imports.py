@@ -1,0 +1,119 @@
+"""The package's layout: every module imports, and module-level imports run one way."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import cacheman
+
+PACKAGE = Path(cacheman.__file__).parent
+
+
+def module_names() -> list[str]:
+    """Every module of the package, the package itself (its ``__init__``) included."""
+    found = (f"cacheman.{info.name}" for info in pkgutil.iter_modules([str(PACKAGE)]))
+    return ["cacheman", *sorted(found)]
+
+
+def source_of(module: str) -> Path:
+    if module == "cacheman":
+        return PACKAGE / "__init__.py"
+    return PACKAGE / f"{module.removeprefix('cacheman.')}.py"
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_level_imports(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    """Imports that run when the module is imported: not in functions, not type-only."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                found += _module_level_imports(node.body)
+            found += _module_level_imports(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody):
+                found += _module_level_imports(block)
+            for handler in node.handlers:
+                found += _module_level_imports(handler.body)
+        elif isinstance(node, ast.With):
+            found += _module_level_imports(node.body)
+    return found
+
+
+def imported_modules(module: str) -> set[str]:
+    """The cacheman modules ``module`` imports at module level."""
+    tree = ast.parse(source_of(module).read_text(encoding="utf-8"))
+    known = set(module_names())
+    targets: set[str] = set()
+    for node in _module_level_imports(tree.body):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif node.level == 0:
+            names = [node.module or ""]
+        elif node.module:  # "from .x import y": runs x (y is a name in x)
+            names = [f"cacheman.{node.module}"]
+        else:  # "from . import x, y": runs the submodules x and y, not __init__ again
+            names = [f"cacheman.{alias.name}" for alias in node.names]
+        targets.update(name for name in names if name in known)
+    targets.discard(module)
+    return targets
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as a list of nodes (first == last), or None."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)) is not None:
+                return cycle
+        path.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+def test_every_module_imports() -> None:
+    for name in module_names():
+        importlib.import_module(name)
+
+
+def test_the_module_level_import_graph_has_no_cycle() -> None:
+    graph = {name: imported_modules(name) for name in module_names()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_layers_the_design_asks_for() -> None:
+    graph = {name: imported_modules(name) for name in module_names()}
+    # Caches get the default manager through _registry, never from cacher.
+    assert "cacheman.cacher" not in graph["cacheman.cachewrap"]
+    # Fork mechanics and the process lifecycle know nothing of caches.
+    cache_modules = {"cacheman.cacher", "cacheman.cachewrap", "cacheman.autosync"}
+    cache_modules.add("cacheman.csvcache")
+    assert not graph["cacheman._fork"] & (cache_modules | {"cacheman._background"})
+    assert not graph["cacheman._lifecycle"]
+    assert not graph["cacheman._background"] & cache_modules
