@@ -710,6 +710,19 @@ class PickleStore:
             return contents, NO_POSITION
         if identity is None and _identity(journal) != (read[0].st_dev, read[0].st_ino):
             return _REPLACED  # the cache was deleted (journal first) under us
+        return self._replay(name, journal, read, contents, expected, locked=locked)
+
+    def _replay(
+        self,
+        name: str,
+        journal: Path,
+        read: tuple[os.stat_result, bytes],
+        contents: dict[Any, Any] | None,
+        expected: bytes | None,
+        *,
+        locked: bool,
+    ) -> tuple[dict[Any, Any] | None, Position] | _Replaced:
+        """``contents`` (the snapshot's) with the journal as ``read`` replayed on top."""
         info, data = read
         try:
             header = decode_header(data)
@@ -784,7 +797,7 @@ class PickleStore:
         *,
         locked: bool,
     ) -> tuple[list[list[Change]], Position] | _Replaced:
-        """Check and unpickle the records of ``data`` (the file from ``base`` on), repairing damage."""
+        """Check and unpickle the records of ``data`` (the file from ``base`` on); repair damage."""
         found = scan(data, base, header, key=self.signing_key, name=name, path=journal)
         damage = found.damage
         batches = []
