@@ -245,7 +245,7 @@ def test_save_without_since_replaces_everything(store: PickleStore) -> None:
 def test_a_crash_between_the_snapshot_and_the_journal_replace_gives_the_saved_state(
     store: PickleStore, since: bool
 ) -> None:
-    saved = store.save("c", {"a": 1, "b": 1})
+    store.save("c", {"a": 1, "b": 1})
     appended = store.append("c", [(SET, "a", "journal"), (SET, "b", "journal")])
     old_journal = store.journal_path("c").read_bytes()
     if since:
