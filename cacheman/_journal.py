@@ -42,7 +42,7 @@ import os
 import pickle
 import struct
 import zlib
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any, NamedTuple
@@ -64,7 +64,9 @@ __all__ = [
     "SaveResult",
     "Scan",
     "VerifyReport",
+    "applier",
     "apply_changes",
+    "collector",
     "decode_header",
     "encode_header",
     "encode_record",
@@ -154,11 +156,16 @@ class Damage:
 
 @dataclass
 class Scan:
-    """The records found from some offset on: ``(offset, flags, payload)`` each."""
+    """What a scan found: how many good records, where they end, the damage after them.
 
-    records: list[tuple[int, int, memoryview]]
+    ``consumed_part`` says the damage is a record the consumer failed on after
+    taking part of it (a malformed change): its target holds part of a bad record.
+    """
+
+    count: int
     end: int
     damage: Damage | None
+    consumed_part: bool = False
 
 
 @dataclass
@@ -264,66 +271,110 @@ def scan(
     key: bytes | None,
     name: str,
     path: object,
+    consume: Callable[[memoryview], object] | None = None,
 ) -> Scan:
     """Check the records of ``data``, the bytes of a journal file from offset ``base`` on.
 
-    Offsets in the result are offsets in the file.
-    Stops at the first damage.  With ``key`` (and a signed journal), a record
-    whose checksums hold but whose HMAC does not is tampering: raises
-    :class:`~cacheman.errors.SignatureMismatchError`, before anything is unpickled.
+    Offsets in the result are offsets in the file.  Each good record's payload
+    is handed to ``consume`` (if given) as soon as it is checked, so that a
+    load reads the file once, in one tight loop; an exception from ``consume``
+    is damage at that record.  Stops at the first damage.  With ``key`` (and a
+    signed journal), a record whose checksums hold but whose HMAC does not is
+    tampering: raises :class:`~cacheman.errors.SignatureMismatchError` before
+    that record is unpickled.
     """
     size = len(data)
     view = memoryview(data)
-    signed = header.signed
-    check = key if signed else None
-    head_size = _RECORD_SIZE + (MAC_SIZE if signed else 0)
+    check = key if header.signed else None
+    head_size = _RECORD_SIZE + (MAC_SIZE if header.signed else 0)
     unpack = _RECORD.unpack_from
     crc32 = zlib.crc32
-    records: list[tuple[int, int, memoryview]] = []
-    append = records.append
-    position = 0
+    count = position = 0
+    damage = None
+    consumed_part = False
     while position < size:
+        here = base + position
         if size - position < head_size:
-            return Scan(
-                records, base + position, _torn(base + position, "an incomplete record header")
-            )
-        length, flags, payload_crc, head_crc = unpack(data, position)
-        if crc32(view[position : position + 9]) != head_crc:
-            if not data[position:].strip(b"\x00"):
-                return Scan(records, base + position, _torn(base + position, "a zero-filled tail"))
-            damage = Damage(base + position, False, "a record header fails its checksum")
-            return Scan(records, base + position, damage)
+            damage = Damage(here, True, "an incomplete record header")
+            break
+        length, _flags, payload_crc, head_crc = unpack(data, position)
+        if crc32(data[position : position + 9]) != head_crc:
+            if data[position:].strip(b"\x00"):
+                damage = Damage(here, False, "a record header fails its checksum")
+            else:
+                damage = Damage(here, True, "a zero-filled tail")
+            break
         body = position + head_size
         end = body + length
         if end > size:
-            reason = f"an incomplete record ({size - body} of {length} bytes)"
-            return Scan(records, base + position, _torn(base + position, reason))
+            damage = Damage(here, True, f"an incomplete record ({size - body} of {length} bytes)")
+            break
         payload = view[body:end]
         if crc32(payload) != payload_crc:
             if end == size:
-                damage = _torn(base + position, "a last record failing its checksum")
+                damage = Damage(here, True, "a last record failing its checksum")
             else:
-                damage = Damage(base + position, False, "a record fails its checksum")
-            return Scan(records, base + position, damage)
+                damage = Damage(here, False, "a record fails its checksum")
+            break
         if check is not None:
-            mac = _mac(check, header.journal_id, base + position, view[position : position + 9])
-            mac.update(payload)
-            signature = view[position + _RECORD_SIZE : body]
-            if not hmac.compare_digest(mac.digest(), signature):
-                raise SignatureMismatchError(
-                    f"cache {name!r}: the signature of the journal record at byte "
-                    f"{base + position} of {path} does not match it (tampered with, moved "
-                    "from another journal, or signed with another key); nothing was "
-                    "unpickled. If you changed the key, delete the journal; otherwise find "
-                    "out who wrote it."
-                )
-        append((base + position, flags, payload))
+            _check_mac(check, header, here, view[position:body], payload, name, path)
+        if consume is not None:
+            try:
+                consume(payload)
+            except Exception as error:  # garbage can raise almost any exception
+                reason = f"its record at byte {here} does not unpickle to changes ({error})"
+                damage, consumed_part = Damage(here, False, reason), True
+                break
+        count += 1
         position = end
-    return Scan(records, base + position, None)
+    return Scan(count, base + position, damage, consumed_part)
 
 
-def _torn(offset: int, reason: str) -> Damage:
-    return Damage(offset, True, reason)
+def _check_mac(
+    key: bytes,
+    header: Header,
+    offset: int,
+    head: memoryview,
+    payload: memoryview,
+    name: str,
+    path: object,
+) -> None:
+    mac = _mac(key, header.journal_id, offset, head[:9])
+    mac.update(payload)
+    if not hmac.compare_digest(mac.digest(), head[_RECORD_SIZE:]):
+        raise SignatureMismatchError(
+            f"cache {name!r}: the signature of the journal record at byte {offset} of "
+            f"{path} does not match it (tampered with, moved from another journal, or "
+            "signed with another key); nothing in it was unpickled. If you changed the "
+            "key, delete the journal; otherwise find out who wrote it."
+        )
+
+
+def applier(target: MutableMapping[Any, Any]) -> Callable[[memoryview], None]:
+    """A ``consume`` for :func:`scan` that replays each record's changes on ``target``."""
+    loads = pickle.loads
+
+    def apply(payload: memoryview, set_: str = SET, del_: str = DEL, clear: str = CLEAR) -> None:
+        for op, key, value in loads(payload):
+            if op == set_:
+                target[key] = value
+            elif op == del_:
+                target.pop(key, None)
+            elif op == clear:
+                target.clear()
+            else:
+                raise ValueError(f"unknown journal operation {op!r}")
+
+    return apply
+
+
+def collector(batches: list[list[Change]]) -> Callable[[memoryview], None]:
+    """A ``consume`` for :func:`scan` that keeps each record's changes, checked, in ``batches``."""
+
+    def collect(payload: memoryview) -> None:
+        batches.append(decode_payload(payload))
+
+    return collect
 
 
 def decode_payload(payload: memoryview) -> list[Change]:

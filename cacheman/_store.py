@@ -59,10 +59,11 @@ from ._journal import (
     Position,
     SaveResult,
     VerifyReport,
+    applier,
     apply_changes,
     check_changes,
+    collector,
     decode_header,
-    decode_payload,
     encode_header,
     encode_record,
     new_journal_id,
@@ -405,15 +406,21 @@ class PickleStore:
                 if since.offset == len(data):
                     return None
                 self._check_signed(name, journal, header, len(data))
-                replayed = self._read_records(
-                    name, journal, info, data[since.offset :], since.offset, header, locked=True
-                )
-                assert not isinstance(replayed, _Replaced)  # the lock is held: nothing moves
                 merged = dict(contents)
-                for changes in replayed[0]:
-                    apply_changes(merged, changes)
-                apply_changes(merged, pending)
-                return merged
+                replayed = self._read_records(
+                    name,
+                    journal,
+                    info,
+                    data[since.offset :],
+                    since.offset,
+                    header,
+                    locked=True,
+                    consume=applier(merged),
+                )
+                if not isinstance(replayed, _Replaced):
+                    apply_changes(merged, pending)
+                    return merged
+                # A malformed record was taken in part; the journal is repaired now.
         outcome = self._load_once(name, path, locked=True)
         assert not isinstance(outcome, _Replaced)
         merged = outcome[0] or {}
@@ -656,12 +663,19 @@ class PickleStore:
                 return None
             info, header, data = read
             self._check_signed(name, journal, header, info.st_size)
-            outcome = self._read_records(
-                name, journal, info, data, position.offset, header, locked=False
+            batches: list[list[Change]] = []
+            end = self._read_records(
+                name,
+                journal,
+                info,
+                data,
+                position.offset,
+                header,
+                locked=False,
+                consume=collector(batches),
             )
-            if isinstance(outcome, _Replaced):
+            if isinstance(end, _Replaced):
                 continue
-            batches, end = outcome
             if end.file_id != position.file_id:
                 return None
             return [change for changes in batches for change in changes], end
@@ -728,13 +742,14 @@ class PickleStore:
             header = decode_header(data)
         except ValueError as damage:
             whole = Damage(0, False, str(damage))
-            moved = self._repair(name, journal, info, whole, len(data), None, locked=locked)
-            return moved if isinstance(moved, _Replaced) else (contents, NO_POSITION)
+            self._repair(name, journal, info, whole, len(data), None, locked=locked)
+            return contents, NO_POSITION
         if expected is not None and header.journal_id != expected:
             # Left by a crash between the two steps of a save: the snapshot includes it.
             return contents, Position(header.file_id, len(data))
         self._check_signed(name, journal, header, len(data))
-        outcome = self._read_records(
+        target = {} if contents is None else contents
+        end = self._read_records(
             name,
             journal,
             info,
@@ -742,16 +757,13 @@ class PickleStore:
             _JOURNAL_HEADER_SIZE,
             header,
             locked=locked,
+            consume=applier(target),
         )
-        if isinstance(outcome, _Replaced):
-            return outcome
-        batches, end = outcome
-        if contents is None and batches:
-            contents = {}
-        if contents is not None:
-            for changes in batches:
-                apply_changes(contents, changes)
-        return contents, end
+        if isinstance(end, _Replaced):
+            return end
+        if contents is None and end.offset == _JOURNAL_HEADER_SIZE:
+            return None, end  # neither a snapshot nor a record: nothing saved
+        return target, end
 
     def _load_snapshot(
         self, name: str, path: Path, *, locked: bool
@@ -796,25 +808,22 @@ class PickleStore:
         header: Header,
         *,
         locked: bool,
-    ) -> tuple[list[list[Change]], Position] | _Replaced:
-        """Check and unpickle the records of ``data`` (the file from ``base`` on); repair damage."""
-        found = scan(data, base, header, key=self.signing_key, name=name, path=journal)
-        damage = found.damage
-        batches = []
-        for offset, _flags, payload in found.records:
-            try:
-                batches.append(decode_payload(payload))
-            except Exception as error:  # garbage can raise almost any exception
-                reason = f"its record at byte {offset} does not unpickle ({error})"
-                damage = Damage(offset, False, reason)
-                break
-        if damage is None:
-            return batches, Position(header.file_id, found.end)
+        consume: Callable[[memoryview], object],
+    ) -> Position | _Replaced:
+        """Check ``data`` (the file from ``base`` on), handing each record to ``consume``.
+
+        Returns the end of the good records, after repairing any damage.
+        ``_REPLACED`` means read again: the file changed under a repair, or the
+        consumer took part of a record that turned out malformed.
+        """
+        found = scan(
+            data, base, header, key=self.signing_key, name=name, path=journal, consume=consume
+        )
+        if found.damage is None:
+            return Position(header.file_id, found.end)
         size = base + len(data)
-        fixed = self._repair(name, journal, info, damage, size, header, locked=locked)
-        if isinstance(fixed, _Replaced):
-            return fixed
-        return batches, fixed
+        fixed = self._repair(name, journal, info, found.damage, size, header, locked=locked)
+        return _REPLACED if found.consumed_part else fixed
 
     def _repair(
         self,
@@ -826,24 +835,27 @@ class PickleStore:
         header: Header | None,
         *,
         locked: bool,
-    ) -> Position | _Replaced:
+    ) -> Position:
         """Cut off a torn tail, or keep a damaged journal aside with its good prefix.
 
-        ``opened`` and ``size`` describe the file as read.  Under the lock the
-        file must still be that one (an append in progress looks like a torn
-        tail to a reader that takes no lock: then we read again).  Records
-        before ``damage`` stay in the journal; later appends continue after them.
+        ``opened`` and ``size`` describe the file as read, and the result is
+        the end of its good records.  Only under the lock, and only if the file
+        is still the one read, is it changed: a reader that takes no lock sees an
+        append in progress as a torn tail, and the records before it are a
+        consistent state anyway.  Records before ``damage`` stay in the journal;
+        later appends continue after them.
         """
+        prefix_end = NO_POSITION if header is None else Position(header.file_id, damage.offset)
         with contextlib.nullcontext() if locked else _locked(self.path_for(name)):
             try:
                 current = os.stat(journal)
             except FileNotFoundError:
-                return _REPLACED
+                return prefix_end
             if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
-                return _REPLACED
+                return prefix_end
             if damage.torn:
                 if current.st_size != size:
-                    return _REPLACED
+                    return prefix_end
                 with open(journal, "r+b") as handle:
                     handle.truncate(damage.offset)
                     os.fsync(handle.fileno())
@@ -855,10 +867,9 @@ class PickleStore:
                     damage.reason,
                     size - damage.offset,
                 )
-                assert header is not None
-                return Position(header.file_id, damage.offset)
+                return prefix_end
             if current.st_size < size:
-                return _REPLACED
+                return prefix_end
             kept = _free_corrupt_name(journal)
             if header is None or damage.offset <= _JOURNAL_HEADER_SIZE:
                 os.rename(journal, kept)
@@ -1072,7 +1083,7 @@ class PickleStore:
         except SignatureMismatchError as forged:
             report.problems.append(str(forged))
             return
-        report.journal_records = len(found.records)
+        report.journal_records = found.count
         damage = found.damage
         if damage is None:
             return
@@ -1088,13 +1099,10 @@ class PickleStore:
                 f"the journal {journal} is damaged at byte {damage.offset}: {damage.reason}"
             )
         if fix:
-            outcome = self._repair(name, journal, info, damage, len(data), header, locked=False)
-            if isinstance(outcome, _Replaced):
-                report.problems.append("the journal changed while it was checked; check again")
-            else:
-                report.fixed.append(
-                    "cut off the torn tail" if damage.torn else "kept the damaged journal aside"
-                )
+            self._repair(name, journal, info, damage, len(data), header, locked=False)
+            report.fixed.append(
+                "cut off the torn tail" if damage.torn else "kept the damaged journal aside"
+            )
 
     def _verify_snapshot(
         self, name: str, path: Path, report: VerifyReport, fix: bool
