@@ -91,7 +91,7 @@ def write_journal(store: PickleStore, name: str, batches: list[list[Change]]) ->
     records = []
     for batch in batches:
         record = encode_record(
-            pickle.dumps(batch, 5), 0, journal_id=header.journal_id, offset=offset, key=None
+            pickle.dumps(batch, 5), journal_id=header.journal_id, offset=offset, key=None
         )
         records.append(record)
         offset += len(record)

@@ -22,12 +22,12 @@ File format (version 1), all integers little-endian::
 
     then records, each:
     0      4     payload length n
-    4      1     flags: 2 = written by cloudpickle
-    5      4     CRC-32 of the payload
-    9      4     CRC-32 of bytes 0-8 (so a damaged length is never trusted)
-    13     32    signed journals only: HMAC-SHA256 of the journal id, the record's
-                 offset in the file (8 bytes), bytes 0-8 and the payload
-    ...    n     payload: a pickle (protocol 5) of a list of changes
+    4      4     n XOR 0xFFFFFFFF (so a damaged length is never trusted)
+    8      4     CRC-32 of the payload
+    12     32    signed journals only: HMAC-SHA256 of the journal id, the record's
+                 offset in the file (8 bytes), bytes 0-11 and the payload
+    ...    n     payload: a pickle (protocol 5) of a list of changes (cloudpickle's
+                 when pickle refuses a value; either loads with pickle)
 
 A change is ``(SET, key, value)``, ``(DEL, key, None)`` or ``(CLEAR, None, None)``;
 replaying is last-writer-wins per key, and CLEAR wipes everything before it.
@@ -84,13 +84,12 @@ Change = tuple[str, Any, Any]
 MAGIC = b"CMJOURNL"
 FORMAT_VERSION = 1
 FLAG_SIGNED = 1
-FLAG_CLOUDPICKLE = 2
 
 _HEADER = struct.Struct("<8sHH16s8sI")
 HEADER_SIZE = _HEADER.size
-_RECORD_FIELDS = struct.Struct("<IBI")
-_RECORD = struct.Struct("<IBII")
+_RECORD = struct.Struct("<III")
 _RECORD_SIZE = _RECORD.size
+_LENGTH_CHECK = 0xFFFFFFFF
 _OFFSET = struct.Struct("<Q")
 MAC_SIZE = 32
 JOURNAL_ID_SIZE = 16
@@ -247,18 +246,16 @@ def _mac(key: bytes, journal_id: bytes, offset: int, fields: bytes | memoryview)
     return mac
 
 
-def encode_record(
-    payload: bytes, flags: int, *, journal_id: bytes, offset: int, key: bytes | None
-) -> bytes:
+def encode_record(payload: bytes, *, journal_id: bytes, offset: int, key: bytes | None) -> bytes:
     """One record holding ``payload``, to be written at ``offset`` of journal ``journal_id``.
 
     ``key`` signs it (a signed journal needs one in every record).
     """
-    fields = _RECORD_FIELDS.pack(len(payload), flags, zlib.crc32(payload))
-    head = fields + struct.pack("<I", zlib.crc32(fields))
+    length = len(payload)
+    head = _RECORD.pack(length, length ^ _LENGTH_CHECK, zlib.crc32(payload))
     if key is None:
         return head + payload
-    mac = _mac(key, journal_id, offset, fields)
+    mac = _mac(key, journal_id, offset, head)
     mac.update(payload)
     return head + mac.digest() + payload
 
@@ -297,10 +294,10 @@ def scan(
         if size - position < head_size:
             damage = Damage(here, True, "an incomplete record header")
             break
-        length, _flags, payload_crc, head_crc = unpack(data, position)
-        if crc32(data[position : position + 9]) != head_crc:
+        length, length_check, payload_crc = unpack(data, position)
+        if length ^ length_check != _LENGTH_CHECK:
             if data[position:].strip(b"\x00"):
-                damage = Damage(here, False, "a record header fails its checksum")
+                damage = Damage(here, False, "a record header is damaged")
             else:
                 damage = Damage(here, True, "a zero-filled tail")
             break
@@ -339,7 +336,7 @@ def _check_mac(
     name: str,
     path: object,
 ) -> None:
-    mac = _mac(key, header.journal_id, offset, head[:9])
+    mac = _mac(key, header.journal_id, offset, head[:_RECORD_SIZE])
     mac.update(payload)
     if not hmac.compare_digest(mac.digest(), head[_RECORD_SIZE:]):
         raise SignatureMismatchError(

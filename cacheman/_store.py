@@ -49,8 +49,8 @@ from hashlib import sha256
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from ._journal import HEADER_SIZE as _JOURNAL_HEADER_SIZE
 from ._journal import (
-    FLAG_CLOUDPICKLE,
     NO_POSITION,
     AppendResult,
     Change,
@@ -70,7 +70,6 @@ from ._journal import (
     scan,
     write_all,
 )
-from ._journal import HEADER_SIZE as _JOURNAL_HEADER_SIZE
 from ._paths import check_private, validate_cache_name
 from ._store_api import Edge
 from .errors import (
@@ -490,7 +489,7 @@ class PickleStore:
         batch = check_changes(changes)
         path = self.path_for(name)
         journal = self.journal_path(name)
-        payload, flags = _pickled(name, batch) if batch else (b"", 0)
+        payload = _pickled(name, batch) if batch else b""
         ensure_private_directory(path.parent)
         with _locked(path):
             for _ in range(_LOAD_ROUNDS):
@@ -501,7 +500,7 @@ class PickleStore:
                         continue  # the tail was repaired: open the journal again
                     in_sync = since == Position(header.file_id, end)
                     if batch:
-                        end += self._write_record(fd, header, end, payload, flags)
+                        end += self._write_record(fd, header, end, payload)
                 finally:
                     os.close(fd)
                 break
@@ -511,10 +510,10 @@ class PickleStore:
         self._known_ends[name] = position
         return AppendResult(position, in_sync)
 
-    def _write_record(self, fd: int, header: Header, end: int, payload: bytes, flags: int) -> int:
+    def _write_record(self, fd: int, header: Header, end: int, payload: bytes) -> int:
         """Write one record at ``end`` (the file's end) and make it durable; return its size."""
         record = encode_record(
-            payload, flags, journal_id=header.journal_id, offset=end, key=self.signing_key
+            payload, journal_id=header.journal_id, offset=end, key=self.signing_key
         )
         try:
             write_all(fd, record)
@@ -1340,14 +1339,14 @@ def _mixed_signing(name: str, journal: Path, signed: bool) -> str:
     )
 
 
-def _pickled(name: str, changes: list[Change]) -> tuple[bytes, int]:
-    """The pickle of a journal record's changes and its flags (cloudpickle as a fallback)."""
+def _pickled(name: str, changes: list[Change]) -> bytes:
+    """The pickle of a journal record's changes (cloudpickle's when pickle refuses a value)."""
     try:
-        return pickle.dumps(changes, PICKLE_PROTOCOL), 0
+        return pickle.dumps(changes, PICKLE_PROTOCOL)
     except _REFUSED_BY_PICKLE:
         pass
     try:
-        return _cloudpickle().dumps(changes, PICKLE_PROTOCOL), FLAG_CLOUDPICKLE
+        return bytes(_cloudpickle().dumps(changes, PICKLE_PROTOCOL))
     except Exception as error:
         items = {key: value for _op, key, value in changes}
         raise UnpicklableValueError(_describe_unpicklable(name, items)) from error
