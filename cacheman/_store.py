@@ -493,12 +493,15 @@ class PickleStore:
         ensure_private_directory(path.parent)
         with _locked(path):
             for _ in range(_LOAD_ROUNDS):
-                fd, header, size = self._open_for_append(name, path, journal)
+                fd, header, size, created = self._open_for_append(name, path, journal)
                 try:
                     end = self._checked_end(name, journal, fd, header, size, since)
                     if end is None:
                         continue  # the tail was repaired: open the journal again
-                    in_sync = since == Position(header.file_id, end)
+                    # A caller that saw no journal is in sync with one just created.
+                    in_sync = since == Position(header.file_id, end) or (
+                        created and since == NO_POSITION
+                    )
                     if batch:
                         end += self._write_record(fd, header, end, payload)
                 finally:
@@ -525,8 +528,12 @@ class PickleStore:
             raise
         return len(record)
 
-    def _open_for_append(self, name: str, path: Path, journal: Path) -> tuple[int, Header, int]:
-        """Open the journal to append to (under the lock): ``(fd, header, size)``.
+    def _open_for_append(
+        self, name: str, path: Path, journal: Path
+    ) -> tuple[int, Header, int, bool]:
+        """Open the journal to append to (under the lock): ``(fd, header, size, created)``.
+
+        ``created`` says there was no journal file at all.
 
         Starts a new journal when there is none, when the one there is left over
         from a crash inside a save (the snapshot names another one), when its
@@ -535,11 +542,13 @@ class PickleStore:
         """
         expected = _snapshot_journal_id(path)
         signed = self.signing_key is not None
+        created = False
         for _ in range(2):
             try:
                 fd = os.open(journal, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
             except FileNotFoundError:
                 self._start_journal(journal, expected or new_journal_id())
+                created = True
                 continue
             try:
                 info = os.fstat(fd)
@@ -576,7 +585,7 @@ class PickleStore:
             except BaseException:
                 os.close(fd)
                 raise
-            return fd, header, info.st_size
+            return fd, header, info.st_size, created
         raise CorruptCacheError(f"cache {name!r}: {journal} could not be opened for appending")
 
     def _checked_end(

@@ -173,7 +173,7 @@ def test_positions_follow_the_journal_and_compaction_starts_a_new_one(store: Pic
     assert (contents, start) == (None, NO_POSITION)
     assert store.changes_since("c", start) == ([], NO_POSITION)
     first = store.append("c", [(SET, "a", 1)], since=start)
-    assert not first.in_sync  # there was no journal yet: nothing to be in sync with
+    assert first.in_sync  # there was no journal, and the caller saw none
     second = store.append("c", [(SET, "b", 2)], since=first.position)
     assert second.in_sync
     assert second.position.offset > first.position.offset
