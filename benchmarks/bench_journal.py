@@ -1,4 +1,4 @@
-"""Benchmark the journal (issue 7): a durable one-key change, and a load that replays a journal.
+"""Benchmark the journal: a durable one-key change, and a load that replays a journal.
 
 Every row is measured against its baseline in this one run.  Rows:
 
