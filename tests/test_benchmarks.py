@@ -58,3 +58,4 @@ def test_bench_journal_reports_every_row() -> None:
     ):
         assert row in table
     assert "records of 100 changes" in table
+    assert "vs bare write + fdatasync" in table
