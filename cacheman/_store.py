@@ -138,8 +138,12 @@ def ensure_private_directory(directory: Path) -> None:
     Raises :class:`~cacheman.errors.InsecureCacheError` if it exists but another
     user owns it or can write to it.
     """
-    directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    check_private(directory, os.stat(directory), "cache directory")
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        info = os.stat(directory)
+    check_private(directory, info, "cache directory")
 
 
 @contextlib.contextmanager
@@ -306,6 +310,9 @@ class PickleStore:
         # name -> the end of the journal as this process last wrote or checked it:
         # an append starts its check of the tail there instead of at the start.
         self._known_ends: dict[str, Position] = {}
+        # name -> (snapshot, journal): an append is cheap enough for path
+        # building and name checks to show.
+        self._paths: dict[str, tuple[Path, Path]] = {}
 
     def __repr__(self) -> str:
         signed = ", signed" if self.signing_key else ""
@@ -313,11 +320,23 @@ class PickleStore:
 
     def path_for(self, name: str) -> Path:
         """Return the file that holds cache ``name``; the name can never leave the directory."""
-        return self.directory / (validate_cache_name(name) + self.suffix)
+        return self._files(name)[0]
 
     def journal_path(self, name: str) -> Path:
         """Return the journal file of cache ``name`` (beside its snapshot)."""
-        return self.directory / (validate_cache_name(name) + self.journal_suffix)
+        return self._files(name)[1]
+
+    def _files(self, name: str) -> tuple[Path, Path]:
+        try:
+            return self._paths[name]
+        except (KeyError, TypeError):
+            stem = validate_cache_name(name)
+        files = (
+            self.directory / (stem + self.suffix),
+            self.directory / (stem + self.journal_suffix),
+        )
+        self._paths[stem] = files
+        return files
 
     # -- save (the compaction) -----------------------------------------------------------
 
