@@ -46,3 +46,16 @@ def test_bench_autosync_reports_every_row() -> None:
     table = run_quick("bench_autosync.py")
     for row in ("autosync c[k] = v (bookkeeping)", "bare os.fork()", "longest pause"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_bench_journal_reports_every_row() -> None:
+    table = run_quick("bench_journal.py")
+    for row in (
+        "append of 1 key to a",
+        "append of 1 key / snapshot rewrite",
+        "records of 1 change",
+    ):
+        assert row in table
+    assert "records of 100 changes" in table
+    assert "vs bare write + fdatasync" in table

@@ -79,7 +79,7 @@ def header_fields(data: bytes) -> tuple[bytes, int, int, int]:
 
 def forge(payload: bytes, *, flags: int = 0, signature: bytes = bytes(32)) -> bytes:
     """A file in CacheMan's format with a correct checksum, as an attacker could write one."""
-    fields = struct.pack("<8sHHQ", MAGIC, FORMAT_VERSION, flags, len(payload))
+    fields = struct.pack("<8sHHQ16s", MAGIC, FORMAT_VERSION, flags, len(payload), bytes(16))
     crc = zlib.crc32(fields, zlib.crc32(payload))
     return fields + struct.pack("<I32s", crc, signature) + payload
 
@@ -187,7 +187,7 @@ DAMAGES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "truncated in the header": (lambda good: good[:30], "truncated inside its header"),
     "one flipped byte": (_flip_one_byte, "checksum does not match"),
     "empty file": (lambda good: b"", "empty"),
-    "newer format version": (_newer_version, "format version 2"),
+    "newer format version": (_newer_version, f"format version {FORMAT_VERSION + 1}"),
     "a pickle of a list": (lambda good: pickle.dumps([1, 2]), "holds a list, not a mapping"),
 }
 
@@ -419,7 +419,7 @@ def test_a_tampered_signed_file_is_refused_before_unpickling(
 ) -> None:
     marker = tmp_path / "marker"
     path = saved_file(reopen(signing_key=b"secret"))
-    signature = path.read_bytes()[24:HEADER_SIZE]
+    signature = path.read_bytes()[HEADER_SIZE - 32 : HEADER_SIZE]
     # The attacker swaps the payload, keeps the signature and fixes up the checksum.
     path.write_bytes(forge(planted_pickle(marker), flags=1, signature=signature))
     with pytest.raises(SignatureMismatchError, match="does not match") as caught:
