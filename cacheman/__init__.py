@@ -1,5 +1,7 @@
 """CacheMan: dict caches that persist between runs, with hooks and dependency invalidation."""
 
+# Always importable: redis-py itself is imported when a RedisStore is built.
+from ._redis import RedisStore
 from .autosync import AutoSyncCache, TimeCount
 from .cacher import CacheManager, get_cache_manager
 from .cachewrap import CacheWrap, NonPersistentCache, PersistentCache
@@ -31,6 +33,7 @@ __all__ = [
     "InvalidCacheNameError",
     "NonPersistentCache",
     "PersistentCache",
+    "RedisStore",
     "SignatureMismatchError",
     "TimeCount",
     "UnpicklableValueError",

@@ -1,7 +1,8 @@
-"""Shared fixtures: every test gets caches in a private temporary directory."""
+"""Shared fixtures: every test gets caches in a private temporary directory (or Redis database)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import uuid
@@ -13,8 +14,12 @@ import pytest
 # Set before any test runs (and inherited by every subprocess a test starts), so no
 # test ever writes to the real per-user cache directory.
 os.environ["CACHEMAN_DIR"] = tempfile.mkdtemp(prefix="cacheman-tests-")
+# A Redis URL from the caller's environment must not redirect the pickle-store tests.
+os.environ.pop("CACHEMAN_REDIS_URL", None)
 
-from cacheman import CacheManager, _registry
+from redis_server import DATABASES, RedisServer, find_redis_server
+
+from cacheman import CacheManager, RedisStore, _registry
 
 
 @pytest.fixture
@@ -24,3 +29,61 @@ def manager(tmp_path: Path) -> Iterator[CacheManager]:
     yield manager
     manager.deregister_all_caches()
     _registry.discard(manager)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (127.0.0.1, a free port), stopped by pid at the end.
+
+    Without redis-server on PATH (or redis-py) the Redis tests are skipped, except
+    in CI (``$CI`` set), where they fail: CI must run them.
+    """
+    executable = find_redis_server()
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        executable = None
+    if executable is None:
+        reason = (
+            "redis-server (Debian package redis-server) or redis-py (pip install "
+            "'cacheman[redis]') is not installed"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}, and CI must run the Redis tests")
+        pytest.skip(f"{reason}; the Redis tests run in CI")
+    server = RedisServer(tmp_path_factory.mktemp("redis"), executable)
+    server.start()
+    yield server
+    server.stop()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of a database no other test has used (so no test needs FLUSHDB)."""
+    db = next(_databases)
+    assert db < DATABASES, "more Redis tests than databases: raise DATABASES"
+    return redis_server.url(db)
+
+
+def make_manager(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> CacheManager:
+    """A fresh manager on the pickle store or on a fresh Redis database."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    if kind == "pickle":
+        return CacheManager(name, tmp_path)
+    store = RedisStore(request.getfixturevalue("redis_url"))
+    return CacheManager(name, tmp_path, store=store)
+
+
+@pytest.fixture(params=["pickle", "redis"])
+def store_manager(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheManager]:
+    """Like ``manager``, once on each store: the behaviour suites run against both."""
+    manager = make_manager(request.param, tmp_path, request)
+    yield manager
+    manager.deregister_all_caches()
+    _registry.discard(manager)
+    close = getattr(manager.store, "close", None)
+    if close is not None:
+        close()
