@@ -23,12 +23,35 @@ from cacheman import CacheManager, RedisStore, _registry
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> Iterator[CacheManager]:
-    """A manager of its own, saving under ``tmp_path``; forgotten after the test."""
-    manager = CacheManager(f"test-{uuid.uuid4().hex[:8]}", tmp_path)
+def manager(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheManager]:
+    """A manager of its own, saving under ``tmp_path``; forgotten after the test.
+
+    On the pickle store, unless parametrized indirectly (``helpers.both_stores``).
+    """
+    yield from _fresh_manager(getattr(request, "param", "pickle"), tmp_path, request)
+
+
+@pytest.fixture(params=["pickle", "redis"])
+def store_manager(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheManager]:
+    """Like ``manager``, once on each store: the behaviour suites run against both."""
+    yield from _fresh_manager(request.param, tmp_path, request)
+
+
+def _fresh_manager(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[CacheManager]:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    if kind == "pickle":
+        manager = CacheManager(name, tmp_path)
+    else:
+        manager = CacheManager(
+            name, tmp_path, store=RedisStore(request.getfixturevalue("redis_url"))
+        )
     yield manager
     manager.deregister_all_caches()
     _registry.discard(manager)
+    if isinstance(manager.store, RedisStore):
+        manager.store.close()
 
 
 @pytest.fixture(scope="session")
@@ -66,24 +89,3 @@ def redis_url(redis_server: RedisServer) -> str:
     db = next(_databases)
     assert db < DATABASES, "more Redis tests than databases: raise DATABASES"
     return redis_server.url(db)
-
-
-def make_manager(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> CacheManager:
-    """A fresh manager on the pickle store or on a fresh Redis database."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    if kind == "pickle":
-        return CacheManager(name, tmp_path)
-    store = RedisStore(request.getfixturevalue("redis_url"))
-    return CacheManager(name, tmp_path, store=store)
-
-
-@pytest.fixture(params=["pickle", "redis"])
-def store_manager(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheManager]:
-    """Like ``manager``, once on each store: the behaviour suites run against both."""
-    manager = make_manager(request.param, tmp_path, request)
-    yield manager
-    manager.deregister_all_caches()
-    _registry.discard(manager)
-    close = getattr(manager.store, "close", None)
-    if close is not None:
-        close()

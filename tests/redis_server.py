@@ -62,11 +62,13 @@ class RedisServer:
         while time.monotonic() < end:
             if self.process.poll() is not None:
                 return False  # exited: most likely the port was taken meanwhile
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
-                    probe.sendall(b"PING\r\n")
-                    if probe.recv(64).startswith(b"+PONG"):
-                        return True
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe,
+            ):
+                probe.sendall(b"PING\r\n")
+                if probe.recv(64).startswith(b"+PONG"):
+                    return True
             time.sleep(0.02)
         return False
 
