@@ -102,7 +102,9 @@ _SCAN_COUNT = 10_000
 _TEMPORARY_TTL_MS = 10 * 60 * 1000
 _LOAD_ATTEMPTS = 3
 
-_UNSIGNED, _SIGNED = b"\x00", b"\x01"
+# A signed value starts with this byte and the HMAC; an unsigned one is a bare
+# pickle, which starts with b"\x80" (the PROTO opcode), so the two never mix up.
+_SIGNED = b"\x01"
 _MAC_SIZE = 32
 _FIELD_LENGTH = struct.Struct("<I")
 #: The meta field changed by every full save and clear (internal, not in read_meta).
@@ -384,15 +386,11 @@ class RedisStore:
         mac.update(payload)
         return mac.digest()
 
-    def _encoder(self, name: str) -> Callable[[Any, Any], tuple[bytes, bytes]]:
-        """A function turning ``(key, value)`` into ``(field, stored value)`` for ``name``."""
+    def _encoder(self, name: str) -> Callable[[Any, Any], tuple[bytes, bytes]] | None:
+        """A function turning ``(key, value)`` into ``(field, stored value)``; None if unsigned."""
         base = self._mac(name)
         if base is None:
-
-            def encode(key: Any, value: Any) -> tuple[bytes, bytes]:
-                return _dump_key(key), _UNSIGNED + _dump_value(value)
-
-            return encode
+            return None
 
         def encode_signed(key: Any, value: Any) -> tuple[bytes, bytes]:
             field = _dump_key(key)
@@ -410,40 +408,46 @@ class RedisStore:
         forged, CorruptCacheError for what does not unpickle.
         """
         loads = pickle.loads
-        try:
-            if base is None:
+        if base is None:
+            try:
+                # The common case at the speed of a bare loop: unsigned values are
+                # plain pickles.  A signed one (b"\x01...") makes pickle refuse at
+                # its first byte, and the careful loop below sorts it out.
                 for field, stored in chunk.items():
-                    view = memoryview(stored)
-                    tag = stored[:1]
-                    if tag == _UNSIGNED:
-                        into[loads(field)] = loads(view[1:])
-                    elif tag == _SIGNED:  # signed by a writer with a key; we trust this Redis
-                        into[loads(field)] = loads(view[1 + _MAC_SIZE :])
-                    else:
-                        raise CorruptCacheError(f"a value starts with the unknown tag {tag!r}")
+                    into[loads(field)] = loads(stored)
                 return
-            signature = self._signature
+            except Exception:
+                pass
+        try:
             for field, stored in chunk.items():
-                view = memoryview(stored)
-                payload = view[1 + _MAC_SIZE :]
-                signed = stored[:1] == _SIGNED
-                if not signed or not hmac.compare_digest(
-                    signature(base, field, payload), view[1 : 1 + _MAC_SIZE]
-                ):
-                    problem = "forged or signed with another key" if signed else "not signed"
-                    raise SignatureMismatchError(
-                        f"cache {name!r}: an entry of {self.data_key(name)} is {problem}"
-                        " (written by another client?); nothing was unpickled. If you changed "
-                        "the key, delete the cache's saved contents; otherwise find out who "
-                        "wrote it."
-                    )
-                into[loads(field)] = loads(payload)
+                into[loads(field)] = loads(self._checked_payload(name, base, field, stored))
         except (CorruptCacheError, SignatureMismatchError):
             raise
         except Exception as error:  # garbage can raise almost any exception
             raise CorruptCacheError(
                 f"an entry does not unpickle ({type(error).__name__}: {error})"
             ) from error
+
+    def _checked_payload(
+        self, name: str, base: hmac.HMAC | None, field: bytes, stored: bytes
+    ) -> memoryview:
+        """The pickle in a stored value, once its signature (if we have a key) checked out."""
+        view = memoryview(stored)
+        signed = stored[:1] == _SIGNED
+        if base is None:  # no key: we trust this Redis, signed by another writer or not
+            return view[1 + _MAC_SIZE :] if signed else view
+        payload = view[1 + _MAC_SIZE :]
+        if not signed or not hmac.compare_digest(
+            self._signature(base, field, payload), view[1 : 1 + _MAC_SIZE]
+        ):
+            problem = "forged or signed with another key" if signed else "not signed"
+            raise SignatureMismatchError(
+                f"cache {name!r}: an entry of {self.data_key(name)} is {problem}"
+                " (written by another client?); nothing was unpickled. If you changed "
+                "the key, delete the cache's saved contents; otherwise find out who "
+                "wrote it."
+            )
+        return payload
 
     # -- save ---------------------------------------------------------------------------
 
@@ -859,16 +863,38 @@ class _Listener(threading.Thread):
 
 
 def _encoded(
-    name: str, encode: Callable[[Any, Any], tuple[bytes, bytes]], items: Iterable[tuple[Any, Any]]
+    name: str,
+    encode: Callable[[Any, Any], tuple[bytes, bytes]] | None,
+    items: list[tuple[Any, Any]],
 ) -> list[bytes]:
-    """``[field, value, field, value...]`` of ``items``; UnpicklableValueError names the culprit."""
-    fields: list[bytes] = []
+    """``[field, value, field, value...]`` of ``items``; UnpicklableValueError names the culprit.
+
+    ``encode`` None means unsigned: then the common case (keys of scalar types,
+    values the standard pickler takes) runs as a bare loop of ``pickle.dumps``,
+    and anything else goes through the general encoder.
+    """
+    if encode is None:
+        dumps, scalar = pickle.dumps, _SCALAR_KEYS
+        fields: list[bytes] = []
+        append = fields.append
+        try:
+            for key, value in items:
+                append(dumps(key, PICKLE_PROTOCOL) if type(key) in scalar else _dump_key(key))
+                append(dumps(value, PICKLE_PROTOCOL))
+            return fields
+        except _REFUSED_BY_PICKLE:
+            encode = _unsigned_encode
+    fields = []
     try:
         for key, value in items:
             fields.extend(encode(key, value))
     except Exception as error:
         raise UnpicklableValueError(_describe_unpicklable(name, dict(items))) from error
     return fields
+
+
+def _unsigned_encode(key: Any, value: Any) -> tuple[bytes, bytes]:
+    return _dump_key(key), _dump_value(value)
 
 
 def _apply(contents: dict[Any, Any], changes: Iterable[tuple[str, Any, Any]]) -> None:

@@ -117,7 +117,7 @@ def test_layout_one_field_per_entry_and_json_meta(store: RedisStore, raw: Any) -
     fields = scan_hash(raw, "cacheman:m:squares:data")
     assert len(fields) == 250
     assert {pickle.loads(field) for field in fields} == set(contents)
-    assert fields[pickle.dumps("k7", 5)] == b"\x00" + pickle.dumps(7, 5)  # tag + pickle
+    assert fields[pickle.dumps("k7", 5)] == pickle.dumps(7, 5)  # unsigned: a bare pickle
     meta = raw.hgetall("cacheman:m:squares:meta")
     assert json.loads(meta[b"generation"]) == "g:1"
     assert json.loads(meta[b"parents"]) == {"root": "r:2"}
@@ -251,7 +251,7 @@ def test_a_value_without_the_right_hmac_is_refused_before_unpickling(
     good = raw.hget(data, pickle.dumps("a", 5))
 
     attempts = [
-        b"\x00" + planted,  # unsigned
+        planted,  # unsigned
         b"\x01" + bytes(32) + planted,  # a made-up signature
         good[:33] + planted,  # a real signature, of another value
     ]
@@ -275,6 +275,12 @@ def test_a_value_without_the_right_hmac_is_refused_before_unpickling(
         RedisStore(redis_url, manager="m", signing_key=b"another key").load("safe")
 
 
+def test_a_reader_without_key_reads_signed_entries(redis_url: str) -> None:
+    RedisStore(redis_url, manager="m", signing_key=b"secret").save("s", {"a": 1})
+    RedisStore(redis_url, manager="m").append("s", [("set", "b", 2)])
+    assert RedisStore(redis_url, manager="m").load("s") == {"a": 1, "b": 2}
+
+
 def test_signed_manager_round_trip(redis_url: str, tmp_path: Path) -> None:
     manager = CacheManager("signed", tmp_path, signing_key=b"k", store=RedisStore(redis_url))
     cache = PersistentCache("c", cache_manager=manager)
@@ -289,7 +295,7 @@ def test_damaged_entries_are_kept_aside_and_the_cache_rebuilt(
     store: RedisStore, raw: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.save("hurt", {"a": 1})
-    raw.hset("cacheman:m:hurt:data", pickle.dumps("b", 5), b"\x00not a pickle")
+    raw.hset("cacheman:m:hurt:data", pickle.dumps("b", 5), b"not a pickle")
     caplog.set_level(logging.WARNING, logger="cacheman")
     assert store.load("hurt") is None
     assert "'hurt'" in caplog.text
