@@ -6,10 +6,12 @@ about what only Redis has.  Each test gets a Redis database of its own.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import textwrap
@@ -273,6 +275,16 @@ def test_a_value_without_the_right_hmac_is_refused_before_unpickling(
     assert not marker.exists()
     with pytest.raises(SignatureMismatchError):
         RedisStore(redis_url, manager="m", signing_key=b"another key").load("safe")
+
+
+def test_signed_value_layout_is_standard_hmac_sha256(redis_url: str, raw: Any) -> None:
+    RedisStore(redis_url, manager="m", signing_key=b"secret").save("s", {"a": [1]})
+    field, stored = pickle.dumps("a", 5), raw.hget("cacheman:m:s:data", pickle.dumps("a", 5))
+    payload = pickle.dumps([1], 5)
+    key_name = b"cacheman:m:s:data"
+    message = struct.pack("<I", len(key_name)) + key_name + struct.pack("<I", len(field))
+    expected = hmac.new(b"secret", message + field + payload, "sha256").digest()
+    assert stored == b"\x01" + expected + payload
 
 
 def test_a_reader_without_key_reads_signed_entries(redis_url: str) -> None:
