@@ -306,7 +306,9 @@ class RedisStore:
             self._forget_parent_connections()
         client = self._client_now
         if client is None:
-            options = {"socket_connect_timeout": 5, "socket_keepalive": True}
+            # A server that stops answering raises instead of hanging the program
+            # (a generous read timeout: deleting a big replaced hash takes a while).
+            options = {"socket_connect_timeout": 5, "socket_timeout": 30, "socket_keepalive": True}
             options.update(self.client_options)
             client = self._redis_module.Redis.from_url(self.url, **options)
             self._client_now = client
