@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from helpers import run_python, wait_until
 
 from cacheman import (
@@ -103,6 +102,8 @@ def store(redis_url: str) -> Any:
 @pytest.fixture
 def raw(redis_url: str) -> Any:
     """Another client of the same database: what anyone with access to the Redis sees."""
+    import redis  # here, not at the top: without redis-py the module still collects (and skips)
+
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
