@@ -2,7 +2,7 @@
 
 Layout, for a manager ``m`` under the namespace ``cacheman`` (the default)::
 
-    cacheman:m:<name>:data    hash: pickled key -> tag byte [+ HMAC] + pickled value
+    cacheman:m:<name>:data    hash: pickled key -> pickled value (signed: 0x01 + HMAC + pickle)
     cacheman:m:<name>:meta    hash: metadata field -> JSON text (never pickled)
     cacheman:m:<name>:lock    string: the token of the process building the cache
     cacheman:m:edges          sorted set: JSON [parent, child], scored in declaration order
