@@ -1251,7 +1251,8 @@ class PickleStore:
 
     def add_edges(self, edges: Iterable[Edge]) -> None:
         """Persist ``edges`` as well (edges already there are kept once)."""
-        self._rewrite_edges(lambda known: known + [e for e in edges if e not in known])
+        wanted = list(dict.fromkeys(edges))  # an edge given twice in one call is kept once too
+        self._rewrite_edges(lambda known: known + [e for e in wanted if e not in known])
 
     def remove_edges(self, name: str) -> None:
         """Forget every persisted edge that touches ``name``."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import _lifecycle, _registry
 from ._graph import DependencyGraph
 from ._paths import manager_directory, validate_cache_name
+from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
 from ._store_api import Store, StoreFactory
 from .autosync import AutoSyncCache
@@ -101,6 +102,8 @@ class CacheManager:
         self.name = validate_cache_name(manager_name, what="manager")
         self.cache_directory: Path = manager_directory(self.name, base_cache_directory)
         key = resolve_signing_key(signing_key)
+        if store is None and os.environ.get(REDIS_URL_ENV):
+            store = RedisStore(os.environ[REDIS_URL_ENV])
         self.store: Store = (
             PickleStore(self.cache_directory, signing_key=key)
             if store is None

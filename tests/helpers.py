@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: fresh interpreters and polling with a bound."""
+"""Helpers shared by the test modules: fresh interpreters, polling with a bound, both stores."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+import pytest
 
 
 def run_python(
@@ -44,3 +46,7 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+#: Run a test that uses the ``manager`` fixture once on the pickle store and once on Redis.
+both_stores = pytest.mark.parametrize("manager", ["pickle", "redis"], indirect=True)

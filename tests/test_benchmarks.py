@@ -8,6 +8,8 @@ and reports every row, not which verdict it reached.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +61,24 @@ def test_bench_journal_reports_every_row() -> None:
         assert row in table
     assert "records of 100 changes" in table
     assert "vs bare write + fdatasync" in table
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None and not os.environ.get("CI"),
+    reason="redis-server is not installed (Debian package redis-server); CI runs this",
+)
+def test_bench_redis_reports_every_row() -> None:
+    table = run_quick("bench_redis.py")
+    for row in (
+        "save() of",
+        "load() of",
+        "signed",
+        "one changed key",
+        "generation change seen by a 2nd process",
+        "1 key per entry: save",
+        "1 key per entry: load",
+        "1 key per entry: forget",
+        "1 key per entry: server memory",
+    ):
+        assert row in table

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_python
+from helpers import both_stores, run_python
 
 import cacheman
 from cacheman import (
@@ -134,6 +134,7 @@ def test_non_string_name_is_refused(manager: CacheManager) -> None:
         manager.register_cache(42)  # type: ignore[arg-type]
 
 
+@both_stores
 def test_reregistering_a_name_keeps_old_edits(manager: CacheManager) -> None:
     old = manager.register_custom_cache("again", autosync=False)
     old["edit"] = 1
@@ -155,6 +156,7 @@ def test_deregister(manager: CacheManager) -> None:
     assert manager.cache_names() == []
 
 
+@both_stores
 def test_deregistered_cache_is_not_saved_by_save_all(manager: CacheManager) -> None:
     cache = manager.register_custom_cache("gone", autosync=False)
     cache["a"] = 1
@@ -189,6 +191,7 @@ def test_dependents_property_and_constructor_argument(manager: CacheManager) -> 
     assert mid.dependents == []
 
 
+@both_stores
 def test_invalidate_chain_of_three(manager: CacheManager) -> None:
     built: list[str] = []
     root = manager.register_custom_cache("root", autosync=False)
@@ -228,6 +231,7 @@ def test_invalidate_diamond_resets_bottom_once_after_its_parents(manager: CacheM
     assert order[-1] == "bottom"
 
 
+@both_stores
 def test_invalidate_without_dependents(manager: CacheManager) -> None:
     root = manager.register_cache("root")
     edge = manager.register_cache("edge")
@@ -237,6 +241,7 @@ def test_invalidate_without_dependents(manager: CacheManager) -> None:
     assert edge == {"kept": 1}
 
 
+@both_stores
 def test_unloaded_and_unregistered_dependents_lose_saved_copies(manager: CacheManager) -> None:
     manager.store.save("not_loaded", {"stale": 1})
     manager.store.save("unregistered", {"stale": 2})
@@ -285,6 +290,7 @@ def test_apply_to_dependents_visits_each_cache_once(manager: CacheManager) -> No
     assert visits == {"load": ["top"], "save": ["top"], "delete": ["top"]}
 
 
+@both_stores
 def test_invalidate_and_rebuild(manager: CacheManager) -> None:
     built: list[str] = []
     root = manager.register_custom_cache(
@@ -305,6 +311,7 @@ def test_invalidate_and_rebuild(manager: CacheManager) -> None:
     assert not manager.store.exists("root")
 
 
+@both_stores
 def test_every_cache_operations(manager: CacheManager) -> None:
     first = manager.register_custom_cache("first", autosync=False, builder=lambda n: {"b": 1})
     second = manager.register_custom_cache("second", autosync=False)
@@ -324,6 +331,7 @@ def test_every_cache_operations(manager: CacheManager) -> None:
     assert second == {}
 
 
+@both_stores
 def test_manager_with_block_saves_all(manager: CacheManager) -> None:
     with manager:
         manager.register_custom_cache("a", autosync=False)["k"] = 1
@@ -343,6 +351,7 @@ def test_dependency_graph_export(manager: CacheManager) -> None:
 # -- threads -----------------------------------------------------------------------------
 
 
+@both_stores
 def test_registry_and_lifecycle_from_many_threads(manager: CacheManager) -> None:
     errors: list[BaseException] = []
 

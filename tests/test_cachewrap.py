@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import pytest
+from helpers import both_stores
 
 from cacheman import (
     AutoSyncCache,
@@ -208,9 +209,17 @@ class TestCacheWrap(DictBehaviour):
 class TestPersistentCache(DictBehaviour):
     cache_class = PersistentCache
 
+    @pytest.fixture
+    def manager(self, store_manager: CacheManager) -> CacheManager:
+        return store_manager  # the same suite on the pickle store and on Redis
+
 
 class TestAutoSyncCache(DictBehaviour):
     cache_class = AutoSyncCache
+
+    @pytest.fixture
+    def manager(self, store_manager: CacheManager) -> CacheManager:
+        return store_manager  # the same suite on the pickle store and on Redis
 
 
 class TestCSVCache(DictBehaviour):
@@ -243,6 +252,7 @@ def test_persistent_cache_round_trip(manager: CacheManager) -> None:
     assert cache == {1: "one", (2, 3): [4, 5]}
 
 
+@both_stores
 def test_load_keeps_the_same_object(manager: CacheManager) -> None:
     cache = manager.register_cache("same")
     cache["k"] = 1
@@ -253,6 +263,7 @@ def test_load_keeps_the_same_object(manager: CacheManager) -> None:
     assert held == {"k": 1}
 
 
+@both_stores
 def test_initial_contents_are_used_without_loading(manager: CacheManager) -> None:
     first = PersistentCache("seeded", cache_manager=manager)
     first["old"] = 1
@@ -270,6 +281,7 @@ def test_contents_must_be_a_mapping(manager: CacheManager) -> None:
     assert not manager.cache_registered("bad")
 
 
+@both_stores
 def test_with_block_saves_on_exit(manager: CacheManager) -> None:
     with PersistentCache("ctx", cache_manager=manager) as cache:
         cache["x"] = 1
@@ -278,6 +290,7 @@ def test_with_block_saves_on_exit(manager: CacheManager) -> None:
     assert fresh == {}
 
 
+@both_stores
 def test_save_on_blank_cache_false_keeps_old_copy(manager: CacheManager) -> None:
     cache = PersistentCache("blank", cache_manager=manager, save_on_blank_cache=False)
     cache["a"] = 1
@@ -346,6 +359,7 @@ def test_non_mapping_from_loader_or_builder_is_type_error(manager: CacheManager,
         PersistentCache("typed", cache_manager=manager, **kwargs)
 
 
+@both_stores
 def test_deleter_and_default_deleter(manager: CacheManager) -> None:
     deleted: list[str] = []
     custom = PersistentCache("custom_del", cache_manager=manager, deleter=deleted.append)
@@ -359,6 +373,7 @@ def test_deleter_and_default_deleter(manager: CacheManager) -> None:
     assert default == {"a": 1}  # contents in memory stay
 
 
+@both_stores
 def test_validator_rejects_and_logs(manager: CacheManager, caplog: Any) -> None:
     PersistentCache("checked", cache_manager=manager, contents={"version": 1}).save()
     caplog.set_level(logging.WARNING, logger="cacheman")
@@ -400,6 +415,7 @@ def test_validator_not_run_on_built_contents(manager: CacheManager) -> None:
     assert seen == [{"b": 1}]
 
 
+@both_stores
 def test_pre_processor_gets_a_copy_never_the_live_cache(manager: CacheManager) -> None:
     seen: list[Any] = []
 
@@ -415,6 +431,7 @@ def test_pre_processor_gets_a_copy_never_the_live_cache(manager: CacheManager) -
     assert manager.store.load("pre") == {"public": 1}
 
 
+@both_stores
 def test_pre_processor_return_value_is_saved(manager: CacheManager) -> None:
     cache = PersistentCache(
         "pre_ret", cache_manager=manager, pre_processor=lambda c: {k: v * 2 for k, v in c.items()}
@@ -425,6 +442,7 @@ def test_pre_processor_return_value_is_saved(manager: CacheManager) -> None:
     assert cache == {"a": 2}
 
 
+@both_stores
 def test_post_processor_after_load_and_build(manager: CacheManager) -> None:
     def post(contents: dict[str, int]) -> dict[str, int]:
         return {key: value + 100 for key, value in contents.items()}
@@ -446,6 +464,7 @@ def _raise(*args: Any) -> Any:
     raise HookFailure("boom")
 
 
+@both_stores
 @pytest.mark.parametrize(
     ("hook", "operation"),
     [

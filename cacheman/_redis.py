@@ -1,0 +1,959 @@
+"""The Redis store: every cache of a manager in one Redis, shared by many machines.
+
+Layout, for a manager ``m`` under the namespace ``cacheman`` (the default)::
+
+    cacheman:m:<name>:data    hash: pickled key -> pickled value (signed: 0x01 + HMAC + pickle)
+    cacheman:m:<name>:meta    hash: metadata field -> JSON text (never pickled)
+    cacheman:m:<name>:lock    string: the token of the process building the cache
+    cacheman:m:edges          sorted set: JSON [parent, child], scored in declaration order
+    cacheman:m:events         pub/sub channel: [name, generation] when a generation changes
+
+One field per entry is what makes a change cheap: the single-machine journal
+(``append``) maps onto a pipelined ``HSET``/``HDEL`` of the changed keys in one
+``MULTI``, so several processes writing different keys all keep theirs.  A full
+save builds a temporary hash and ``RENAME``-s it over the data key, so readers
+see the old contents or the new, never a mix; a load walks the hash with
+``HSCAN`` (a million entries in one ``HGETALL`` would stall the server for
+everyone else) and starts over if a full save or a clear landed meanwhile,
+which it notices by the ``_snapshot`` token every such write changes.
+
+Unpickling is code execution, and a Redis is often writable by more programs
+than the one reading it.  With a signing key, each value carries an
+HMAC-SHA256 of the data key's name, the field (the pickled key) and the pickled
+value, and both are unpickled only after it checked out.
+
+Keys that compare equal must pickle to the same bytes for ``HSET``/``HDEL`` to
+find their field: keys of one type do (containers are pickled without the
+memo, so object identity never shows), but ``1``, ``1.0`` and ``True`` do
+not; a cache that mixes them may see a deleted key come back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hmac
+import io
+import json
+import logging
+import os
+import pickle
+import random
+import secrets
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from hashlib import sha256
+from typing import Any, NamedTuple
+
+from . import _lifecycle
+from ._paths import validate_cache_name
+from ._store import _REFUSED_BY_PICKLE, PICKLE_PROTOCOL, _cloudpickle, _describe_unpicklable
+from ._store_api import Edge
+from .errors import (
+    CorruptCacheError,
+    InvalidCacheNameError,
+    SignatureMismatchError,
+    UnpicklableValueError,
+)
+
+__all__ = [
+    "REDIS_URL_ENV",
+    "AppendResult",
+    "EventCallback",
+    "RedisStore",
+    "SaveResult",
+]
+
+logger = logging.getLogger("cacheman")
+
+#: When set (and no ``store=`` is given), every CacheManager keeps its caches in this Redis.
+REDIS_URL_ENV = "CACHEMAN_REDIS_URL"
+FORMAT_VERSION = 1
+
+# The change records of the journal (op, key, value); the same strings as cacheman._journal.
+SET, DEL, CLEAR = "set", "del", "clear"
+
+#: ``callback(name, generation)``; ``(None, None)`` means "events may have been missed".
+EventCallback = Callable[[str | None, str | None], object]
+
+
+class AppendResult(NamedTuple):
+    """What :meth:`RedisStore.append` did: no position (Redis applies it), always in sync."""
+
+    position: None
+    in_sync: bool
+
+
+class SaveResult(NamedTuple):
+    """What :meth:`RedisStore.save` did: no position, and no records of others kept."""
+
+    position: None
+    was_behind: bool
+
+
+# Entries per HSET command, and commands per pipeline round trip, in a full save.
+_BATCH = 1000
+_BATCHES_PER_ROUND_TRIP = 20
+_SCAN_COUNT = 10_000
+# A temporary hash of a writer that died mid-save disappears after this (refreshed per batch).
+_TEMPORARY_TTL_MS = 10 * 60 * 1000
+_LOAD_ATTEMPTS = 3
+
+# A signed value starts with this byte and the HMAC; an unsigned one is a bare
+# pickle, which starts with b"\x80" (the PROTO opcode), so the two never mix up.
+_SIGNED = b"\x01"
+_MAC_SIZE = 32
+_FIELD_LENGTH = struct.Struct("<I")
+#: The meta field changed by every full save and clear (internal, not in read_meta).
+_SNAPSHOT = "_snapshot"
+
+# Listener: seconds between reconnection attempts, doubling up to the maximum.
+_RECONNECT_FIRST = 0.05
+_RECONNECT_MAX = 5.0
+_POLL = 0.5
+
+# Scalar keys pickle the same whatever object holds them; anything else goes
+# through a memo-less pickler (see _dump_key).
+_SCALAR_KEYS = frozenset({str, int, bytes, float, bool, type(None)})
+
+# KEYS[1] meta hash; ARGV: channel, name, count of fields to set, then field/value
+# pairs to set, then fields to delete.  Publishes when the generation changed.
+_UPDATE_META = """
+local old = redis.call('HGET', KEYS[1], 'generation')
+local count = tonumber(ARGV[3])
+local i = 4
+for _ = 1, count do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  i = i + 1
+end
+local new = redis.call('HGET', KEYS[1], 'generation')
+if old ~= new then
+  redis.call('PUBLISH', ARGV[1], cjson.encode({ARGV[2], new}))
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS[1] edges sorted set; ARGV: members.  A new member scores one above the last.
+_ADD_EDGES = """
+for _, member in ipairs(ARGV) do
+  if not redis.call('ZSCORE', KEYS[1], member) then
+    local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+    local score = 1
+    if last[2] then score = tonumber(last[2]) + 1 end
+    redis.call('ZADD', KEYS[1], score, member)
+  end
+end
+return 0
+"""
+
+# KEYS[1] edges sorted set; ARGV[1] a cache name.
+_REMOVE_EDGES = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local edge = cjson.decode(member)
+  if edge[1] == ARGV[1] or edge[2] == ARGV[1] then
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return 0
+"""
+
+# KEYS[1] lock; ARGV[1] our token.  Deletes the lock only if we still hold it.
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _redis_module() -> Any:
+    """Import redis-py, or say which extra installs it."""
+    try:
+        import redis
+    except ImportError as error:
+        raise ImportError(
+            "RedisStore needs the redis package: pip install 'cacheman[redis]' "
+            "(or 'cacheman[redis-fast]' for the hiredis parser too)"
+        ) from error
+    return redis
+
+
+def _dump_key(key: Any) -> bytes:
+    """The field of ``key``: the same bytes for equal keys of one type, in any process.
+
+    ``pickle.dumps`` memoizes by object identity, so ``("a", "a")`` pickles
+    differently when its two strings are one object or two; a memo-less
+    ("fast") pickler does not.  Scalars cannot differ that way and take the
+    quicker path.
+    """
+    try:
+        if type(key) in _SCALAR_KEYS:
+            return pickle.dumps(key, PICKLE_PROTOCOL)
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, PICKLE_PROTOCOL)
+        pickler.fast = True  # no memo: see above (keys are hashable, so not self-referencing)
+        pickler.dump(key)
+        return buffer.getvalue()
+    except _REFUSED_BY_PICKLE:
+        return bytes(_cloudpickle().dumps(key, PICKLE_PROTOCOL))
+
+
+def _dump_value(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, PICKLE_PROTOCOL)
+    except _REFUSED_BY_PICKLE:
+        return bytes(_cloudpickle().dumps(value, PICKLE_PROTOCOL))
+
+
+def _meta_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _decode_meta(raw: Mapping[bytes, bytes] | list[bytes], name: str) -> dict[str, Any]:
+    """Metadata from Redis (a dict, or HGETALL's flat list from Lua), JSON-decoded."""
+    pairs = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2], strict=True)
+    meta: dict[str, Any] = {}
+    for field, text in pairs:
+        key = field.decode()
+        if key == _SNAPSHOT:
+            continue
+        try:
+            meta[key] = json.loads(text)
+        except ValueError:
+            logger.warning("cache %r: metadata field %r is not JSON; ignoring it", name, key)
+    return meta
+
+
+class RedisStore:
+    """Keeps a manager's caches in Redis: one hash per cache, shared by every process.
+
+    ``RedisStore(url)`` is what you pass as ``CacheManager(name, store=...)``;
+    the manager binds it to its name (and signing key).  ``url`` is a redis-py
+    URL (``redis://host:6379/0``, ``rediss://`` for TLS, ``unix://``);
+    ``client_options`` go to ``redis.Redis.from_url``.  Setting
+    ``$CACHEMAN_REDIS_URL`` gives every manager built without ``store=`` a
+    ``RedisStore`` of that URL.
+
+    Raises ``ImportError`` naming the ``cacheman[redis]`` extra if redis-py is
+    not installed.  Nothing connects until the first operation.
+
+    >>> from cacheman import CacheManager, RedisStore
+    >>> store = RedisStore("redis://127.0.0.1:6379/0")
+    >>> store
+    RedisStore('redis://127.0.0.1:6379/0', namespace='cacheman')
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "cacheman",
+        manager: str | None = None,
+        signing_key: bytes | None = None,
+        **client_options: Any,
+    ) -> None:
+        self._redis_module = _redis_module()
+        if client_options.get("decode_responses"):
+            raise ValueError("RedisStore reads bytes: decode_responses must stay False")
+        if not namespace:
+            raise ValueError("the namespace of a RedisStore must not be empty")
+        self.url = url
+        self.namespace = namespace
+        self.manager = None if manager is None else _check_manager_name(manager)
+        self.signing_key = signing_key
+        self.client_options = client_options
+        self._pid = os.getpid()
+        self._client_now: Any = None
+        self._callbacks: list[EventCallback] = []
+        self._callbacks_lock = threading.Lock()
+        self._listener: _Listener | None = None
+        # Clients (and listeners) of the process we were forked from.  They are
+        # kept, never closed: their sockets are the parent's too.
+        self._inherited: list[object] = []
+        _lifecycle.on_fork_child(_weak_fork_hook(self))
+
+    def __repr__(self) -> str:
+        bound = "" if self.manager is None else f", manager={self.manager!r}"
+        signed = ", signed" if self.signing_key else ""
+        return f"{type(self).__name__}({self.url!r}, namespace={self.namespace!r}{bound}{signed})"
+
+    def bind(self, manager_name: str, signing_key: bytes | None) -> RedisStore:
+        """A store for the manager ``manager_name`` (same URL, namespace and options).
+
+        Manager names holding ``:`` are refused: the key layout could not tell
+        manager ``a`` with cache ``b:c`` from manager ``a:b`` with cache ``c``.
+        """
+        return type(self)(
+            self.url,
+            namespace=self.namespace,
+            manager=manager_name,
+            signing_key=signing_key,
+            **self.client_options,
+        )
+
+    # -- connections, per process ------------------------------------------------------
+
+    def _client(self) -> Any:
+        """This process's client; a forked child makes its own (it must not share sockets)."""
+        if self._pid != os.getpid():
+            self._forget_parent_connections()
+        client = self._client_now
+        if client is None:
+            # A server that stops answering raises instead of hanging the program
+            # (a generous read timeout: deleting a big replaced hash takes a while).
+            options = {"socket_connect_timeout": 5, "socket_timeout": 30, "socket_keepalive": True}
+            options.update(self.client_options)
+            client = self._redis_module.Redis.from_url(self.url, **options)
+            self._client_now = client
+        return client
+
+    def _forget_parent_connections(self) -> None:
+        # The parent's sockets must stay untouched: a command sent on one by the
+        # child would interleave with the parent's, and closing one is harmless
+        # only because redis-py skips shutdown() in another pid; keeping a
+        # reference avoids even that.
+        self._inherited.extend((self._client_now, self._listener))
+        self._client_now = None
+        self._listener = None
+        self._callbacks_lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _after_fork_in_child(self) -> None:
+        """In a child forked by the program (not a save child): listen again if we listened."""
+        self._forget_parent_connections()
+        if self._callbacks:
+            # Events published between the fork and the new subscription are lost.
+            self._start_listener(stale_at_start=True)
+
+    def close(self) -> None:
+        """Stop the event listener and close this process's connections."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        if self._client_now is not None and self._pid == os.getpid():
+            self._client_now.close()
+            self._client_now.connection_pool.disconnect()
+        self._client_now = None
+
+    # -- names of keys ----------------------------------------------------------------------
+
+    @property
+    def prefix(self) -> str:
+        """``<namespace>:<manager>``: the start of every key of this store."""
+        if self.manager is None:
+            raise TypeError(
+                f"{self!r} is not bound to a manager: pass it as CacheManager(name, store=...) "
+                "or give manager= when building it"
+            )
+        return f"{self.namespace}:{self.manager}"
+
+    def data_key(self, name: str) -> str:
+        """The hash holding the entries of cache ``name``."""
+        return f"{self.prefix}:{validate_cache_name(name)}:data"
+
+    def meta_key(self, name: str) -> str:
+        """The hash holding the metadata of cache ``name``."""
+        return f"{self.prefix}:{validate_cache_name(name)}:meta"
+
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel on which generation changes are announced."""
+        return f"{self.prefix}:events"
+
+    @property
+    def edges_key(self) -> str:
+        return f"{self.prefix}:edges"
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def _mac(self, name: str) -> _Signer | None:
+        """The signer of the entries of ``name`` (None without a key)."""
+        if self.signing_key is None:
+            return None
+        return _Signer(self.signing_key, self.data_key(name).encode())
+
+    def _encoder(self, name: str) -> Callable[[Any, Any], tuple[bytes, bytes]] | None:
+        """A function turning ``(key, value)`` into ``(field, stored value)``; None if unsigned."""
+        base = self._mac(name)
+        if base is None:
+            return None
+
+        def encode_signed(key: Any, value: Any) -> tuple[bytes, bytes]:
+            field = _dump_key(key)
+            payload = _dump_value(value)
+            return field, _SIGNED + base.sign(field, payload) + payload
+
+        return encode_signed
+
+    def _decode_into(
+        self, name: str, base: _Signer | None, chunk: Mapping[bytes, bytes], into: dict[Any, Any]
+    ) -> None:
+        """Check (with a key) and unpickle a chunk of fields into ``into``.
+
+        Raises SignatureMismatchError before unpickling anything unsigned or
+        forged, CorruptCacheError for what does not unpickle.
+        """
+        loads = pickle.loads
+        if base is None:
+            try:
+                # The common case at the speed of a bare loop: unsigned values are
+                # plain pickles.  A signed one (b"\x01...") makes pickle refuse at
+                # its first byte, and the careful loop below sorts it out.
+                for field, stored in chunk.items():
+                    into[loads(field)] = loads(stored)
+                return
+            except Exception:
+                pass
+        try:
+            for field, stored in chunk.items():
+                into[loads(field)] = loads(self._checked_payload(name, base, field, stored))
+        except (CorruptCacheError, SignatureMismatchError):
+            raise
+        except Exception as error:  # garbage can raise almost any exception
+            raise CorruptCacheError(
+                f"an entry does not unpickle ({type(error).__name__}: {error})"
+            ) from error
+
+    def _checked_payload(
+        self, name: str, base: _Signer | None, field: bytes, stored: bytes
+    ) -> memoryview:
+        """The pickle in a stored value, once its signature (if we have a key) checked out."""
+        view = memoryview(stored)
+        signed = stored[:1] == _SIGNED
+        if base is None:  # no key: we trust this Redis, signed by another writer or not
+            return view[1 + _MAC_SIZE :] if signed else view
+        payload = view[1 + _MAC_SIZE :]
+        if not signed or not hmac.compare_digest(
+            base.sign(field, payload), view[1 : 1 + _MAC_SIZE]
+        ):
+            problem = "forged or signed with another key" if signed else "not signed"
+            raise SignatureMismatchError(
+                f"cache {name!r}: an entry of {self.data_key(name)} is {problem}"
+                " (written by another client?); nothing was unpickled. If you changed "
+                "the key, delete the cache's saved contents; otherwise find out who "
+                "wrote it."
+            )
+        return payload
+
+    # -- save ---------------------------------------------------------------------------
+
+    def save(
+        self,
+        name: str,
+        contents: Mapping[Any, Any],
+        *,
+        since: object = None,
+        pending: Iterable[tuple[str, Any, Any]] = (),
+    ) -> SaveResult:
+        """Replace the saved contents of ``name`` with ``contents``, atomically.
+
+        The entries go to a temporary hash (pipelined ``HSET``, 1,000 entries a
+        command), which one ``MULTI`` then renames over the data key while it
+        stamps the metadata; readers see the old contents or the new.  The
+        ``pending`` changes are applied on top (on a copy).  ``since`` is
+        accepted for the journal interface and ignored: there is no position in
+        Redis, so a full save replaces whatever other processes appended.
+
+        Raises :class:`~cacheman.errors.UnpicklableValueError` (a ``TypeError``)
+        if an entry cannot be pickled; the saved contents are then unchanged.
+        """
+        pending = list(pending)
+        if pending:
+            contents = dict(contents)
+            _apply(contents, pending)
+        # A list first: the dict may be a live cache other threads change while we send.
+        items = list(contents.items())
+        data, meta = self.data_key(name), self.meta_key(name)
+        token = secrets.token_hex(8)
+        temporary = f"{self.prefix}:{name}:tmp:{token}"
+        client = self._client()
+        encode = self._encoder(name)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for start in range(0, len(items), _BATCH):
+                fields = _encoded(name, encode, items[start : start + _BATCH])
+                pipe.execute_command("HSET", temporary, *fields)
+                if len(pipe) >= _BATCHES_PER_ROUND_TRIP:
+                    pipe.pexpire(temporary, _TEMPORARY_TTL_MS)
+                    pipe.execute()
+            pipe.pexpire(temporary, _TEMPORARY_TTL_MS)
+            pipe.execute()
+        except BaseException:
+            # Our half-written temporary hash; it would expire anyway.
+            with contextlib.suppress(Exception):
+                client.delete(temporary)
+            raise
+        with client.pipeline(transaction=True) as pipe:
+            if items:
+                pipe.rename(temporary, data)
+                pipe.persist(data)  # RENAME carries the temporary hash's TTL over
+            else:
+                pipe.delete(data)  # Redis has no empty hash: the meta says "saved, empty"
+            pipe.hset(meta, mapping=self._stamp(token))
+            pipe.execute()
+        return SaveResult(None, False)
+
+    def _stamp(self, snapshot: str | None) -> dict[str, str]:
+        stamp = {"saved_at": _meta_text(time.time()), "format": _meta_text(FORMAT_VERSION)}
+        if snapshot is not None:
+            stamp[_SNAPSHOT] = snapshot
+        return stamp
+
+    # -- the journal, mapped onto HSET/HDEL -----------------------------------------------
+
+    def append(
+        self, name: str, changes: Iterable[tuple[str, Any, Any]], since: object = None
+    ) -> AppendResult:
+        """Apply ``changes`` (``("set", k, v)``, ``("del", k, None)``, ``("clear", None, None)``).
+
+        One ``MULTI`` of pipelined ``HSET``/``HDEL`` (a clear is a ``DEL`` of the
+        data key), so the changes land together or not at all, and changes of
+        other keys by other processes are kept.  Durable as Redis is configured
+        to be (see the docs).  Redis applies the changes itself, so there is
+        nothing to reconcile: the position is None and ``in_sync`` always True.
+        """
+        data, meta = self.data_key(name), self.meta_key(name)
+        encode = self._encoder(name)
+        client = self._client()
+        snapshot = None
+        with client.pipeline(transaction=True) as pipe:
+            fields: list[bytes] = []
+            for op, key, value in changes:
+                if op == SET:
+                    fields += _encoded(name, encode, [(key, value)])
+                    continue
+                if fields:
+                    pipe.execute_command("HSET", data, *fields)
+                    fields = []
+                if op == DEL:
+                    pipe.hdel(data, _dump_key(key))
+                elif op == CLEAR:
+                    pipe.delete(data)
+                    snapshot = secrets.token_hex(8)
+                else:
+                    raise ValueError(f"cache {name!r}: unknown change {op!r}")
+            if fields:
+                pipe.execute_command("HSET", data, *fields)
+            pipe.hset(meta, mapping=self._stamp(snapshot))
+            if snapshot is None:
+                pipe.hsetnx(meta, _SNAPSHOT, secrets.token_hex(8))
+            pipe.execute()
+        return AppendResult(None, True)
+
+    def load_tracked(self, name: str) -> tuple[dict[Any, Any] | None, None]:
+        """:meth:`load`, and the position read through (always None in Redis)."""
+        return self.load(name), None
+
+    def changes_since(
+        self, name: str, position: object
+    ) -> tuple[list[tuple[str, Any, Any]], object] | None:
+        """Always None: Redis keeps no journal to replay, so the caller reloads."""
+        return None
+
+    # -- load ------------------------------------------------------------------------------
+
+    def load(self, name: str) -> dict[Any, Any] | None:
+        """The saved contents of ``name``, or None if nothing is saved.
+
+        Walks the hash with ``HSCAN`` (10,000 entries a round trip).  If a full
+        save or a clear replaced the hash meanwhile, it reads again; after
+        three such races it reads with one ``HGETALL``.
+
+        Raises :class:`~cacheman.errors.SignatureMismatchError` when a signing
+        key is set and an entry is unsigned or its signature is wrong (nothing
+        is unpickled).  Entries that do not unpickle are moved aside to a
+        ``...:corrupt:<time>`` key with a warning, and None is returned so the
+        cache is rebuilt.
+        """
+        try:
+            return self._load_once(name)
+        except CorruptCacheError as damage:
+            self._quarantine(name, damage)
+            return None
+
+    def _load_once(self, name: str) -> dict[Any, Any] | None:
+        data, meta = self.data_key(name), self.meta_key(name)
+        client = self._client()
+        base = self._mac(name)
+        for _ in range(_LOAD_ATTEMPTS):
+            snapshot = client.hget(meta, _SNAPSHOT)
+            contents: dict[Any, Any] = {}
+            cursor = 0
+            while True:
+                try:
+                    cursor, chunk = client.hscan(data, cursor, count=_SCAN_COUNT)
+                except self._redis_module.ResponseError as error:  # not a hash
+                    raise CorruptCacheError(str(error)) from error
+                self._decode_into(name, base, chunk, contents)
+                if cursor == 0:
+                    break
+            if client.hget(meta, _SNAPSHOT) == snapshot:
+                break
+        else:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.hget(meta, _SNAPSHOT)
+                pipe.hgetall(data)
+                snapshot, everything = pipe.execute()
+            contents = {}
+            self._decode_into(name, base, everything, contents)
+        if snapshot is None and not contents:
+            return None
+        return contents
+
+    def _quarantine(self, name: str, damage: CorruptCacheError) -> None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        kept = f"{self.prefix}:{name}:corrupt:{stamp}"
+        client = self._client()
+        with client.pipeline(transaction=True) as pipe:
+            pipe.renamenx(self.data_key(name), kept)
+            pipe.hdel(self.meta_key(name), _SNAPSHOT)
+            with contextlib.suppress(self._redis_module.ResponseError):
+                pipe.execute()
+        logger.warning(
+            "cache %r: the saved contents in Redis (%s) are damaged (%s); they were kept as "
+            "%s and the cache will be rebuilt",
+            name,
+            self.data_key(name),
+            damage,
+            kept,
+        )
+
+    # -- delete, exists, names ---------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        """Remove the saved contents and metadata of ``name`` (one ``DEL``)."""
+        self._client().delete(self.data_key(name), self.meta_key(name))
+
+    def exists(self, name: str) -> bool:
+        """Whether contents are saved for ``name`` (an empty saved cache counts)."""
+        with self._client().pipeline(transaction=False) as pipe:
+            pipe.exists(self.data_key(name))
+            pipe.hexists(self.meta_key(name), _SNAPSHOT)
+            return any(pipe.execute())
+
+    def names(self) -> list[str]:
+        """Names of the caches with contents or metadata saved, sorted (``SCAN MATCH``)."""
+        start = f"{self.prefix}:"
+        pattern = _glob_escape(start) + "*"
+        found = set()
+        for raw in self._client().scan_iter(match=pattern, count=1000):
+            key = raw.decode()
+            for suffix in (":data", ":meta"):
+                if key.endswith(suffix) and len(key) > len(start) + len(suffix):
+                    found.add(key[len(start) : -len(suffix)])
+        return sorted(found)
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def read_meta(self, name: str) -> dict[str, Any] | None:
+        """The metadata of ``name`` (JSON values, never unpickled), or None."""
+        raw = self._client().hgetall(self.meta_key(name))
+        return _decode_meta(raw, name) if raw else None
+
+    def update_meta(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Set metadata fields (None removes one) in one atomic script; return the result.
+
+        When the ``generation`` changes, ``[name, generation]`` is published on
+        :attr:`channel` by the same script, so every subscribed process hears of it.
+        """
+        to_set = [(k, _meta_text(v)) for k, v in fields.items() if v is not None]
+        to_delete = [k for k, v in fields.items() if v is None]
+        arguments: list[str] = [self.channel, name, str(len(to_set))]
+        for field, text in to_set:
+            arguments += (field, text)
+        arguments += to_delete
+        script = self._client().register_script(_UPDATE_META)
+        raw = script(keys=[self.meta_key(name)], args=arguments)
+        return _decode_meta(raw, name)
+
+    # -- the dependency edges ----------------------------------------------------------------
+
+    def read_edges(self) -> list[Edge]:
+        """Every persisted edge ``(parent, child)``, in the order first declared."""
+        members = self._client().zrange(self.edges_key, 0, -1)
+        return [(str(p), str(c)) for p, c in map(json.loads, members)]
+
+    def add_edges(self, edges: Iterable[Edge]) -> None:
+        """Persist ``edges`` as well (edges already there are kept once, in their place)."""
+        members = [json.dumps([parent, child]) for parent, child in edges]
+        if members:
+            self._client().register_script(_ADD_EDGES)(keys=[self.edges_key], args=members)
+
+    def remove_edges(self, name: str) -> None:
+        """Forget every persisted edge that touches ``name``."""
+        self._client().register_script(_REMOVE_EDGES)(keys=[self.edges_key], args=[name])
+
+    # -- one builder at a time -----------------------------------------------------------------
+
+    def lock_key(self, name: str) -> str:
+        """The key of the builder lock of ``name``."""
+        return f"{self.prefix}:{validate_cache_name(name)}:lock"
+
+    @contextlib.contextmanager
+    def builder_lock(
+        self, name: str, timeout: float = 60.0, *, wait: float | None = None
+    ) -> Iterator[str]:
+        """Hold the lock that lets one process at a time build ``name``; yields its token.
+
+        ``SET <lock> <token> NX PX <timeout>``: the lock frees itself after
+        ``timeout`` seconds if its holder dies or hangs.  Waits up to ``wait``
+        seconds (default: ``timeout``) for another holder, then raises
+        ``TimeoutError``.  Leaving the block deletes the lock only if it still
+        holds our token (a compare-and-delete script), so a holder that ran past
+        its timeout never frees the lock of the next one.
+
+        This is for efficiency, not correctness: if the Redis primary fails over
+        before the lock reached its replica, a second builder can get the lock
+        (the caveat of any single-Redis lock, Redlock included).
+        """
+        key = self.lock_key(name)
+        token = secrets.token_hex(16)
+        client = self._client()
+        deadline = time.monotonic() + (timeout if wait is None else wait)
+        pause = 0.01
+        while not client.set(key, token, nx=True, px=max(1, int(timeout * 1000))):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"cache {name!r}: another process holds its builder lock ({key}); "
+                    "gave up waiting. It frees itself when its holder finishes or after its "
+                    "timeout."
+                )
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.2)
+        try:
+            yield token
+        finally:
+            released = self._client().register_script(_RELEASE_LOCK)(keys=[key], args=[token])
+            if not released:
+                logger.warning(
+                    "cache %r: the builder lock expired (after %g s) before the build ended; "
+                    "another process may have built it at the same time. Give builder_lock a "
+                    "longer timeout.",
+                    name,
+                    timeout,
+                )
+
+    # -- invalidation events ----------------------------------------------------------------------
+
+    def subscribe(self, callback: EventCallback, *, wait: float = 5.0) -> None:
+        """Call ``callback(name, generation)`` whenever a generation changes, in any process.
+
+        Events come from ``update_meta`` (which publishes on :attr:`channel`),
+        including this process's own.  One daemon thread per store listens; it
+        reconnects with back-off after a lost connection and then calls
+        ``callback(None, None)``: events may have been missed, anything may be
+        stale.  Callbacks run on that thread; an exception is logged.  Waits up
+        to ``wait`` seconds for the subscription to be in place (a later start
+        is followed by a ``(None, None)`` call).
+        """
+        with self._callbacks_lock:
+            self._callbacks.append(callback)
+            listener = self._listener
+        if listener is None or self._pid != os.getpid():
+            listener = self._start_listener(stale_at_start=False)
+        listener.ready.wait(wait)
+
+    def unsubscribe(self, callback: EventCallback) -> None:
+        """Stop calling ``callback``; the listener stops with the last one."""
+        with self._callbacks_lock:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+            if self._callbacks or self._listener is None:
+                return
+            listener, self._listener = self._listener, None
+        listener.stop()
+
+    def _start_listener(self, *, stale_at_start: bool) -> _Listener:
+        client = self._client()
+        with self._callbacks_lock:
+            if self._listener is None:
+                self._listener = _Listener(self, client, stale_at_start)
+                self._listener.start()
+            return self._listener
+
+    def _notify(self, name: str | None, generation: str | None) -> None:
+        with self._callbacks_lock:
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            try:
+                callback(name, generation)
+            except Exception:
+                logger.exception("a Redis event callback (%r) raised", callback)
+
+    def _on_message(self, payload: bytes) -> None:
+        try:
+            name, generation_text = json.loads(payload)
+            generation = None if not generation_text else json.loads(generation_text)
+        except (ValueError, TypeError):
+            logger.warning("ignoring a malformed event on %s: %r", self.channel, payload[:200])
+            return
+        self._notify(str(name), None if generation is None else str(generation))
+
+
+class _Listener(threading.Thread):
+    """The daemon thread that turns messages on the events channel into callbacks."""
+
+    def __init__(self, store: RedisStore, client: Any, stale_at_start: bool) -> None:
+        super().__init__(name=f"cacheman-redis-events-{store.manager}", daemon=True)
+        self.store = store
+        self.client = client
+        self.stale_at_start = stale_at_start
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self is not threading.current_thread():
+            self.join(_POLL * 4)
+
+    def run(self) -> None:
+        connection_errors = (
+            self.store._redis_module.ConnectionError,
+            self.store._redis_module.TimeoutError,
+            OSError,
+        )
+        delay = _RECONNECT_FIRST
+        stale = self.stale_at_start
+        while not self.stopping.is_set():
+            try:
+                self._listen(stale)
+            except connection_errors as error:
+                logger.debug("Redis event listener lost its connection: %s", error)
+            # Whatever ended the subscription, events published until the next
+            # one are lost: the next subscription starts with "anything is stale".
+            stale = True
+            self.stopping.wait(delay * (1 + random.random()))
+            delay = min(delay * 2, _RECONNECT_MAX)
+
+    def _listen(self, stale: bool) -> None:
+        pubsub = self.client.pubsub()
+        try:
+            pubsub.subscribe(self.store.channel)
+            while not self.stopping.is_set():
+                message = pubsub.get_message(timeout=_POLL)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    # redis-py may reconnect and resubscribe on its own: every
+                    # confirmation after the first is a reconnection.
+                    if stale:
+                        self.store._notify(None, None)
+                    stale = True
+                    self.ready.set()
+                elif message["type"] == "message":
+                    self.store._on_message(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+
+def _encoded(
+    name: str,
+    encode: Callable[[Any, Any], tuple[bytes, bytes]] | None,
+    items: list[tuple[Any, Any]],
+) -> list[bytes]:
+    """``[field, value, field, value...]`` of ``items``; UnpicklableValueError names the culprit.
+
+    ``encode`` None means unsigned: then the common case (keys of scalar types,
+    values the standard pickler takes) runs as a bare loop of ``pickle.dumps``,
+    and anything else goes through the general encoder.
+    """
+    if encode is None:
+        dumps, scalar = pickle.dumps, _SCALAR_KEYS
+        fields: list[bytes] = []
+        append = fields.append
+        try:
+            for key, value in items:
+                append(dumps(key, PICKLE_PROTOCOL) if type(key) in scalar else _dump_key(key))
+                append(dumps(value, PICKLE_PROTOCOL))
+            return fields
+        except _REFUSED_BY_PICKLE:
+            encode = _unsigned_encode
+    fields = []
+    try:
+        for key, value in items:
+            fields.extend(encode(key, value))
+    except Exception as error:
+        raise UnpicklableValueError(_describe_unpicklable(name, dict(items))) from error
+    return fields
+
+
+def _unsigned_encode(key: Any, value: Any) -> tuple[bytes, bytes]:
+    return _dump_key(key), _dump_value(value)
+
+
+class _Signer:
+    """HMAC-SHA256 of one cache's entries: data key name, field and pickled value, each framed.
+
+    The key's name binds an entry to its cache (a signed hash renamed into
+    another cache's place fails); the length prefixes keep the parts from
+    sliding into each other.  This is RFC 2104 HMAC written out with the inner
+    hash already fed the padded key and the key name, so each entry costs two
+    hash copies; ``hmac.HMAC.copy`` per entry costs twice that, the one-shot
+    ``hmac.digest`` (which re-keys every call) three times.
+    """
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, key: bytes, key_name: bytes) -> None:
+        block = sha256().block_size
+        if len(key) > block:
+            key = sha256(key).digest()
+        key = key.ljust(block, b"\0")
+        self.inner = sha256(bytes(b ^ 0x36 for b in key))
+        self.inner.update(_FIELD_LENGTH.pack(len(key_name)) + key_name)
+        self.outer = sha256(bytes(b ^ 0x5C for b in key))
+
+    def sign(self, field: bytes, payload: bytes | memoryview) -> bytes:
+        inner = self.inner.copy()
+        inner.update(_FIELD_LENGTH.pack(len(field)))
+        inner.update(field)
+        inner.update(payload)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+def _apply(contents: dict[Any, Any], changes: Iterable[tuple[str, Any, Any]]) -> None:
+    for op, key, value in changes:
+        if op == SET:
+            contents[key] = value
+        elif op == DEL:
+            contents.pop(key, None)
+        elif op == CLEAR:
+            contents.clear()
+
+
+def _check_manager_name(name: str) -> str:
+    validate_cache_name(name, what="manager")
+    if ":" in name:
+        raise InvalidCacheNameError(
+            f"invalid manager name {name!r} for a RedisStore: it may not contain ':' "
+            "(the key layout <namespace>:<manager>:<cache>:data could not be read back)"
+        )
+    return name
+
+
+def _glob_escape(text: str) -> str:
+    """Escape the characters SCAN MATCH treats as a pattern."""
+    return "".join("\\" + c if c in "*?[]\\^-" else c for c in text)
+
+
+def _weak_fork_hook(store: RedisStore) -> Callable[[], None]:
+    """A fork hook that does not keep ``store`` alive."""
+    reference = weakref.ref(store)
+
+    def hook() -> None:
+        alive = reference()
+        if alive is not None:
+            alive._after_fork_in_child()
+
+    return hook

@@ -1,0 +1,514 @@
+"""The Redis store against a real redis-server: contract, layout, tampering, events, forks, locks.
+
+The store contract tests run on both stores (``store_manager``); the rest are
+about what only Redis has.  Each test gets a Redis database of its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import run_python, wait_until
+
+from cacheman import (
+    CacheManager,
+    InvalidCacheNameError,
+    PersistentCache,
+    RedisStore,
+    SignatureMismatchError,
+    UnpicklableValueError,
+)
+from cacheman._redis import REDIS_URL_ENV
+
+# -- the store contract, on both stores -------------------------------------------------------
+
+
+def test_save_load_exists_delete(store_manager: CacheManager) -> None:
+    store = store_manager.store
+    assert store.load("numbers") is None
+    assert not store.exists("numbers")
+    contents = {1: "one", ("a", "a"): [1, 2], "nested": {"x": None}, b"raw": 2.5}
+    store.save("numbers", contents)
+    assert store.exists("numbers")
+    assert store.load("numbers") == contents
+    store.save("numbers", {"only": 1})  # a full save replaces, it does not merge
+    assert store.load("numbers") == {"only": 1}
+    store.delete("numbers")
+    assert store.load("numbers") is None
+    assert not store.exists("numbers")
+    store.delete("numbers")  # deleting nothing is fine
+
+
+def test_an_empty_saved_cache_exists_and_loads_empty(store_manager: CacheManager) -> None:
+    store = store_manager.store
+    store.save("empty", {"a": 1})
+    store.save("empty", {})
+    assert store.exists("empty")
+    assert store.load("empty") == {}
+
+
+def test_names_metadata_and_edges(store_manager: CacheManager) -> None:
+    store = store_manager.store
+    store.save("b", {1: 1})
+    store.update_meta("a", generation="0123456789abcdef:1")
+    assert store.names() == ["a", "b"]
+    meta = store.update_meta("a", parents={"p": "x:1"}, fingerprint="f")
+    assert meta["generation"] == "0123456789abcdef:1"
+    assert meta["parents"] == {"p": "x:1"}
+    assert store.update_meta("a", fingerprint=None).get("fingerprint") is None
+    assert store.read_meta("a") == store.update_meta("a")
+    assert store.read_meta("never") is None
+    store.add_edges([("p", "a"), ("a", "b"), ("p", "a")])
+    store.add_edges([("b", "c")])
+    assert store.read_edges() == [("p", "a"), ("a", "b"), ("b", "c")]
+    store.remove_edges("b")
+    assert store.read_edges() == [("p", "a")]
+    store.delete("a")
+    assert store.read_meta("a") is None
+    assert store.names() == ["b"]
+
+
+def test_unpicklable_value_leaves_saved_copy(store_manager: CacheManager) -> None:
+    store = store_manager.store
+    store.save("kept", {"a": 1})
+    with pytest.raises(UnpicklableValueError, match="'kept'"):
+        store.save("kept", {"a": 2, "lock": threading.Lock()})
+    assert store.load("kept") == {"a": 1}
+
+
+# -- layout ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(redis_url: str) -> Any:
+    store = RedisStore(redis_url, manager="m")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Any:
+    """Another client of the same database: what anyone with access to the Redis sees."""
+    import redis  # here, not at the top: without redis-py the module still collects (and skips)
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def scan_hash(raw: Any, key: str) -> dict[bytes, bytes]:
+    return dict(raw.hscan_iter(key, count=100))
+
+
+def test_layout_one_field_per_entry_and_json_meta(store: RedisStore, raw: Any) -> None:
+    contents = {f"k{i}": i for i in range(250)}
+    store.save("squares", contents)
+    store.update_meta("squares", generation="g:1", parents={"root": "r:2"})
+    fields = scan_hash(raw, "cacheman:m:squares:data")
+    assert len(fields) == 250
+    assert {pickle.loads(field) for field in fields} == set(contents)
+    assert fields[pickle.dumps("k7", 5)] == pickle.dumps(7, 5)  # unsigned: a bare pickle
+    meta = raw.hgetall("cacheman:m:squares:meta")
+    assert json.loads(meta[b"generation"]) == "g:1"
+    assert json.loads(meta[b"parents"]) == {"root": "r:2"}
+    assert json.loads(meta[b"format"]) == 1
+    assert abs(json.loads(meta[b"saved_at"]) - time.time()) < 60
+    assert raw.ttl("cacheman:m:squares:data") == -1  # the temporary hash's TTL did not stick
+    assert sorted(raw.scan_iter("cacheman:m:*")) == [
+        b"cacheman:m:squares:data",
+        b"cacheman:m:squares:meta",
+    ]  # no temporary hash left behind
+    store.add_edges([("root", "squares")])
+    assert raw.type("cacheman:m:edges") == b"zset"
+
+
+def test_equal_keys_find_their_field_whatever_objects_hold_them(store: RedisStore) -> None:
+    # Two equal tuples, one of them holding one string object twice: pickle.dumps
+    # would write them differently (memo), and HDEL would miss the field.
+    first = ("word", "word")
+    second = tuple("".join(["wo", "rd"]) for _ in range(2))
+    assert first == second
+    assert first[0] is first[1]
+    assert second[0] is not second[1]
+    store.save("tuples", {first: 1})
+    store.append("tuples", [("set", second, 2)])
+    assert store.load("tuples") == {first: 2}
+    store.append("tuples", [("del", second, None)])
+    assert store.load("tuples") == {}
+
+
+def test_append_maps_onto_hset_hdel_and_clear(store: RedisStore, raw: Any) -> None:
+    store.save("log", {"a": 1, "b": 2})
+    result = store.append("log", [("set", "c", 3), ("del", "a", None), ("set", "b", 20)])
+    assert result == (None, True)
+    assert store.load_tracked("log") == ({"b": 20, "c": 3}, None)
+    assert store.changes_since("log", None) is None
+    assert raw.hlen("cacheman:m:log:data") == 2
+    store.append("log", [("set", "x", 1), ("clear", None, None), ("set", "y", 2)])
+    assert store.load("log") == {"y": 2}
+    store.append("log", [("clear", None, None)])
+    assert store.load("log") == {}  # cleared, not "never saved"
+    with pytest.raises(ValueError, match="unknown change"):
+        store.append("log", [("frobnicate", "k", 1)])
+    assert store.load("log") == {}
+
+
+def test_appends_from_two_processes_are_all_kept(redis_url: str) -> None:
+    code = """
+        import sys
+        from cacheman import RedisStore
+        store = RedisStore(sys.argv[1], manager="m")
+        for i in range(200):
+            store.append("shared", [("set", f"{sys.argv[2]}-{i}", i)])
+    """
+    workers = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), redis_url, tag])
+        for tag in ("x", "y", "z")
+    ]
+    assert [worker.wait(60) for worker in workers] == [0, 0, 0]
+    loaded = RedisStore(redis_url, manager="m").load("shared")
+    assert loaded is not None
+    assert len(loaded) == 600
+
+
+def test_save_with_pending_changes_applies_them_on_a_copy(store: RedisStore) -> None:
+    contents = {"a": 1, "b": 2}
+    result = store.save("p", contents, since=None, pending=[("set", "c", 3), ("del", "a", None)])
+    assert result == (None, False)
+    assert store.load("p") == {"b": 2, "c": 3}
+    assert contents == {"a": 1, "b": 2}
+
+
+def test_load_during_full_saves_never_mixes_two_snapshots(store: RedisStore) -> None:
+    old = {("old", i): i for i in range(30_000)}
+    new = {("new", i): i for i in range(30_000)}
+    store.save("flip", old)
+    stop = threading.Event()
+
+    def keep_saving() -> None:
+        while not stop.is_set():
+            store.save("flip", new)
+            store.save("flip", old)
+
+    writer = threading.Thread(target=keep_saving)
+    writer.start()
+    try:
+        for _ in range(5):
+            assert store.load("flip") in (old, new)
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_names_scan_only_this_manager_and_escape_patterns(redis_url: str) -> None:
+    mine = RedisStore(redis_url, manager="m*[x]")
+    other = RedisStore(redis_url, manager="mm[x]")
+    mine.save("a:b", {1: 1})
+    other.save("c", {1: 1})
+    assert mine.names() == ["a:b"]
+    assert other.names() == ["c"]
+    with pytest.raises(InvalidCacheNameError, match="':'"):
+        RedisStore(redis_url, manager="has:colon")
+
+
+def test_an_unbound_store_says_how_to_bind_it(redis_url: str) -> None:
+    with pytest.raises(TypeError, match="not bound to a manager"):
+        RedisStore(redis_url).load("x")
+
+
+# -- damage and tampering -----------------------------------------------------------------------
+
+
+class Planted:
+    """Unpickling this runs code: it creates the marker file named in its state."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_value_without_the_right_hmac_is_refused_before_unpickling(
+    redis_url: str, raw: Any, tmp_path: Path
+) -> None:
+    signed = RedisStore(redis_url, manager="m", signing_key=b"secret")
+    signed.save("safe", {"a": 1})
+    assert signed.load("safe") == {"a": 1}
+    marker = tmp_path / "pickle-ran"
+    planted = pickle.dumps(Planted(marker), 5)
+    data = "cacheman:m:safe:data"
+    good = raw.hget(data, pickle.dumps("a", 5))
+
+    attempts = [
+        planted,  # unsigned
+        b"\x01" + bytes(32) + planted,  # a made-up signature
+        good[:33] + planted,  # a real signature, of another value
+    ]
+    for stored in attempts:
+        raw.hset(data, pickle.dumps("a", 5), stored)
+        with pytest.raises(SignatureMismatchError, match=r"'safe'.*nothing was unpickled"):
+            signed.load("safe")
+        assert not marker.exists()
+    # A signed value moved under another field (key) is refused too: the HMAC covers the field.
+    raw.hdel(data, pickle.dumps("a", 5))
+    raw.hset(data, pickle.dumps(Planted(marker), 5), good)
+    with pytest.raises(SignatureMismatchError):
+        signed.load("safe")
+    # ... and so is a signed hash renamed into another cache's place.
+    signed.save("other", {"a": 1})
+    raw.rename("cacheman:m:other:data", data)
+    with pytest.raises(SignatureMismatchError):
+        signed.load("safe")
+    assert not marker.exists()
+    with pytest.raises(SignatureMismatchError):
+        RedisStore(redis_url, manager="m", signing_key=b"another key").load("safe")
+
+
+def test_signed_value_layout_is_standard_hmac_sha256(redis_url: str, raw: Any) -> None:
+    RedisStore(redis_url, manager="m", signing_key=b"secret").save("s", {"a": [1]})
+    field, stored = pickle.dumps("a", 5), raw.hget("cacheman:m:s:data", pickle.dumps("a", 5))
+    payload = pickle.dumps([1], 5)
+    key_name = b"cacheman:m:s:data"
+    message = struct.pack("<I", len(key_name)) + key_name + struct.pack("<I", len(field))
+    expected = hmac.new(b"secret", message + field + payload, "sha256").digest()
+    assert stored == b"\x01" + expected + payload
+
+
+def test_a_reader_without_key_reads_signed_entries(redis_url: str) -> None:
+    RedisStore(redis_url, manager="m", signing_key=b"secret").save("s", {"a": 1})
+    RedisStore(redis_url, manager="m").append("s", [("set", "b", 2)])
+    assert RedisStore(redis_url, manager="m").load("s") == {"a": 1, "b": 2}
+
+
+def test_signed_manager_round_trip(redis_url: str, tmp_path: Path) -> None:
+    manager = CacheManager("signed", tmp_path, signing_key=b"k", store=RedisStore(redis_url))
+    cache = PersistentCache("c", cache_manager=manager)
+    cache.update({"x": [1, 2]})
+    cache.save()
+    cache.load()
+    assert cache == {"x": [1, 2]}
+    manager.deregister_all_caches()
+
+
+def test_damaged_entries_are_kept_aside_and_the_cache_rebuilt(
+    store: RedisStore, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.save("hurt", {"a": 1})
+    raw.hset("cacheman:m:hurt:data", pickle.dumps("b", 5), b"not a pickle")
+    caplog.set_level(logging.WARNING, logger="cacheman")
+    assert store.load("hurt") is None
+    assert "'hurt'" in caplog.text
+    assert "damaged" in caplog.text
+    kept = list(raw.scan_iter("cacheman:m:hurt:corrupt:*"))
+    assert len(kept) == 1
+    assert raw.hlen(kept[0]) == 2  # the bytes are kept, nothing is deleted silently
+    assert not store.exists("hurt")
+    raw.set("cacheman:m:wrong:data", b"a string, not a hash")
+    assert store.load("wrong") is None
+
+
+# -- caches on Redis ----------------------------------------------------------------------------
+
+
+def test_background_save_in_a_forked_child_uses_its_own_connection(
+    redis_url: str, tmp_path: Path
+) -> None:
+    manager = CacheManager("forking", tmp_path, store=RedisStore(redis_url))
+    cache = PersistentCache("bg", cache_manager=manager, async_save=True)
+    cache.update({i: i * i for i in range(1000)})
+    cache.save()  # forks a child that writes to Redis
+    cache.load()  # waits for it, then reads what it wrote
+    assert cache == {i: i * i for i in range(1000)}
+    assert cache.last_save_error is None
+    manager.store.save("after", {"parent": "still connected"})
+    assert manager.store.load("after") == {"parent": "still connected"}
+    manager.deregister_all_caches()
+
+
+def test_redis_url_environment_variable_keeps_caches_in_redis(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, REDIS_URL_ENV: redis_url}
+    write = """
+        from cacheman import cacher
+        cache = cacher.get_cache_manager("env").register_cache("squares")
+        cache.update({n: n * n for n in range(5)})
+    """
+    read = """
+        from cacheman import cacher
+        manager = cacher.get_cache_manager("env")
+        print(type(manager.store).__name__, sorted(manager.register_cache("squares").items()))
+    """
+    for code in (write, read):
+        done = run_python("-c", textwrap.dedent(code), cache_dir=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"RedisStore {[(n, n * n) for n in range(5)]}"
+    assert not list(tmp_path.rglob("*.pkl"))
+
+
+def test_import_works_without_redis_and_use_names_the_extra() -> None:
+    code = """
+        import sys
+        sys.modules["redis"] = None  # as if redis-py were not installed
+        from cacheman import RedisStore, CacheManager
+        CacheManager("fine")  # the default store needs no redis
+        try:
+            RedisStore("redis://127.0.0.1:1")
+        except ImportError as error:
+            print(error)
+    """
+    done = run_python("-c", textwrap.dedent(code))
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'cacheman[redis]'" in done.stdout
+
+
+# -- invalidation events ---------------------------------------------------------------------------
+
+LISTENER = """
+import sys, time
+from cacheman import RedisStore
+store = RedisStore(sys.argv[1], manager="m")
+store.subscribe(lambda name, generation: print(name, generation, time.time(), flush=True))
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_generation_change_reaches_another_process(store: RedisStore) -> None:
+    listener = subprocess.Popen(
+        [sys.executable, "-c", LISTENER, store.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        assert listener.stdout.readline().strip() == "ready"
+        store.update_meta("root", parents={})  # no generation change: no event
+        sent = time.time()
+        store.update_meta("root", generation="abc:2")
+        name, generation, received = listener.stdout.readline().split()
+        assert (name, generation) == ("root", "abc:2")
+        assert float(received) - sent < 5.0  # the bound; the benchmark measures the latency
+        store.update_meta("root", generation=None)
+        assert listener.stdout.readline().split()[:2] == ["root", "None"]
+    finally:
+        listener.communicate("\n", timeout=30)
+
+
+def test_reconnect_after_client_kill_says_anything_may_be_stale(
+    store: RedisStore, raw: Any
+) -> None:
+    events: list[tuple[str | None, str | None]] = []
+    store.subscribe(lambda name, generation: events.append((name, generation)))
+    store.update_meta("a", generation="g:1")
+    wait_until(lambda: ("a", "g:1") in events)
+    raw.client_kill_filter(_type="pubsub")
+    wait_until(lambda: (None, None) in events)
+    store.update_meta("a", generation="g:2")  # and it listens again
+    wait_until(lambda: ("a", "g:2") in events)
+
+
+def test_a_raising_callback_is_logged_and_the_others_still_run(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str | None] = []
+
+    def broken(name: str | None, generation: str | None) -> None:
+        raise RuntimeError("callback bug")
+
+    store.subscribe(broken)
+    store.subscribe(lambda name, generation: seen.append(name))
+    store.update_meta("a", generation="g:1")
+    wait_until(lambda: seen == ["a"])
+    assert "callback bug" in caplog.text
+    store.unsubscribe(broken)
+
+
+def test_forked_child_makes_its_own_pool_and_listens_again(store: RedisStore, raw: Any) -> None:
+    events: list[tuple[str | None, str | None]] = []
+    store.subscribe(lambda name, generation: events.append((name, generation)))
+    store.save("f", {"from": "parent"})
+    parent_id = store._client().client_id()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its connection and whether events reach it
+        try:
+            os.close(read_fd)
+            child_id = store._client().client_id()
+            loaded = store.load("f")
+            wait_until(lambda: (None, None) in events)  # the new listener: "maybe stale"
+            store.update_meta("f", generation="child:1")
+            wait_until(lambda: ("f", "child:1") in events)
+            os.write(write_fd, json.dumps([child_id, loaded]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        reported = pipe.read()
+    os.waitpid(pid, 0)
+    child_id, loaded = json.loads(reported)
+    assert child_id != parent_id
+    assert loaded == {"from": "parent"}
+    assert store._client().client_id() == parent_id  # the parent's connection still works
+    wait_until(lambda: ("f", "child:1") in events)  # the parent heard the child's event
+
+
+# -- the builder lock ------------------------------------------------------------------------
+
+CONTENDER = """
+import sys
+from cacheman import RedisStore
+store = RedisStore(sys.argv[1], manager="m")
+try:
+    with store.builder_lock("built", 10, wait=float(sys.argv[2])):
+        print("acquired")
+except TimeoutError as error:
+    print("refused:", error)
+"""
+
+
+def test_builder_lock_excludes_a_second_process(store: RedisStore) -> None:
+    with store.builder_lock("built", 30):
+        done = run_python("-c", CONTENDER, store.url, "0.3")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("refused:")
+        assert "'built'" in done.stdout
+    done = run_python("-c", CONTENDER, store.url, "5")
+    assert done.stdout.strip() == "acquired"
+
+
+def test_builder_lock_waits_for_the_holder(store: RedisStore) -> None:
+    contender = subprocess.Popen(
+        [sys.executable, "-c", CONTENDER, store.url, "20"], stdout=subprocess.PIPE, text=True
+    )
+    with store.builder_lock("built", 30):
+        time.sleep(0.5)  # the contender waits meanwhile
+    assert contender.communicate(timeout=30)[0].strip() == "acquired"
+
+
+def test_builder_lock_releases_only_its_own_token(
+    store: RedisStore, raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cacheman")
+    lock = "cacheman:m:slow:lock"
+    with store.builder_lock("slow", 0.2) as token:
+        assert raw.get(lock) == token.encode()
+        time.sleep(0.4)  # past its timeout: the lock freed itself ...
+        assert raw.set(lock, "next-builder", nx=True)  # ... and another builder took it
+    assert raw.get(lock) == b"next-builder"  # leaving our block did not free theirs
+    assert "expired" in caplog.text
