@@ -65,7 +65,6 @@ class MemoCache(AutoSyncCache):
         self,
         *args: Any,
         fingerprint: Callable[[], str],
-        fingerprint_saved: bool,
         **kwargs: Any,
     ) -> None:
         self.saves = 0
@@ -73,7 +72,7 @@ class MemoCache(AutoSyncCache):
         #: started before it must not store a result derived from what was reset.
         self.epoch = 0
         self._fingerprint = fingerprint
-        self._fingerprint_saved = fingerprint_saved
+        self._fingerprint_saved = False  # set by Memoized when the saved one matches
         super().__init__(*args, **kwargs)
 
     def _saved(self) -> None:
@@ -329,22 +328,30 @@ class Memoized(Generic[P, R]):
             if self._cache is not None:
                 return self._cache
             for dependency in self._depends_on:
-                parent = dependency.name if isinstance(dependency, Memoized) else dependency
+                if isinstance(dependency, Memoized):
+                    # Parents first: a parent that resets on opening would otherwise
+                    # reset this cache in the middle of its first computation.
+                    dependency._open()
+                    parent = dependency.name
+                else:
+                    parent = dependency
                 self.manager.register_dependent_cache(parent, self.name)
-            fingerprint = self.fingerprint
-            store = self.manager.store
-            saved = (store.read_meta(self.name) or {}).get("fingerprint")
-            stale = saved != fingerprint and (saved is not None or store.exists(self.name))
+            # Registered empty first: re-registering a name saves the previous object
+            # (and its fingerprint), which the comparison below must see.
             cache = MemoCache(
                 self.name,
                 cache_manager=self.manager,
-                # A stale saved copy is not loaded: it is about to be deleted, and
-                # unpickling it may fail now that the code changed.
-                contents={} if stale else None,
+                contents={},
                 fingerprint=lambda: self.fingerprint,
-                fingerprint_saved=saved == fingerprint,
             )
-            if stale:
+            fingerprint = self.fingerprint
+            store = self.manager.store
+            saved = (store.read_meta(self.name) or {}).get("fingerprint")
+            if saved == fingerprint:
+                cache._fingerprint_saved = True
+                self.manager.reload_cache(self.name)
+            elif saved is not None or store.exists(self.name):
+                # The stale copy is never loaded: unpickling it may fail now that the code changed.
                 logger.info(
                     "memoize %r: the function, its version or a dependency changed; "
                     "resetting its cache and every cache derived from it",
