@@ -81,12 +81,12 @@ class MemoCache(AutoSyncCache):
 
     def _saved_through(self, mark: int) -> None:
         super()._saved_through(mark)
-        self.saves += 1
         if not self._fingerprint_saved:
             # After the contents, never before: a crash in between leaves contents
             # without a fingerprint, which the next run treats as stale (the safe side).
             self.manager.store.update_meta(self.name, fingerprint=self._fingerprint())
             self._fingerprint_saved = True
+        self.saves += 1  # last: a save counts once all of it is written
 
     def _delete_saved_self(self) -> None:
         super()._delete_saved_self()
@@ -95,12 +95,17 @@ class MemoCache(AutoSyncCache):
 
 
 class _Call:
-    """One computation in flight; the threads asking for the same key wait on it."""
+    """One computation in flight; the threads asking for the same key wait on it.
 
-    __slots__ = ("done", "error", "result", "retry")
+    ``running`` is held by the computing thread until the outcome is set (a bare
+    lock: an Event costs a Condition and two locks on every miss).
+    """
+
+    __slots__ = ("error", "result", "retry", "running")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.running = threading.Lock()
+        self.running.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
         self.retry = False  # the computing thread was interrupted: waiters compute themselves
@@ -258,11 +263,12 @@ class Memoized(Generic[P, R]):
             # Stored before the call is dropped, so a later caller finds one or the other.
             with self._calls_lock:
                 del self._calls[key]
-            call.done.set()
+            call.running.release()
         return result
 
     def _wait(self, call: _Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        call.done.wait()
+        with call.running:  # returns once the computing thread has released it
+            pass
         if call.retry:
             return self(*args, **kwargs)
         if call.error is not None:

@@ -10,9 +10,9 @@ Two encodings, told apart by the hash's ``person`` parameter so they can never
 produce the same digest:
 
 * the fast one, for calls whose arguments are all ``str``, ``int``, ``float``,
-  ``bool``, ``bytes``, ``None`` or tuples of those: the ``repr`` of the
-  argument tuple, which already spells out each type (``1``, ``1.0``, ``True``,
-  ``'1'``, ``b'1'``) and round-trips floats exactly;
+  ``bool``, ``bytes``, ``None`` or tuples of those: the argument tuple in
+  ``marshal`` format version 2, which tags each value with its type (so ``1``,
+  ``1.0`` and ``True`` differ) and writes it by value, in C;
 * the general one (:func:`encode`), a tagged, length-prefixed walk of the value
   that sorts the members of sets and the items of dicts by their own encoding,
   reads numpy arrays as dtype, shape and raw bytes, and pickles what it does
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import marshal
 import pickle
 import sys
 from types import CodeType
@@ -33,6 +34,11 @@ __all__ = ["DIGEST_SIZE", "args_digest", "code_parts", "encode", "value_digest"]
 #: Bytes in a key digest: 128 bits, so a collision is out of reach for any cache size.
 DIGEST_SIZE = 16
 
+# Version 2 of marshal writes every str, int, float, bool, bytes, None and tuple
+# by value alone: unlike later versions it has no back-references (which would
+# make ("ab", "ab") encode differently when both are one object) and no
+# "interned" flag on str.
+_MARSHAL_VERSION = 2
 _FAST = hashlib.blake2b(digest_size=DIGEST_SIZE, person=b"fast")
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
 
@@ -50,18 +56,15 @@ def args_digest(values: tuple[Any, ...]) -> bytes:
     """The digest of a call's argument values (already put in parameter order).
 
     This is the hot path of every memoized call: for plain values it costs a
-    ``repr`` and one hash, and never pickles.
+    ``marshal.dumps`` and one hash, and never pickles.
     """
-    if _plain(values):
-        try:
-            text = repr(values)
-        except ValueError:  # an int too long for str() (sys.set_int_max_str_digits)
-            pass
-        else:
-            hasher = _FAST.copy()  # cheaper than building one with its parameters
-            hasher.update(text.encode())
-            return hasher.digest()
-    return value_digest(values)
+    for value in values:  # _plain(values), inlined: this runs on every call
+        kind = type(value)
+        if kind not in _SCALARS and not (kind is tuple and _plain(value)):
+            return value_digest(values)
+    hasher = _FAST.copy()  # cheaper than building one with its parameters
+    hasher.update(marshal.dumps(values, _MARSHAL_VERSION))
+    return hasher.digest()
 
 
 def value_digest(value: object) -> bytes:

@@ -46,3 +46,10 @@ def test_bench_autosync_reports_every_row() -> None:
     table = run_quick("bench_autosync.py")
     for row in ("autosync c[k] = v (bookkeeping)", "bare os.fork()", "longest pause"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_bench_memoize_reports_every_row() -> None:
+    table = run_quick("bench_memoize.py")
+    for row in ("cacheman memoize", "diskcache memoize", "cachier", "joblib.Memory"):
+        assert row in table

@@ -188,6 +188,18 @@ def test_equal_unhashable_values_share_a_key(manager: CacheManager, one: Any, ot
     assert function.key_of(one) == function.key_of(other)
 
 
+def test_equal_strings_share_a_key_whether_interned_or_one_object(manager: CacheManager) -> None:
+    import sys
+
+    function = manager.memoize(counted([]))
+    built = "".join(["memo", "ize"])
+    assert built is not "memoize"  # noqa: F632 (two objects, one value)
+    one = function.key_of("memoize", "memoize")
+    assert one == function.key_of("memoize", built)
+    assert one == function.key_of(sys.intern(built), built)
+    assert one == function.key_of(*("memoize",) * 2)
+
+
 def test_dataclass_arguments_are_keyed_by_their_fields(manager: CacheManager) -> None:
     from dataclasses import dataclass
 
