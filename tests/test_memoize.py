@@ -60,6 +60,43 @@ def test_positional_keyword_and_default_spellings_share_a_key(manager: CacheMana
     assert add.stats.hits == 4
 
 
+def test_positional_only_and_keyword_only_parameters(manager: CacheManager) -> None:
+    calls: list[Any] = []
+
+    @manager.memoize
+    def mixed(a: int, /, b: int = 1, *rest: int, c: int = 2, **options: int) -> int:
+        calls.append(a)
+        return a + b + sum(rest) + c + sum(options.values())
+
+    assert mixed(1) == mixed(1, 1) == mixed(1, b=1) == mixed(1, 1, c=2) == 4
+    assert len(calls) == 1
+    assert mixed(1, 1, 5) == 9
+    assert mixed(1, c=2, d=3) == mixed(1, d=3, c=2) == 7
+    assert len(calls) == 3
+    with pytest.raises(TypeError, match="mixed"):
+        mixed(a=1)  # type: ignore[call-arg]
+
+
+def test_calls_that_python_refuses_are_refused(manager: CacheManager) -> None:
+    @manager.memoize
+    def pair(a: int, /, b: int, c: int = 0) -> int:
+        return a + b + c
+
+    for bad in [(), (1,)]:
+        with pytest.raises(TypeError, match="pair"):
+            pair(*bad)
+    with pytest.raises(TypeError, match="pair"):
+        pair(1, 2, b=2)
+    with pytest.raises(TypeError, match="pair"):
+        pair(1, 2, d=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="pair"):
+        pair(1, c=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="pair"):
+        pair(a=1, b=2)  # type: ignore[call-arg]
+    assert pair(1, c=3, b=2) == pair(1, 2, 3) == 6
+    assert pair.stats == MemoStats(hits=1, misses=1, saves=0)
+
+
 def test_var_keyword_arguments_are_order_independent(manager: CacheManager) -> None:
     calls: list[Any] = []
     options = manager.memoize(counted(calls))
