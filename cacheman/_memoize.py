@@ -198,8 +198,11 @@ class Memoized(Generic[P, R]):
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         """A call off the hot path: keywords, defaults, ``key=``, or the cache not open yet."""
-        cache = self.cache
-        key = self.key_of(*args, **kwargs)
+        cache = self._cache if self._cache is not None else self._open()
+        if self._key is not None:
+            key = value_digest(self._key(*args, **kwargs))
+        else:
+            key = args_digest(self._canonical(args, kwargs))
         try:
             result: R = cache[key]
         except KeyError:
@@ -216,13 +219,16 @@ class Memoized(Generic[P, R]):
         """
         if self._key is not None:
             return value_digest(self._key(*args, **kwargs))
-        if not kwargs and len(args) == self._arity:
-            return args_digest(args)
         return args_digest(self._canonical(args, kwargs))
 
     def _canonical(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """Every parameter's value, in order, defaults filled in (``**kwargs`` sorted)."""
-        if self._arity >= len(args):
+        if not kwargs and len(args) == self._arity:
+            return args
+        missing = self._arity - len(args)
+        if not kwargs and 0 < missing <= len(self._defaults):  # f(1) for f(a, b=2)
+            return args + self._defaults[len(self._defaults) - missing :]
+        if missing >= 0:
             simple = self._simple_canonical(args, kwargs)
             if simple is not None:
                 return simple
