@@ -75,6 +75,12 @@ class MemoCache(AutoSyncCache):
         self._fingerprint_saved = False  # set by Memoized when the saved one matches
         super().__init__(*args, **kwargs)
 
+    def store(self, key: bytes, result: object, epoch: int) -> None:
+        """Keep ``result`` unless the cache was reset since ``epoch`` (it may be stale)."""
+        with self._lock:  # a reset holds it throughout: check and store are one step
+            if self.epoch == epoch:
+                self[key] = result
+
     def _saved(self) -> None:
         # A load or a reset replaced the contents; nothing was written, so no save counts.
         super()._saved_through(self._edit_mark())
@@ -150,15 +156,20 @@ class Memoized(Generic[P, R]):
         self._check_code = check_code
         self._depends_on = tuple(_checked_dependency(self, each) for each in depends_on)
         self._code_digest: bytes | None = None
+        if check_code:
+            self._code()  # now: a function without Python code is refused at decoration
         # The signature is read once here; the hot path only compares a length.
-        self._signature = inspect.signature(function)
-        params = list(self._signature.parameters.values())
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(function)
+        except ValueError:  # some built-ins have none: calls are keyed as they are spelled
+            self._signature = None
+        params = [] if self._signature is None else list(self._signature.parameters.values())
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         simple = all(param.kind in positional for param in params)
         #: For a function of positional parameters only: their count and defaults, so
         #: a call without keywords is put in canonical form without binding.  -1 sends
         #: every call off the hot path (other kinds of parameters, or key=).
-        self._arity = len(params) if simple and key is None else -1
+        self._arity = len(params) if simple and key is None and self._signature is not None else -1
         self._defaults = tuple(
             param.default for param in params if param.default is not inspect.Parameter.empty
         )
@@ -176,6 +187,10 @@ class Memoized(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<memoized {self.__wrapped__!r} in cache {self.name!r}>"  # type: ignore[attr-defined]
+
+    def __reduce__(self) -> str:
+        # Pickled by reference, like a function (multiprocessing sends it that way).
+        return self.__qualname__  # type: ignore[attr-defined,no-any-return]
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         # Used as a method, bind like a function would (the instance is then part of the key).
@@ -232,6 +247,8 @@ class Memoized(Generic[P, R]):
             simple = self._simple_canonical(args, kwargs)
             if simple is not None:
                 return simple
+        if self._signature is None:
+            return (args, tuple(sorted(kwargs.items())))
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as error:
@@ -274,9 +291,10 @@ class Memoized(Generic[P, R]):
         with self._calls_lock:
             call = self._calls.get(key)
             if call is None:
-                if key in cache:  # stored by another thread since our look-up
+                found = cache.get(key, _UNSET)
+                if found is not _UNSET:  # stored by another thread since our look-up
                     self._hits += 1
-                    return cache[key]  # type: ignore[no-any-return]
+                    return found  # type: ignore[no-any-return]
                 call = self._calls[key] = _Call()
                 self._misses += 1
                 computing = True
@@ -295,8 +313,7 @@ class Memoized(Generic[P, R]):
             raise
         else:
             call.result = result
-            if cache.epoch == epoch:
-                cache[key] = result
+            cache.store(key, result, epoch)
         finally:
             # Stored before the call is dropped, so a later caller finds one or the other.
             with self._calls_lock:

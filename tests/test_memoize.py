@@ -17,6 +17,14 @@ from cacheman._memoize import MemoStats, default_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A module-level memoized function, as users write them (its cache is never opened here).
+module_manager = CacheManager("test-memoize-module")
+
+
+@module_manager.memoize
+def module_level(x: int) -> int:
+    return x
+
 
 def counted(calls: list[Any]) -> Any:
     """A function that records each call in ``calls`` and returns its arguments."""
@@ -166,6 +174,23 @@ def test_key_function_decides_what_identifies_a_call(manager: CacheManager) -> N
     by_first(1, object())
     by_first(2, object())
     assert len(calls) == 2
+
+
+def test_a_module_level_memoized_function_pickles_by_reference() -> None:
+    import pickle
+
+    assert pickle.loads(pickle.dumps(module_level)) is module_level
+
+
+def test_a_callable_without_python_code_is_refused_at_decoration(manager: CacheManager) -> None:
+    import functools
+
+    with pytest.raises(TypeError, match="check_code=False"):
+        manager.memoize("partial")(functools.partial(max, 0))
+    loose = manager.memoize("partial", check_code=False)(functools.partial(max, 0))
+    assert loose(5) == 5
+    assert loose(5) == 5
+    assert loose.stats.hits == 1
 
 
 def test_unpicklable_argument_is_refused_with_a_hint(manager: CacheManager) -> None:
