@@ -45,7 +45,8 @@ class MemoStats(NamedTuple):
     ``saves``: saves of the cache that completed (background autosync saves and
     explicit ones: ``f.cache.save()``, ``with manager:``, interpreter exit).
     Loads and resets are not saves.  :meth:`Memoized.cache_clear` sets all three
-    back to 0.
+    back to 0.  Hits are counted without a lock (it would double a hit's cost),
+    so threads hitting at the same moment may, rarely, count one hit less.
     """
 
     hits: int
@@ -207,9 +208,11 @@ class Memoized(Generic[P, R]):
         try:
             result: R = cache[key]
         except KeyError:
-            return self._miss(cache, key, args, kwargs)
-        self._hits += 1
-        return result
+            pass  # the miss runs outside this block, so its errors do not chain to a KeyError
+        else:
+            self._hits += 1
+            return result
+        return self._miss(cache, key, args, kwargs)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         """A call off the hot path: keywords, defaults, ``key=``, or the cache not open yet."""
@@ -221,9 +224,11 @@ class Memoized(Generic[P, R]):
         try:
             result: R = cache[key]
         except KeyError:
-            return self._miss(cache, key, args, kwargs)
-        self._hits += 1
-        return result
+            pass  # the miss runs outside this block, so its errors do not chain to a KeyError
+        else:
+            self._hits += 1
+            return result
+        return self._miss(cache, key, args, kwargs)
 
     def key_of(self, *args: Any, **kwargs: Any) -> bytes:
         """The key under which the result of ``self(*args, **kwargs)`` is cached.

@@ -620,11 +620,47 @@ def test_an_exception_is_raised_to_every_waiter_and_not_cached(manager: CacheMan
     assert calls == [1]
     assert len(errors) == 4
     assert all(str(error) == "no result for 1" for error in errors)
+    # The user's error, not chained to the cache's internal KeyError.
+    assert all(error.__context__ is None for error in errors)
     assert fails.cache == {}
 
     with pytest.raises(ValueError, match="no result"):
         fails(1)
     assert calls == [1, 1]  # not cached: it ran again
+
+
+def test_waiters_compute_themselves_when_the_computing_thread_is_interrupted(
+    manager: CacheManager,
+) -> None:
+    calls = []
+    release = threading.Event()
+
+    @manager.memoize
+    def interrupted_once(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            release.wait(10)
+            raise SystemExit  # ends the first thread only, not the threads waiting on it
+        return x
+
+    def first_caller() -> None:
+        with pytest.raises(SystemExit):
+            interrupted_once(7)
+
+    first = threading.Thread(target=first_caller)
+    results: list[int] = []
+    waiter = threading.Thread(target=lambda: results.append(interrupted_once(7)))
+    first.start()
+    wait_until(lambda: len(calls) == 1)
+    waiter.start()
+    time.sleep(0.5)  # let the waiter reach the wait
+    release.set()
+    first.join()
+    waiter.join()
+    assert results == [7]
+    assert calls == [7, 7]
+    assert interrupted_once(7) == 7
+    assert len(calls) == 2
 
 
 # -- saves and clearing -------------------------------------------------------------------
