@@ -16,9 +16,11 @@ import logging
 import os
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
+from . import _fork
 from ._memokey import args_digest, code_parts, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
 from .autosync import AutoSyncCache
@@ -180,11 +182,18 @@ class Memoized(Generic[P, R]):
             if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         }
         self._cache: MemoCache | None = None
-        self._open_lock = threading.Lock()
-        self._calls: dict[bytes, _Call] = {}
-        self._calls_lock = threading.Lock()
         self._hits = 0
         self._misses = 0
+        self._new_locks()
+        _live.add(self)
+
+    def _new_locks(self) -> None:
+        """Fresh locks and no computation in flight (also in a child forked by the user)."""
+        self._open_lock = threading.Lock()
+        # A forked child inherits the in-flight computations of threads it does not
+        # have: waiting on them would wait forever, so it starts with none.
+        self._calls: dict[bytes, _Call] = {}
+        self._calls_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<memoized {self.__wrapped__!r} in cache {self.name!r}>"  # type: ignore[attr-defined]
@@ -426,6 +435,18 @@ class Memoized(Generic[P, R]):
                 self.manager.invalidate_and_rebuild_cache(self.name)
             self._cache = cache
             return cache
+
+
+# Every memoized function, for the fork hook.
+_live: weakref.WeakSet[Memoized[..., Any]] = weakref.WeakSet()
+
+
+def _forget_inherited_calls() -> None:
+    for memoized in list(_live):
+        memoized._new_locks()
+
+
+_fork.on_fork_child(_forget_inherited_calls)
 
 
 def _checked_dependency(

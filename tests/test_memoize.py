@@ -663,6 +663,49 @@ def test_waiters_compute_themselves_when_the_computing_thread_is_interrupted(
     assert len(calls) == 2
 
 
+def test_a_forked_child_does_not_wait_for_the_parents_computations(
+    manager: CacheManager,
+) -> None:
+    import os
+    import signal
+
+    release = threading.Event()
+    started = threading.Event()
+
+    @manager.memoize
+    def blocking(x: int) -> int:
+        started.set()
+        release.wait(10)
+        return x
+
+    computing = threading.Thread(target=blocking, args=(5,))
+    computing.start()
+    started.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread computing blocking(5) does not exist here
+        release.set()
+        os._exit(0 if blocking(5) == 5 else 1)
+    exit_codes = []
+
+    def reaped() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            exit_codes.append(os.waitstatus_to_exitcode(status))
+        return bool(done)
+
+    try:
+        wait_until(reaped, timeout=20)
+        assert exit_codes == [0]
+    except AssertionError:
+        if not exit_codes:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    finally:
+        release.set()
+        computing.join()
+
+
 # -- saves and clearing -------------------------------------------------------------------
 
 
