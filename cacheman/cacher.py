@@ -279,8 +279,7 @@ class CacheManager:
         replaces the default key of a call (a digest of its arguments).  See
         :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
 
-        >>> import tempfile
-        >>> manager = CacheManager("doc_memoize", tempfile.mkdtemp())
+        >>> manager = CacheManager("doc_memoize")
         >>> @manager.memoize
         ... def square(x):
         ...     return x * x
