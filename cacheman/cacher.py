@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _registry
 from ._graph import DependencyGraph
+from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["CacheManager", "get_cache_manager"]
 
 logger = logging.getLogger("cacheman")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def get_cache_manager(
@@ -249,6 +253,50 @@ class CacheManager:
         validate_cache_name(dependent_cache_name)
         with self._lock:
             self._graph.add_edge(cache_name, dependent_cache_name)
+
+    @overload
+    def memoize(self, name: Callable[P, R], /) -> Memoized[P, R]: ...
+
+    @overload
+    def memoize(
+        self,
+        name: str | None = None,
+        *,
+        depends_on: Iterable[Memoized[..., Any] | str] = (),
+        version: object = None,
+        key: Callable[..., object] | None = None,
+        check_code: bool = True,
+    ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
+
+    def memoize(
+        self,
+        name: str | Callable[P, R] | None = None,
+        *,
+        depends_on: Iterable[Memoized[..., Any] | str] = (),
+        version: object = None,
+        key: Callable[..., object] | None = None,
+        check_code: bool = True,
+    ) -> Any:
+        """Decorate a function so its results persist in a cache of this manager.
+
+        ``name`` (default ``<module>.<qualname>``) names the cache.  The cache
+        resets, with every cache derived from it, when the function's code
+        (unless ``check_code=False``), ``version`` or a dependency in
+        ``depends_on`` (memoized functions, cache names) changes.  ``key``
+        replaces the default key of a call (a digest of its arguments).  See
+        :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
+
+        >>> manager = CacheManager("doc_memoize")
+        >>> @manager.memoize
+        ... def square(x):
+        ...     return x * x
+        >>> square(4), square(4), square.stats
+        (16, 16, MemoStats(hits=1, misses=1, saves=0))
+        >>> manager.deregister_all_caches()
+        """
+        return memoize(
+            self, name, depends_on=depends_on, version=version, key=key, check_code=check_code
+        )
 
     def dependency_graph(self) -> DependencyGraph:
         """The live dependency graph; ``.to_dot()`` and ``.to_mermaid()`` export it."""

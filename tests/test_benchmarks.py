@@ -82,3 +82,10 @@ def test_bench_redis_reports_every_row() -> None:
         "1 key per entry: server memory",
     ):
         assert row in table
+
+
+@pytest.mark.slow
+def test_bench_memoize_reports_every_row() -> None:
+    table = run_quick("bench_memoize.py")
+    for row in ("cacheman memoize", "diskcache memoize", "cachier", "joblib.Memory"):
+        assert row in table
