@@ -85,6 +85,7 @@ __all__ = [
     "MAGIC",
     "SIGNING_KEY_ENV",
     "PickleStore",
+    "StoreUsage",
     "atomic_write",
     "resolve_signing_key",
 ]
@@ -1201,6 +1202,22 @@ class PickleStore:
                     found.add(entry[: -len(suffix)])
         return sorted(found)
 
+    def usage(self, name: str) -> StoreUsage:
+        """The bytes of every file kept for ``name`` and the newest modification time of any.
+
+        ``modified`` is None when no file is kept.  Costs one ``stat`` per file kind.
+        """
+        size = 0
+        newest: float | None = None
+        for suffix in self._suffixes:
+            try:
+                info = os.stat(self.directory / (validate_cache_name(name) + suffix))
+            except FileNotFoundError:
+                continue
+            size += info.st_size
+            newest = info.st_mtime if newest is None else max(newest, info.st_mtime)
+        return StoreUsage(size, newest)
+
     # -- metadata: small JSON files, never unpickled --------------------------------
 
     meta_suffix = ".meta.json"
@@ -1289,6 +1306,13 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as ``path``, atomically (the caller holds the lock of ``path``)."""
     text = json.dumps(data, sort_keys=True).encode()
     replace_file(path, lambda handle: handle.write(text))
+
+
+class StoreUsage(NamedTuple):
+    """What :meth:`PickleStore.usage` returns: bytes on disk, newest modification time."""
+
+    size: int
+    modified: float | None
 
 
 class _Replaced:
