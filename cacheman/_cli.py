@@ -342,6 +342,7 @@ class _Summary:
     generation: str | None
     meta: dict[str, Any]
     problem: str | None = None
+    refused: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -375,6 +376,7 @@ def _summarise(store: Store, name: str) -> tuple[_Summary, dict[Any, Any] | None
     verdict = _check(store, name)
     if verdict.problems:
         summary.problem = "; ".join(verdict.problems)
+        summary.refused = verdict.refused
         return summary, None
     contents = store.load(name) or {}
     summary.entries = len(contents)
@@ -435,7 +437,9 @@ def _list(session: _Session) -> int:
         return OK
     rows = [("NAME", "ENTRIES", "BYTES", "LAST SAVE", "GENERATION")]
     for summary in summaries:
-        entries = "damaged" if summary.entries is None else str(summary.entries)
+        entries = str(summary.entries)
+        if summary.entries is None:
+            entries = "refused" if summary.refused else "damaged"
         rows.append(
             (
                 summary.name,
@@ -448,7 +452,8 @@ def _list(session: _Session) -> int:
     session.emit(_table(rows, right=(False, True, True, False, False)))
     for summary in summaries:
         if summary.problem:
-            print(f"cacheman: {summary.problem} (run: verify --fix)", file=sys.stderr)
+            advice = "" if summary.refused else " (run: verify --fix)"
+            print(f"cacheman: {summary.problem}{advice}", file=sys.stderr)
     return OK
 
 
@@ -456,6 +461,8 @@ def _show(session: _Session) -> int:
     name = session.args.name
     _require_saved(session, [name])
     summary, contents = _summarise(session.store, name)
+    if summary.refused:
+        raise _Stop(str(summary.problem), REFUSED)
     if contents is None:
         raise _Stop(f"{summary.problem}; run 'verify --fix {name}' to move it aside", PROBLEM)
     keys = [_short(key) for key in list(contents)[: session.args.keys]]
