@@ -35,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_program_name(),
         description="CacheMan: dict caches that persist between runs.",
-        epilog="Exit status: 0 success, 1 a problem found (damage, nothing saved under "
-        "that name), 2 usage error, 3 refused (insecure directory, signature mismatch, "
-        "delete not confirmed on a non-terminal).",
+        epilog="Exit status: 0 success; 1 a problem (damage verify did not fix, nothing "
+        "saved under that name, a delete not confirmed); 2 usage error; 3 refused (a "
+        "directory others can write, a signature mismatch, delete without --yes when "
+        "standard input is not a terminal).",
     )
     add_common_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

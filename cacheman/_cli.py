@@ -127,7 +127,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--keys", metavar="N", type=_count, default=10, help="show the first N keys (default 10)"
     )
     verify = command(
-        "verify", "check saved caches (header, checksum, signature, journal) without loading them"
+        "verify",
+        "check saved caches with the store's own checks (header, checksum, signature, and "
+        "the journal where the store keeps one); nothing is changed without --fix",
     )
     verify.add_argument("names", metavar="NAME", nargs="*", help="the caches (default: all)")
     verify.add_argument(

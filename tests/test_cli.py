@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from helpers import run_python
 from cacheman import CacheManager
 from cacheman.__main__ import main
 from cacheman._cli import OK, PROBLEM, REFUSED, USAGE_ERROR
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cacheman(
@@ -365,6 +368,21 @@ def test_usage_errors_exit_2(saved: CacheManager, argv: list[str]) -> None:
     assert result.returncode == USAGE_ERROR
     assert "error" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_console_script_runs_main(saved: CacheManager) -> None:
+    # What the generated `cacheman` script does: import the entry point, exit with its result.
+    declared = re.search(r'^cacheman = "(.+):(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert declared is not None, "pyproject.toml declares the cacheman script"
+    module, function = declared.groups()
+    script = f"import sys; sys.argv[0] = 'cacheman'; from {module} import {function}; "
+    script += f"sys.exit({function}())"
+    base = str(saved.cache_directory.parent)
+    result = run_python("-c", script, "show", "nonesuch", "--manager", saved.name, "--dir", base)
+    assert result.returncode == PROBLEM
+    assert "no saved cache named 'nonesuch'" in result.stderr
+    help_text = run_python("-c", script, "--help").stdout
+    assert help_text.startswith("usage: cacheman [-h]")
 
 
 def test_main_returns_the_status_as_a_console_script_needs(

@@ -242,6 +242,17 @@ def test_two_damaged_files_in_a_row_are_both_kept(manager: CacheManager) -> None
     assert kept == [b"first", b"second"]
 
 
+def test_usage_counts_the_bytes_of_every_file_of_a_cache(manager: CacheManager) -> None:
+    assert manager.store.usage("data") == (0, None)
+    path = saved_file(manager)
+    assert manager.store.usage("data") == (path.stat().st_size, path.stat().st_mtime)
+    manager.store.update_meta("data", generation="x:1")
+    meta = manager.cache_directory / "data.meta.json"
+    usage = manager.store.usage("data")
+    assert usage.size == path.stat().st_size + meta.stat().st_size
+    assert usage.modified == max(path.stat().st_mtime, meta.stat().st_mtime)
+
+
 # -- what cannot be pickled, and what only cloudpickle can ---------------------------------
 
 
