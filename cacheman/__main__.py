@@ -11,7 +11,8 @@ Exit status, the same for every command:
 - 2: usage error: an unknown command or option, an invalid name (as ``argparse``
   and most Unix tools do);
 - 3: refused: a directory or file another user could write, a signature that
-  does not match, ``delete`` without ``--yes`` when standard input is not a terminal.
+  does not match, ``delete`` without ``--yes`` when standard input is not a terminal;
+- 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations

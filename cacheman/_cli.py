@@ -18,6 +18,7 @@ Exit status, the same for every command:
 3     refused: a directory or file another user could write, a signature
       that does not match the signing key, ``delete`` without ``--yes``
       when standard input is not a terminal
+130   interrupted (Ctrl-C), as shells report it
 ====  =====================================================================
 """
 
@@ -52,6 +53,8 @@ OK = 0
 PROBLEM = 1
 USAGE_ERROR = 2
 REFUSED = 3
+# What a shell reports for a program ended by Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
 
 COMMANDS = ("list", "show", "verify", "delete", "graph", "path")
 
@@ -173,6 +176,17 @@ class _Session:
         print(json.dumps(data, indent=2, sort_keys=True))
 
 
+# The exit status of each kind of error a command may end with, most specific first.
+_STATUS_OF_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (KeyboardInterrupt, INTERRUPTED),
+    (InvalidCacheNameError, USAGE_ERROR),
+    (InsecureCacheError, REFUSED),
+    (SignatureMismatchError, REFUSED),
+    (CacheManError, PROBLEM),
+    (OSError, PROBLEM),
+)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command ``args.command`` (one of :data:`COMMANDS`); return the exit status."""
     _show_library_warnings()
@@ -187,14 +201,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         manager = CacheManager(args.manager, args.base)
         return handlers[args.command](_Session(manager, args))
+    except BrokenPipeError:
+        # The reader went away (`cacheman list | head -1`): not worth a message.
+        # Point stdout at /dev/null so that the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return PROBLEM
     except _Stop as stop:
         return _error(str(stop), stop.status)
-    except InvalidCacheNameError as error:
-        return _error(str(error), USAGE_ERROR)
-    except (InsecureCacheError, SignatureMismatchError) as error:
-        return _error(str(error), REFUSED)
-    except (CacheManError, OSError) as error:
-        return _error(str(error), PROBLEM)
+    except (KeyboardInterrupt, CacheManError, OSError) as error:
+        status = next(code for kind, code in _STATUS_OF_ERROR if isinstance(error, kind))
+        return _error(str(error) or "interrupted", status)
 
 
 def _error(message: str, status: int) -> int:

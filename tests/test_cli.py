@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from helpers import run_python
 
 from cacheman import CacheManager
 from cacheman.__main__ import main
-from cacheman._cli import OK, PROBLEM, REFUSED, USAGE_ERROR
+from cacheman._cli import INTERRUPTED, OK, PROBLEM, REFUSED, USAGE_ERROR
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -317,6 +319,31 @@ def test_delete_asks_on_a_terminal(saved: CacheManager, answer: bytes, status: i
     assert result.returncode == status, result.stderr
     assert f"Delete 1 saved cache(s) of manager {saved.name!r} (roots)? [y/N]" in result.stderr
     assert pickle_file(saved, "roots").exists() is (status != OK)
+
+
+def test_ctrl_c_at_the_question_deletes_nothing(saved: CacheManager) -> None:
+    terminal, child_side = os.openpty()
+    base = str(saved.cache_directory.parent)
+    command = ["-m", "cacheman", "delete", "roots", "--manager", saved.name, "--dir", base]
+    child = subprocess.Popen(
+        [sys.executable, *command], stdin=child_side, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert child.stderr is not None
+    try:
+        asked = b""
+        while b"[y/N]" not in asked:  # the question is on screen: the child waits for input
+            chunk = os.read(child.stderr.fileno(), 1024)
+            assert chunk, asked
+            asked += chunk
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        os.close(child_side)
+        os.close(terminal)
+    assert child.returncode == INTERRUPTED
+    assert "cacheman: error: interrupted" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert pickle_file(saved, "roots").exists()
 
 
 # -- graph ----------------------------------------------------------------------------------
