@@ -25,13 +25,14 @@ Exit status, the same for every command:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import difflib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,17 @@ from .errors import (
     SignatureMismatchError,
 )
 
-__all__ = ["COMMANDS", "OK", "PROBLEM", "REFUSED", "USAGE_ERROR", "add_commands", "run"]
+__all__ = [
+    "COMMANDS",
+    "INTERRUPTED",
+    "OK",
+    "PROBLEM",
+    "REFUSED",
+    "USAGE_ERROR",
+    "add_commands",
+    "add_common_options",
+    "run",
+]
 
 OK = 0
 PROBLEM = 1
@@ -60,7 +71,7 @@ COMMANDS = ("list", "show", "verify", "delete", "graph", "path")
 
 GRAPH_FORMATS = ("dot", "mermaid", "json")
 
-# Keys and values are shown as their repr, cut to this many characters.
+# ``show`` prints keys as their repr, cut to this many characters.
 _REPR_WIDTH = 100
 
 
@@ -109,7 +120,10 @@ def add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
@@ -189,7 +203,11 @@ _STATUS_OF_ERROR: tuple[tuple[type[BaseException], int], ...] = (
 
 def run(args: argparse.Namespace) -> int:
     """Run the command ``args.command`` (one of :data:`COMMANDS`); return the exit status."""
-    _show_library_warnings()
+    with _library_warnings_on_stderr():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[_Session], int]] = {
         "list": _list,
         "show": _show,
@@ -219,15 +237,26 @@ def _error(message: str, status: int) -> int:
     return status
 
 
-def _show_library_warnings() -> None:
-    """Print the library's warnings (a file moved aside, a damaged metadata file) on stderr."""
+@contextlib.contextmanager
+def _library_warnings_on_stderr() -> Iterator[None]:
+    """Print the library's warnings (a file moved aside, damaged metadata) on stderr meanwhile.
+
+    Undone afterwards, so that ``main()`` called in a program's own process
+    leaves that program's logging as it was.
+    """
     logger = logging.getLogger("cacheman")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("cacheman: %(levelname)s: %(message)s"))
-        logger.addHandler(handler)
-    if logger.level == logging.NOTSET:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cacheman: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    level = logger.level
+    if level == logging.NOTSET or level > logging.WARNING:
         logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 # -- what exists ---------------------------------------------------------------------
