@@ -340,7 +340,7 @@ def _check(store: Store, name: str, *, fix: bool = False) -> _Verdict:
     try:
         verify = getattr(store, "verify", None)
         if verify is not None:
-            return _verdict_of(name, verify(name, fix=fix))
+            return _verify_with(verify, name, fix=fix)
         check = getattr(store, "check", None)
         if check is None:
             return _Verdict(name, checked=False)
@@ -367,13 +367,23 @@ def _check_snapshot(
     return _Verdict(name)
 
 
-def _verdict_of(name: str, report: Any) -> _Verdict:
-    """Read a store's verify report: its ``problems`` and ``fixed`` (lists of messages)."""
-    problems = [str(each) for each in getattr(report, "problems", ())]
-    fixed = [str(each) for each in getattr(report, "fixed", ())]
-    if not problems and getattr(report, "ok", True) is False:
-        problems = [str(report)]
-    return _Verdict(name, problems=problems, fixed=fixed)
+def _verify_with(verify: Callable[..., Any], name: str, *, fix: bool) -> _Verdict:
+    """Run a store's ``verify``; after a fix, verify again: what it still finds remains.
+
+    The report gives ``problems`` and ``fixed`` (lists of sentences) and may say
+    ``refused`` (tampering or an insecure file, which no fix touches).
+    """
+    report = verify(name, fix=fix)
+    done = [str(each) for each in report.fixed]
+    if not done:
+        refused = bool(getattr(report, "refused", False))
+        return _Verdict(name, problems=[str(p) for p in report.problems], refused=refused)
+    found = [str(each) for each in report.problems]
+    again = verify(name, fix=False)
+    remaining = [str(each) for each in again.problems]
+    solved = [problem for problem in found if problem not in remaining]
+    refused = bool(getattr(again, "refused", False))
+    return _Verdict(name, problems=remaining, fixed=solved + done, refused=refused)
 
 
 # -- describing a cache ----------------------------------------------------------------
