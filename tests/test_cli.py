@@ -189,6 +189,7 @@ def test_verify_passes_intact_caches(saved: CacheManager) -> None:
         (damage, "its checksum does not match its contents"),
         (lambda path: path.write_bytes(path.read_bytes()[:40]), "it is truncated inside its"),
         (lambda path: path.write_bytes(path.read_bytes()[:-5]), "it is truncated or padded"),
+        (lambda path: path.write_bytes(b""), "it is empty"),
     ],
 )
 def test_verify_names_a_damaged_file_and_leaves_it_in_place(
@@ -199,7 +200,9 @@ def test_verify_names_a_damaged_file_and_leaves_it_in_place(
     before = path.read_bytes()
     result = cacheman(saved, "verify")
     assert result.returncode == PROBLEM
-    assert f"damaged   squares: cache 'squares': {path} is damaged: {said}" in result.stdout
+    (line,) = [line for line in result.stdout.splitlines() if "squares" in line]
+    assert line.startswith("damaged   squares: ")
+    assert f"{path} is damaged: {said}" in line, "names the file and what is wrong with it"
     assert "ok        roots" in result.stdout
     assert path.read_bytes() == before, "verify without --fix changes nothing"
     # list and show report it too, and leave it alone as well
