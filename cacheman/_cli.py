@@ -374,15 +374,13 @@ def _verify_with(verify: Callable[..., Any], name: str, *, fix: bool) -> _Verdic
     ``refused`` (tampering or an insecure file, which no fix touches).
     """
     report = verify(name, fix=fix)
-    done = [str(each) for each in report.fixed]
-    if not done:
-        refused = bool(getattr(report, "refused", False))
-        return _Verdict(name, problems=[str(p) for p in report.problems], refused=refused)
     found = [str(each) for each in report.problems]
-    again = verify(name, fix=False)
-    remaining = [str(each) for each in again.problems]
-    solved = [problem for problem in found if problem not in remaining]
-    refused = bool(getattr(again, "refused", False))
+    done = [str(each) for each in report.fixed]
+    if done:
+        report = verify(name, fix=False)
+    remaining = [str(each) for each in report.problems]
+    solved = [problem for problem in found if problem not in remaining] if done else []
+    refused = bool(getattr(report, "refused", False))
     return _Verdict(name, problems=remaining, fixed=solved + done, refused=refused)
 
 
@@ -450,12 +448,14 @@ def _when(timestamp: float | None) -> str:
 def _size(size: int | None) -> str:
     if size is None:
         return "-"
-    amount = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if amount < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{amount:.1f} {unit}"
+    if size < 1024:
+        return f"{size} B"
+    amount = size / 1024
+    for unit in ("KiB", "MiB"):
+        if amount < 1024:
+            return f"{amount:.1f} {unit}"
         amount /= 1024
-    raise AssertionError("unreachable")
+    return f"{amount:.1f} GiB"
 
 
 def _short(value: object) -> str:
