@@ -244,13 +244,18 @@ def test_two_damaged_files_in_a_row_are_both_kept(manager: CacheManager) -> None
 
 def test_usage_counts_the_bytes_of_every_file_of_a_cache(manager: CacheManager) -> None:
     assert manager.store.usage("data") == (0, None)
-    path = saved_file(manager)
-    assert manager.store.usage("data") == (path.stat().st_size, path.stat().st_mtime)
+    saved_file(manager)
+    saved_file(manager, "data.v2")  # a name that extends this one's: not counted
     manager.store.update_meta("data", generation="x:1")
-    meta = manager.cache_directory / "data.meta.json"
+    stats = [
+        path.stat()
+        for path in manager.cache_directory.iterdir()
+        if path.name.startswith("data.") and not path.name.startswith("data.v2")
+    ]
+    assert len(stats) >= 2, "the snapshot and the metadata at least"
     usage = manager.store.usage("data")
-    assert usage.size == path.stat().st_size + meta.stat().st_size
-    assert usage.modified == max(path.stat().st_mtime, meta.stat().st_mtime)
+    assert usage.size == sum(info.st_size for info in stats)
+    assert usage.modified == max(info.st_mtime for info in stats)
 
 
 # -- what cannot be pickled, and what only cloudpickle can ---------------------------------
