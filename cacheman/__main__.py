@@ -6,8 +6,9 @@ Commands: ``list``, ``show``, ``verify``, ``delete``, ``graph`` and ``path``
 Exit status, the same for every command:
 
 - 0: success;
-- 1: a problem: ``verify`` found damage it did not fix, the manager or a named
-  cache has nothing saved, a ``delete`` was not confirmed;
+- 1: a problem: damage found (that ``verify`` did not fix, or that ``list`` or
+  ``show`` cannot read past), the manager or a named cache has nothing saved, a
+  ``delete`` was not confirmed;
 - 2: usage error: an unknown command or option, an invalid name (as ``argparse``
   and most Unix tools do);
 - 3: refused: a directory or file another user could write, a signature that
@@ -36,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_program_name(),
         description="CacheMan: dict caches that persist between runs.",
-        epilog="Exit status: 0 success; 1 a problem (damage verify did not fix, nothing "
-        "saved under that name, a delete not confirmed); 2 usage error; 3 refused (a "
+        epilog="Exit status: 0 success; 1 a problem (damage found, nothing saved under "
+        "that name, a delete not confirmed); 2 usage error; 3 refused (a "
         "directory others can write, a signature mismatch, delete without --yes when "
         "standard input is not a terminal).",
     )

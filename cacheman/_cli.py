@@ -4,16 +4,16 @@
 in ``_demo``).  Each builds a :class:`~cacheman.cacher.CacheManager` for
 ``--manager``/``--dir`` (and ``$CACHEMAN_SIGNING_KEY``, as the library does) and
 works only through its store: the :class:`~cacheman._store_api.Store` methods,
-plus a few a store may offer (``verify``, ``check``, ``usage``), so another store
-works as well.  Nothing here parses a file format: checks run the store's own code.
+plus two a store may offer (``verify``, ``usage``), so another store works as
+well.  Nothing here parses a file format: checks run the store's own code.
 
 Exit status, the same for every command:
 
 ====  =====================================================================
 0     success
-1     a problem: ``verify`` found damage it did not fix; the manager, or a
-      cache named on the command line, has nothing saved; a ``delete`` was
-      not confirmed
+1     a problem: damage found (``verify``: damage it did not fix; ``list``,
+      ``show``: a cache they cannot read); the manager, or a cache named on
+      the command line, has nothing saved; a ``delete`` was not confirmed
 2     usage error: an unknown command or option, an invalid name
 3     refused: a directory or file another user could write, a signature
       that does not match the signing key, ``delete`` without ``--yes``
@@ -42,7 +42,6 @@ from ._store_api import Edge, Store
 from .cacher import CacheManager
 from .errors import (
     CacheManError,
-    CorruptCacheError,
     InsecureCacheError,
     InvalidCacheNameError,
     SignatureMismatchError,
@@ -332,39 +331,14 @@ class _Verdict:
 
 
 def _check(store: Store, name: str, *, fix: bool = False) -> _Verdict:
-    """Check one cache's saved data with the store's own checks; with ``fix``, repair it.
+    """Check one cache's saved data with the store's own ``verify``; with ``fix``, repair it.
 
-    A store's ``verify(name, fix=...)`` (snapshot and journal) is used when it has
-    one; else its ``check(name)`` (the load's checks, nothing moved aside).
+    A store without a ``verify`` gives an ``unchecked`` verdict.
     """
-    try:
-        verify = getattr(store, "verify", None)
-        if verify is not None:
-            return _verify_with(verify, name, fix=fix)
-        check = getattr(store, "check", None)
-        if check is None:
-            return _Verdict(name, checked=False)
-        return _check_snapshot(store, check, name, fix=fix)
-    except SignatureMismatchError as error:
-        return _Verdict(name, problems=[str(error)], refused=True)
-
-
-def _check_snapshot(
-    store: Store, check: Callable[[str], None], name: str, *, fix: bool
-) -> _Verdict:
-    """Run ``check(name)``; a fix is a load, which moves a damaged file aside to be rebuilt."""
-    try:
-        check(name)
-    except CorruptCacheError as damage:
-        if not fix:
-            return _Verdict(name, problems=[str(damage)])
-        store.load(name)
-        try:
-            check(name)
-        except CorruptCacheError as still:
-            return _Verdict(name, problems=[str(still)])
-        return _Verdict(name, fixed=[f"{damage}; moved aside, the cache will be rebuilt"])
-    return _Verdict(name)
+    verify = getattr(store, "verify", None)
+    if verify is None:
+        return _Verdict(name, checked=False)
+    return _verify_with(verify, name, fix=fix)
 
 
 def _verify_with(verify: Callable[..., Any], name: str, *, fix: bool) -> _Verdict:
@@ -478,9 +452,20 @@ def _table(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
 # -- the commands ------------------------------------------------------------------------
 
 
+def _status(*, refused: bool, damaged: bool) -> int:
+    """The exit status of a command that found what it found: refusal wins over damage."""
+    if refused:
+        return REFUSED
+    return PROBLEM if damaged else OK
+
+
 def _list(session: _Session) -> int:
     summaries = [_summarise(session.store, name)[0] for name in _saved_names(session)]
     manager = session.manager
+    status = _status(
+        refused=any(summary.refused for summary in summaries),
+        damaged=any(summary.problem for summary in summaries),
+    )
     if session.args.json:
         session.emit_json(
             {
@@ -489,7 +474,7 @@ def _list(session: _Session) -> int:
                 "caches": [summary.as_json() for summary in summaries],
             }
         )
-        return OK
+        return status
     if not summaries:
         session.emit(f"manager {manager.name!r} has no saved caches ({manager.cache_directory})")
         return OK
@@ -512,7 +497,7 @@ def _list(session: _Session) -> int:
         if summary.problem:
             advice = "" if summary.refused else " (run: verify --fix)"
             print(f"cacheman: {summary.problem}{advice}", file=sys.stderr)
-    return OK
+    return status
 
 
 def _show(session: _Session) -> int:
@@ -559,12 +544,10 @@ def _verify(session: _Session) -> int:
     names = session.args.names or saved
     _require_saved(session, names)
     verdicts = [_check(session.store, name, fix=session.args.fix) for name in names]
-    if any(verdict.refused for verdict in verdicts):
-        status = REFUSED
-    elif any(verdict.problems for verdict in verdicts):
-        status = PROBLEM
-    else:
-        status = OK
+    status = _status(
+        refused=any(verdict.refused for verdict in verdicts),
+        damaged=any(verdict.problems for verdict in verdicts),
+    )
     if session.args.json:
         session.emit_json(
             {

@@ -21,6 +21,7 @@ from helpers import run_python
 from cacheman import CacheManager
 from cacheman.__main__ import main
 from cacheman._cli import INTERRUPTED, OK, PROBLEM, REFUSED, USAGE_ERROR
+from cacheman._journal import SET
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,11 +218,30 @@ def test_verify_names_a_damaged_file_and_leaves_it_in_place(
     assert "ok        roots" in result.stdout
     assert path.read_bytes() == before, "verify without --fix changes nothing"
     # list and show report it too, and leave it alone as well
-    assert as_json(cacheman(saved, "list", "--json"))["caches"][1]["entries"] is None
+    listed = cacheman(saved, "list", "--json")
+    assert listed.returncode == PROBLEM
+    assert as_json(listed)["caches"][1]["entries"] is None
     shown = cacheman(saved, "show", "squares")
     assert shown.returncode == PROBLEM
     assert "verify --fix squares" in shown.stderr
     assert path.read_bytes() == before
+
+
+def test_verify_checks_the_journal_tail_and_fix_cuts_it_off(saved: CacheManager) -> None:
+    saved.store.append("roots", [(SET, 16, 4.0)])
+    saved.store.append("roots", [(SET, 25, 5.0)])
+    journal = saved.cache_directory / "roots.journal"
+    journal.write_bytes(journal.read_bytes()[:-3])  # a writer killed mid-append
+    result = cacheman(saved, "verify", "roots")
+    assert result.returncode == PROBLEM
+    assert result.stdout.startswith(f"damaged   roots: the journal {journal} ends in ")
+    assert as_json(cacheman(saved, "list", "--json"))["caches"][0]["entries"] is None
+    fixed = cacheman(saved, "verify", "--fix", "roots")
+    assert fixed.returncode == OK, fixed.stdout
+    assert "cut off the torn tail" in fixed.stdout
+    assert cacheman(saved, "verify").returncode == OK
+    listed = as_json(cacheman(saved, "list", "--json"))["caches"][0]
+    assert (listed["name"], listed["entries"]) == ("roots", 3), "the complete record is kept"
 
 
 def test_verify_json(saved: CacheManager) -> None:
