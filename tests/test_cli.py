@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from helpers import run_python
 
-from cacheman import CacheManager
+from cacheman import CacheManager, RedisStore, _registry
 from cacheman.__main__ import main
 from cacheman._cli import INTERRUPTED, OK, PROBLEM, REFUSED, USAGE_ERROR
 from cacheman._journal import SET
@@ -408,6 +408,49 @@ def test_graph_in_three_formats(saved: CacheManager) -> None:
     assert as_json(cacheman(saved, "graph", "--json")) == expected
     conflict = cacheman(saved, "graph", "--json", "--format", "dot")
     assert conflict.returncode == USAGE_ERROR
+
+
+# -- another store ----------------------------------------------------------------------------
+
+
+def test_the_commands_work_on_the_redis_store(manager: CacheManager, redis_url: str) -> None:
+    written = CacheManager(
+        manager.name, manager.cache_directory.parent, store=RedisStore(redis_url)
+    )
+    try:
+        squares = written.register_cache("squares")
+        squares.update({n: n * n for n in range(5)})
+        squares.save()
+        written.register_cache("roots").update({4: 2.0})
+        written.save_all_cache_contents()
+        written.store.add_edges([("squares", "roots")])
+        written.deregister_all_caches()
+        on_redis = {"CACHEMAN_REDIS_URL": redis_url}
+        listed = as_json(cacheman(manager, "list", "--json", **on_redis))["caches"]
+        assert [(each["name"], each["entries"]) for each in listed] == [
+            ("roots", 1),
+            ("squares", 5),
+        ]
+        assert as_json(cacheman(manager, "show", "squares", "--json", **on_redis))["keys"] == [
+            "0",
+            "1",
+            "2",
+            "3",
+            "4",
+        ]
+        verified = cacheman(manager, "verify", **on_redis)
+        assert verified.returncode == OK
+        assert "unchecked roots" in verified.stdout, "the Redis store has no check of its own"
+        graph = as_json(cacheman(manager, "graph", "--json", **on_redis))
+        assert graph["edges"] == [["squares", "roots"]]
+        assert cacheman(manager, "delete", "squares", "--yes", **on_redis).returncode == OK
+        assert written.store.names() == ["roots"]
+        assert written.store.read_edges() == []
+        assert not manager.cache_directory.exists(), "nothing was written to the directory"
+    finally:
+        _registry.discard(written)
+        assert isinstance(written.store, RedisStore)
+        written.store.close()
 
 
 # -- usage -----------------------------------------------------------------------------------
