@@ -186,6 +186,9 @@ class VerifyReport:
     * ``signed``: the files carry signatures (HMAC-SHA256).
     * ``problems``: one sentence per problem found; empty when all is well.
     * ``fixed``: what ``fix=True`` did (truncated, kept aside, replaced).
+    * ``refused``: one of the problems is one no fix touches, as a load refuses
+      it: a signature that is missing or does not match, or a file another user
+      could write.  The user must look.
 
     Nothing is unpickled: a payload that passes its checks but does not unpickle
     is only found by a load.
@@ -204,6 +207,7 @@ class VerifyReport:
     signed: bool = False
     problems: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    refused: bool = False
 
     @property
     def ok(self) -> bool:

@@ -85,6 +85,7 @@ __all__ = [
     "MAGIC",
     "SIGNING_KEY_ENV",
     "PickleStore",
+    "StoreUsage",
     "atomic_write",
     "resolve_signing_key",
 ]
@@ -1057,11 +1058,21 @@ class PickleStore:
         """
         report = VerifyReport(name)
         path = self.path_for(name)
+        try:
+            # As a load does: a directory others can write may hold planted files.
+            check_private(path.parent, os.stat(path.parent), "cache directory")
+        except FileNotFoundError:
+            return report
+        except InsecureCacheError as refused:
+            report.problems.append(str(refused))
+            report.refused = True
+            return report
         expected = self._verify_snapshot(name, path, report, fix)
         try:
             self._verify_journal(name, expected, report, fix)
         except InsecureCacheError as refused:
             report.problems.append(str(refused))
+            report.refused = True
         return report
 
     def _verify_journal(
@@ -1109,6 +1120,7 @@ class PickleStore:
             )
         except SignatureMismatchError as forged:
             report.problems.append(str(forged))
+            report.refused = True
             return
         report.journal_records = found.count
         damage = found.damage
@@ -1146,15 +1158,19 @@ class PickleStore:
             report.snapshot_exists = True
             report.snapshot_ok = False
             report.problems.append(str(refused))
+            report.refused = True
             return None
         report.snapshot_exists = True
-        if not data.startswith(MAGIC):
+        if data and not data.startswith(MAGIC):
             report.snapshot_format = 0
             if self.signing_key is not None:
                 report.snapshot_ok = False
                 report.problems.append(f"the snapshot {path} is a bare pickle, not signed")
+                report.refused = True
             return None
         try:
+            if not data:  # a load moves an empty file aside: it is damage, not a 2.x pickle
+                raise CorruptCacheError("it is empty")
             report.snapshot_format = struct.unpack_from("<H", data, 8)[0] if len(data) > 9 else None
             _payload, journal_id = self._checked_payload(name, path, data)
             flags = struct.unpack_from("<H", data, 10)[0]
@@ -1163,6 +1179,7 @@ class PickleStore:
         except SignatureMismatchError as forged:
             report.snapshot_ok = False
             report.problems.append(str(forged))
+            report.refused = True
         except CorruptCacheError as damage:
             report.snapshot_ok = False
             report.problems.append(f"the snapshot {path} is damaged: {damage}")
@@ -1200,6 +1217,22 @@ class PickleStore:
                 if entry.endswith(suffix) and not entry.startswith(".") and entry != suffix:
                     found.add(entry[: -len(suffix)])
         return sorted(found)
+
+    def usage(self, name: str) -> StoreUsage:
+        """The bytes of every file kept for ``name`` and the newest modification time of any.
+
+        ``modified`` is None when no file is kept.  Costs one ``stat`` per file kind.
+        """
+        size = 0
+        newest: float | None = None
+        for suffix in self._suffixes:
+            try:
+                info = os.stat(self.directory / (validate_cache_name(name) + suffix))
+            except FileNotFoundError:
+                continue
+            size += info.st_size
+            newest = info.st_mtime if newest is None else max(newest, info.st_mtime)
+        return StoreUsage(size, newest)
 
     # -- metadata: small JSON files, never unpickled --------------------------------
 
@@ -1289,6 +1322,13 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` as ``path``, atomically (the caller holds the lock of ``path``)."""
     text = json.dumps(data, sort_keys=True).encode()
     replace_file(path, lambda handle: handle.write(text))
+
+
+class StoreUsage(NamedTuple):
+    """What :meth:`PickleStore.usage` returns: bytes on disk, newest modification time."""
+
+    size: int
+    modified: float | None
 
 
 class _Replaced:

@@ -18,11 +18,13 @@ def run_python(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 120,
+    stdin: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python *args`` in a fresh interpreter; return the result, whatever its exit status.
 
     The child gets this process's environment (or ``env``), with ``CACHEMAN_DIR``
-    set to ``cache_dir`` when given, and without ``PYTHONSTARTUP``.
+    set to ``cache_dir`` when given, and without ``PYTHONSTARTUP``.  Its standard
+    input is ``stdin`` when given (a file descriptor, or ``subprocess.DEVNULL``).
     """
     child_env = dict(os.environ if env is None else env)
     child_env.pop("PYTHONSTARTUP", None)
@@ -32,6 +34,7 @@ def run_python(
         [sys.executable, *args],
         env=child_env,
         cwd=cwd,
+        stdin=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

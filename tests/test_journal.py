@@ -461,6 +461,40 @@ def test_a_tampered_record_is_refused_before_unpickling(tmp_path: Path) -> None:
     assert not marker.exists()
     assert store.journal_path("c").read_bytes() == data[:start] + forged  # refused, not moved
     assert "does not match" in " ".join(store.verify("c").problems)
+    assert store.verify("c").refused
+
+
+def test_verify_refuses_what_a_load_refuses_and_only_that(tmp_path: Path) -> None:
+    store = PickleStore(tmp_path / "m", signing_key=b"secret")
+    store.save("c", {"a": 1})
+    store.append("c", [(SET, "b", 2)])
+    assert not PickleStore(tmp_path / "m", signing_key=b"other").verify("c").ok
+    assert PickleStore(tmp_path / "m", signing_key=b"other").verify("c").refused
+    unsigned = PickleStore(tmp_path / "u")
+    unsigned.save("c", {"a": 1})
+    assert PickleStore(tmp_path / "u", signing_key=b"secret").verify("c").refused
+    store.directory.chmod(0o777)
+    try:
+        report = store.verify("c")
+        with pytest.raises(InsecureCacheError):
+            store.load("c")
+    finally:
+        store.directory.chmod(0o700)
+    assert report.refused
+    assert "lets other users write it" in report.problems[0]
+    store.journal_path("c").write_bytes(store.journal_path("c").read_bytes()[:-3])
+    torn = store.verify("c")
+    assert (torn.ok, torn.refused) == (False, False), "damage is not a refusal"
+
+
+def test_verify_finds_an_empty_snapshot_as_a_load_does(store: PickleStore) -> None:
+    store.save("c", {"a": 1})
+    store.path_for("c").write_bytes(b"")
+    report = store.verify("c")
+    assert report.problems == [f"the snapshot {store.path_for('c')} is damaged: it is empty"]
+    assert store.verify("c", fix=True).fixed == ["kept the damaged snapshot aside"]
+    assert [p.name.split(".corrupt-")[0] for p in corrupt_files(store)] == ["c.pkl"]
+    assert store.verify("c").ok
 
 
 def test_a_signed_record_cannot_be_moved_into_another_journal(tmp_path: Path) -> None:

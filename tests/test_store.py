@@ -242,6 +242,22 @@ def test_two_damaged_files_in_a_row_are_both_kept(manager: CacheManager) -> None
     assert kept == [b"first", b"second"]
 
 
+def test_usage_counts_the_bytes_of_every_file_of_a_cache(manager: CacheManager) -> None:
+    assert manager.store.usage("data") == (0, None)
+    saved_file(manager)
+    saved_file(manager, "data.v2")  # a name that extends this one's: not counted
+    manager.store.update_meta("data", generation="x:1")
+    stats = [
+        path.stat()
+        for path in manager.cache_directory.iterdir()
+        if path.name.startswith("data.") and not path.name.startswith("data.v2")
+    ]
+    assert len(stats) >= 2, "the snapshot and the metadata at least"
+    usage = manager.store.usage("data")
+    assert usage.size == sum(info.st_size for info in stats)
+    assert usage.modified == max(info.st_mtime for info in stats)
+
+
 # -- what cannot be pickled, and what only cloudpickle can ---------------------------------
 
 
