@@ -878,7 +878,8 @@ class PersistentCache(CacheWrap):
                 mark,
                 light=len(keys) <= LIGHT_APPEND_KEYS,
             )
-        plan.landed = self._landed
+        replaced = taken.replace
+        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
 
@@ -929,11 +930,12 @@ class PersistentCache(CacheWrap):
         plan = super()._save_plan(why)
         if plan is None:
             return None
-        plan.landed = self._landed
+        replaced = taken.replace
+        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
 
-    def _landed(self, outcome: object) -> None:
+    def _landed(self, outcome: object, *, replaced: bool = False) -> None:
         """After a save: where the journal now ends, and a generation for a new cache."""
         in_sync = getattr(outcome, "in_sync", None)
         if in_sync is not None:  # an append
@@ -944,6 +946,20 @@ class PersistentCache(CacheWrap):
         elif hasattr(outcome, "was_behind"):  # a snapshot
             self._position = getattr(outcome, "position", None)
             self._behind = self._behind or bool(getattr(outcome, "was_behind", False))
+        if replaced and self._manager.in_graph(self._name):
+            # What was written replaces everything saved: record what it derives from
+            # (a stale mark left by another process no longer applies).
+            if self._built_from is None:
+                self._built_from = self._parents_with_generations(self._parents())
+            store = self._manager.store
+            old = generation_of(store.read_meta(self._name))
+            store.update_meta(
+                self._name,
+                generation=old or next_generation(None),
+                parents=self._built_from,
+                stale=None,
+            )
+            self._has_generation = True
         # A generation is what derived caches compare; a cache kept by hooks alone,
         # outside any dependency, gets none (its manager's directory stays untouched).
         if not self._has_generation and (
