@@ -446,17 +446,22 @@ class CacheWrap(dict[Any, Any]):
 
         A loader that raises is treated like a damaged pickle file: a warning
         names the cache and the cause, the data is kept aside where CacheMan
-        knows where it is (its own files), and the cache is rebuilt.  The errors
-        CacheMan raises on purpose (an insecure directory, a bad signature) are
-        refusals, not damage: they propagate.
+        knows where it is (its own files), and the cache is rebuilt.  Two kinds
+        of exception are not damage and propagate: an ``OSError`` (a file that
+        cannot be read now, a database that is down: rebuilding over data that
+        may be fine would lose it; ``FileNotFoundError`` alone means nothing is
+        saved) and the errors CacheMan raises on purpose (an insecure
+        directory, a bad signature).
         """
         # A user's loader may hand back a dict it keeps using, so that one is copied;
         # the built-in loaders (no own hook) return a new dict each time.
         fresh = self.loader is None
         try:
             result = loader(self._name)
-        except CacheManError:
-            raise
+        except FileNotFoundError:
+            return None  # nothing saved
+        except (CacheManError, OSError):
+            raise  # a refusal, or data that cannot be reached now (not damaged): keep it
         except Exception as error:
             self._loader_failed(error)
             return None
@@ -745,7 +750,7 @@ class PersistentCache(CacheWrap):
             if store is not None:
                 try:
                     loaded, position = store.load_tracked(self._name)
-                except CacheManError:
+                except (CacheManError, OSError):
                     raise
                 except Exception as error:
                     self._loader_failed(error)
