@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import psutil
 
@@ -55,6 +57,33 @@ CHILD_FAILURES_BEFORE_FALLBACK = 2
 BYTES_PER_ITEM = 200
 
 Mode = Literal["caller", "edit", "thread"]
+#: Why a save runs: an autosync rule (the changes tracked), an explicit ``save()`` or the
+#: end of a ``with`` block, or the process ending (both of which also write the values
+#: that can change in place).
+SaveReason = Literal["rule", "save", "exit"]
+
+
+def _nothing(*_args: object) -> None:
+    return None
+
+
+@dataclass
+class SavePlan:
+    """One save, planned under the cache's lock: what to write, and what follows.
+
+    ``write(copy)`` does the write and returns its outcome; ``copy`` is True when it
+    runs in this process while other threads may edit the cache (a child works on
+    a frozen copy-on-write image and passes False).  ``light`` plans (a journal
+    append of a few keys) run in this process rather than in a forked child.
+    ``landed(outcome)`` runs in this process once the write succeeded, wherever it
+    ran; ``failed()`` when it did not (the changes it took are pending again).
+    """
+
+    write: Callable[[bool], object]
+    mark: int
+    light: bool = False
+    landed: Callable[[object], None] = _nothing
+    failed: Callable[[], None] = _nothing
 
 
 class Lock(Protocol):
@@ -86,11 +115,8 @@ class SaveTarget(Protocol):
 
     def __len__(self) -> int: ...
 
-    def _save_plan(self) -> tuple[Callable[..., Any], int] | None:
-        """The saver to run and the edit mark it captures, or None when nothing is written."""
-
-    def _prepared_for_save(self) -> Mapping[Any, Any]:
-        """The mapping to hand the saver (the live cache, or a pre-processed copy)."""
+    def _save_plan(self, why: SaveReason = "rule") -> SavePlan | None:
+        """The save to run now (under the cache's lock), or None when nothing is to be written."""
 
     def _saved_through(self, mark: int) -> None:
         """A save that captured the edits up to ``mark`` has landed."""
@@ -104,11 +130,13 @@ _savers_lock = threading.Lock()
 _warned_no_fork = False
 
 
-def _snapshot(cache: SaveTarget) -> Mapping[Any, Any]:
-    """A copy to save in-process while other threads may go on editing the cache."""
-    prepared = cache._prepared_for_save()
-    live: object = cache  # the cache itself when it has no pre_processor
-    return dict(prepared) if prepared is live else prepared
+def _child_result(plan: SavePlan) -> bytes | None:
+    """Run ``plan`` in the save child; its outcome travels to the parent pickled (our own bytes)."""
+    result = plan.write(False)
+    try:
+        return pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an outcome only informs; a user saver may return anything
+        return None
 
 
 def _memory_short(cache: SaveTarget) -> bool:
@@ -141,7 +169,7 @@ class BackgroundSaver:
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
         self.job: ChildJob | None = None
-        self.job_mark = 0  # the edit mark the job's save captures
+        self.job_plan: SavePlan | None = None  # what the job's save writes
         self.requested = False  # asked for while a child ran: one more save after it
         self.due_at: float | None = None  # a deferred save or a retry
 
@@ -185,9 +213,9 @@ class BackgroundSaver:
             return
         try:
             if in_process is not None:
-                self._save_in_process(cache)
+                self._save_in_process(cache, mode)
             else:
-                self._start_child(cache)
+                self._start_child(cache, mode)
         finally:
             cache._lock.release()
 
@@ -218,39 +246,40 @@ class BackgroundSaver:
 
     # -- the two ways to save (cache lock held) ------------------------------------
 
-    def _start_child(self, cache: SaveTarget) -> None:
-        plan = cache._save_plan()
+    def _start_child(self, cache: SaveTarget, mode: Mode) -> None:
+        plan = cache._save_plan("save" if mode == "caller" else "rule")
         if plan is None:
             return
-        saver, mark = plan
-        name = cache.name
-
-        def save() -> None:  # runs in the child
-            saver(name, cache._prepared_for_save())
-
+        if plan.light:
+            self._run_in_process(plan)
+            return
         try:
-            pid, fd = fork_child(save)
+            pid, fd = fork_child(lambda: _child_result(plan))
         except OSError as error:  # EAGAIN, ENOMEM: count it as a failed child save
+            plan.failed()
             self._failed(f"cannot fork: {error}", in_child=True)
             return
         timeout = float(cache.async_timeout)
         job = ChildJob(pid, fd, self.scheduler.clock() + timeout, timeout)
         with self._lock:
-            self.job, self.job_mark = job, mark
+            self.job, self.job_plan = job, plan
         job.watch(self.scheduler, lambda: self._on_pipe(job))
         self.scheduler.call_at(self, job.deadline, self._on_due)
 
-    def _save_in_process(self, cache: SaveTarget) -> None:
-        plan = cache._save_plan()
-        if plan is None:
-            return
-        saver, mark = plan
+    def _save_in_process(self, cache: SaveTarget, mode: Mode) -> None:
+        plan = cache._save_plan("save" if mode == "caller" else "rule")
+        if plan is not None:
+            self._run_in_process(plan)
+
+    def _run_in_process(self, plan: SavePlan) -> None:
         try:
-            saver(cache.name, _snapshot(cache))
+            outcome = plan.write(True)
         except Exception as error:
+            plan.failed()
             self._failed(f"{type(error).__name__}: {error}", in_child=False)
         else:
-            self._succeeded(mark)
+            plan.landed(outcome)
+            self._succeeded(plan.mark)
 
     # -- outcomes --------------------------------------------------------------------
 
@@ -284,14 +313,17 @@ class BackgroundSaver:
             if self.job is not job:
                 return
             self.job = None
-            mark = self.job_mark
+            plan, self.job_plan = self.job_plan, None
             requested, self.requested = self.requested, False
+        assert plan is not None
         # (The job stopped being watched when it finished, before its pipe closed.)
         if job.ok:
-            self._succeeded(mark)
+            plan.landed(None if job.result is None else pickle.loads(job.result))
+            self._succeeded(plan.mark)
             if requested:
                 self._defer(self.scheduler.clock())
         else:
+            plan.failed()
             self._failed(job.error or "unknown error", in_child=True)
 
     def _on_pipe(self, job: ChildJob) -> None:

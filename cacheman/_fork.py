@@ -9,8 +9,9 @@ business.
 
 What the child runs must be kept to the pickler and plain file writes: no lock
 of ours, no logging.  It reports, through the pipe, ``T<path>`` for each file
-it creates exclusively (a temporary file, seen by an audit hook), then ``K`` on
-success or ``E<error>`` on failure.  So when a child dies half-way (killed at
+it creates exclusively (a temporary file, seen by an audit hook), then, if the
+callable returned ``bytes``, ``R<those bytes in hex>``, and ``K`` on success or
+``E<error>`` on failure.  So when a child dies half-way (killed at
 its timeout, or by anyone else), the parent knows which temporary files to
 remove.
 """
@@ -106,7 +107,9 @@ def _run_child(write_fd: int, run: Callable[[], object]) -> NoReturn:
         with contextlib.suppress(Exception):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.addaudithook(_TempFileReporter(write_fd))
-        run()
+        result = run()
+        if isinstance(result, bytes):  # hex: the report's records are NUL-separated
+            _write_record(write_fd, b"R" + result.hex().encode())
         _write_record(write_fd, b"K")
         code = 0
     except BaseException as error:
@@ -180,6 +183,7 @@ class ChildJob:
         self.done = False
         self.ok = False
         self.error: str | None = None
+        self.result: bytes | None = None  # what the child's callable returned, if bytes
         self._data = bytearray()
         try:
             self.process: psutil.Process | None = psutil.Process(pid)
@@ -232,6 +236,8 @@ class ChildJob:
         code = None if status is None else os.waitstatus_to_exitcode(status)
         reported = next((r[1:] for r in records if r.startswith(b"E")), None)
         self.ok = killed is None and b"K" in records and code in (0, None)
+        result = next((r[1:] for r in records if r.startswith(b"R")), None)
+        self.result = None if result is None or not self.ok else bytes.fromhex(result.decode())
         if killed is not None:
             self.error = killed
         elif code is not None and code < 0:

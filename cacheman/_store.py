@@ -87,6 +87,7 @@ __all__ = [
     "PickleStore",
     "StoreUsage",
     "atomic_write",
+    "keep_aside",
     "resolve_signing_key",
 ]
 
@@ -1419,6 +1420,21 @@ def _pickled(name: str, changes: list[Change]) -> bytes:
     except Exception as error:
         items = {key: value for _op, key, value in changes}
         raise UnpicklableValueError(_describe_unpicklable(name, items)) from error
+
+
+def keep_aside(path: Path) -> Path | None:
+    """Move a damaged file of ours aside as ``<file>.corrupt-<UTC time>``; return where.
+
+    None if the file is not there (any more).  Under the file's write lock, so a
+    writer never has its new file moved aside.
+    """
+    with _locked(path):
+        if not path.exists():
+            return None
+        kept = _free_corrupt_name(path)
+        os.rename(path, kept)
+        _fsync_directory(path.parent)
+    return kept
 
 
 def _free_corrupt_name(path: Path) -> Path:

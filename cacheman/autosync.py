@@ -24,14 +24,13 @@ import logging
 import sys
 import threading
 import time
-import weakref
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from . import _background, _lifecycle, _scheduler
+from . import _background, _scheduler
 from .cachewrap import PersistentCache
 
 __all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_TIME_CHECKS", "AutoSyncCache", "EditLog", "TimeCount"]
@@ -223,7 +222,6 @@ class AutoSyncCache(PersistentCache):
         self._log_lock = threading.Lock()  # held for microseconds, never across I/O
         self._background = _background.saver_for(self, self._scheduler)
         super().__init__(*args, **kwargs)
-        _live[id(self)] = self
 
     @property
     def time_checks(self) -> tuple[TimeCount, ...]:
@@ -249,57 +247,24 @@ class AutoSyncCache(PersistentCache):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         dict.__setitem__(self, key, value)
+        self._track(key)
         self._edits += 1
         if self._edits >= self._trip:
             self._tripped()
 
     def __delitem__(self, key: Any) -> None:
         dict.__delitem__(self, key)
+        self._track(key)
         self._edits += 1
         if self._edits >= self._trip:
             self._tripped()
 
-    def _record(self, count: int) -> None:
+    def _note(self, keys: Iterable[Any], count: int) -> None:
+        self._changes.keys.update(keys)
         if count > 0:
             self._edits += count
             if self._edits >= self._trip:
                 self._tripped()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        before = len(self)
-        sized = all(hasattr(arg, "__len__") for arg in args)
-        dict.update(self, *args, **kwargs)
-        if sized:
-            self._record(sum(len(arg) for arg in args) + len(kwargs))
-        else:  # an iterator of pairs cannot be counted without consuming it
-            self._record(max(1, len(self) - before))
-
-    def __ior__(self, other: Any) -> AutoSyncCache:  # type: ignore[misc]
-        self.update(other)
-        return self
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        removed = key in self
-        value = dict.pop(self, key, *default)
-        self._record(removed)
-        return value
-
-    def popitem(self) -> tuple[Any, Any]:
-        item = dict.popitem(self)
-        self._record(1)
-        return item
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        if key in self:
-            return dict.__getitem__(self, key)
-        dict.__setitem__(self, key, default)
-        self._record(1)
-        return default
-
-    def clear(self) -> None:
-        removed = len(self)
-        dict.clear(self)
-        self._record(removed)
 
     # -- the slow path and the scheduler's task -------------------------------------
 
@@ -359,41 +324,9 @@ class AutoSyncCache(PersistentCache):
     def _has_unsaved_edits(self) -> bool:
         return self._edits > self._log.floor
 
-    def _save_at_exit(self) -> None:
-        _background.stop_background_work()
-        self._await_pending_save()
-        if self._has_unsaved_edits():
-            self._save_now()
-
     def _forget_inherited(self) -> None:
         """In a process forked by the user: the parent's edits are the parent's to save."""
+        super()._forget_inherited()
         self._log_lock = threading.Lock()
-        if self._lock.acquire(blocking=False):
-            self._lock.release()
-        else:  # held by a thread that does not exist in this process
-            self._lock = threading.RLock()
         self._log = EditLog(self._log.rules, self._log.bucket_size, mark=self._edits)
         self._trip = self._edits + 1
-
-
-# Every live autosync cache, for the fork hook and a forked worker's exit flush.
-_live: weakref.WeakValueDictionary[int, AutoSyncCache] = weakref.WeakValueDictionary()
-
-
-def _forget_inherited_edits() -> None:
-    for cache in list(_live.values()):
-        cache._forget_inherited()
-
-
-def _flush_worker() -> None:
-    """Save the pending edits of a forked multiprocessing worker (its exit skips atexit)."""
-    for cache in list(_live.values()):
-        try:
-            if cache.manager.holds(cache):
-                cache._save_at_exit()
-        except Exception:
-            logger.exception("cache %r: saving at worker exit failed", cache.name)
-
-
-_lifecycle.on_fork_child(_forget_inherited_edits)
-_lifecycle.on_worker_exit(_flush_worker)

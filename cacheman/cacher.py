@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _registry
+from ._generations import STALE
 from ._graph import DependencyGraph
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
@@ -28,7 +29,7 @@ from ._store import PickleStore, resolve_signing_key
 from ._store_api import Store, StoreFactory
 from .autosync import AutoSyncCache
 from .cachewrap import HOOK_NAMES, CacheSteps, CacheWrap, NonPersistentCache, PersistentCache
-from .errors import CacheNotRegisteredError
+from .errors import CacheNotRegisteredError, DependencyCycleError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -115,6 +116,7 @@ class CacheManager:
         )
         self._caches: dict[str, CacheWrap] = {}
         self._graph = DependencyGraph()
+        self._edges_read = False  # the edges persisted by other processes, merged lazily
         self._lock = threading.RLock()
         _registry.add(self)
         _every_manager.append(self)
@@ -251,8 +253,44 @@ class CacheManager:
         """
         validate_cache_name(cache_name)
         validate_cache_name(dependent_cache_name)
+        self._merge_persisted_edges()
         with self._lock:
+            known = dependent_cache_name in self._graph.children(cache_name)
             self._graph.add_edge(cache_name, dependent_cache_name)
+        if not known:
+            # Saved beside the caches, so that a program that never declares this
+            # edge (a script that only invalidates the parent) still follows it.
+            self.store.add_edges([(cache_name, dependent_cache_name)])
+
+    def parents_of(self, cache_name: str) -> list[str]:
+        """The names ``cache_name`` is directly derived from, as declared by any process."""
+        self._merge_persisted_edges()
+        return self._graph.parents(cache_name)
+
+    def in_graph(self, cache_name: str) -> bool:
+        """Whether any dependency edge, declared by any process, touches ``cache_name``."""
+        self._merge_persisted_edges()
+        graph = self._graph
+        return bool(graph.parents(cache_name) or graph.children(cache_name))
+
+    def _merge_persisted_edges(self, again: bool = False) -> None:
+        """Add the edges other processes declared (read once, or ``again``) to the graph."""
+        if self._edges_read and not again:
+            return
+        edges = self.store.read_edges()
+        with self._lock:
+            self._edges_read = True
+            for parent, child in edges:
+                if child in self._graph.children(parent):
+                    continue
+                try:
+                    self._graph.add_edge(parent, child)
+                except DependencyCycleError:
+                    # An edge saved by an older version of the program, contradicted
+                    # by one this program declared: this program's wins.
+                    logger.debug(
+                        "ignoring the saved edge %r -> %r: it closes a cycle", parent, child
+                    )
 
     @overload
     def memoize(self, name: Callable[P, R], /) -> Memoized[P, R]: ...
@@ -339,6 +377,7 @@ class CacheManager:
         """Reload one cache and reset every cache derived from it."""
         cache = self._resolve(cache_name)
         cache._load_self()
+        cache._bump_generation()
         if apply_to_dependents:
             self._reset_downstream(cache.name)
 
@@ -455,6 +494,7 @@ class CacheManager:
 
     def _reset_downstream(self, cache_name: str) -> None:
         """Reset each cache derived from ``cache_name``; unregistered ones lose their saved copy."""
+        self._merge_persisted_edges(again=True)
         for name, cache in self._downstream(cache_name):
             if cache is not None:
                 cache._reset_self()
@@ -463,6 +503,7 @@ class CacheManager:
 
     def _delete_saved_downstream(self, cache_name: str) -> None:
         """Delete the saved copy of each cache derived from ``cache_name``, registered or not."""
+        self._merge_persisted_edges(again=True)
         for name, cache in self._downstream(cache_name):
             if cache is not None:
                 cache._delete_saved_self()
@@ -472,8 +513,11 @@ class CacheManager:
     def _delete_unregistered(self, cache_name: str) -> None:
         # A derived cache not registered in this run may still have a copy saved by
         # an earlier run; left in place, it would come back stale when registered.
-        # Only the default store is known for it, so that is where it is deleted.
+        # Only the default store is known for it, so that is where it is deleted; its
+        # own store may be another (a CSV file), so it is also marked stale: whoever
+        # registers it next resets it with its own deleter and builder.
         self.store.delete(cache_name)
+        self.store.update_meta(cache_name, **{STALE: True})
 
     def _save_at_exit(self) -> None:
         for cache in self._all_in_order():

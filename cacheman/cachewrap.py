@@ -18,11 +18,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _background, _lifecycle, _registry
+from ._background import SavePlan, SaveReason
+from ._changes import ChangeSet, Taken
+from ._generations import generation_of, is_stale, next_generation, parent_generations
+from ._journal import DEL, SET, Change
 from ._paths import validate_cache_name
+from .errors import CacheManError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -174,6 +180,7 @@ class CacheWrap(dict[Any, Any]):
                 # Through self.update, so an autosync cache counts the initial
                 # contents as edits and saves them (they replace the saved copy).
                 self.update(contents)
+                self._contents_given()
         except BaseException:
             self._manager.detach(self)
             raise
@@ -297,16 +304,20 @@ class CacheWrap(dict[Any, Any]):
         else:
             self._save_now()
 
-    def _save_now(self) -> None:
+    def _save_now(self, why: SaveReason = "save") -> None:
         """Save in this thread, after any background save in flight (so it cannot land later)."""
         with self._lock:
             self._await_pending_save()
-            plan = self._save_plan()
+            plan = self._save_plan(why)
             if plan is None:
                 return
-            saver, mark = plan
-            saver(self._name, self._prepared_for_save())
-            self._saved_through(mark)
+            try:
+                outcome = plan.write(False)
+            except BaseException:
+                plan.failed()
+                raise
+            plan.landed(outcome)
+            self._saved_through(plan.mark)
 
     def _reset_self(self) -> None:
         """Build anew, delete the saved copy, replace the contents (this cache only)."""
@@ -325,18 +336,22 @@ class CacheWrap(dict[Any, Any]):
                 deleter(self._name)
 
     def _save_at_exit(self) -> None:
-        """The process is ending: save what must be kept (subclasses skip clean caches)."""
+        """The process is ending: save what must be kept (see :meth:`_save_plan`)."""
         _background.stop_background_work()
-        self._save_now()
+        self._save_now("exit")
+
+    def _bump_generation(self) -> None:
+        """This cache was invalidated: its derived caches, in any process, must rebuild."""
 
     # -- what the background saver uses (_background.SaveTarget declares it) -----
 
-    def _save_plan(self) -> tuple[Callable[..., Any], int] | None:
-        """The saver to run and the edit mark it captures, or None when nothing is written.
+    def _save_plan(self, why: SaveReason = "rule") -> SavePlan | None:
+        """The save to run, or None when nothing is written (cache lock held).
 
         Every save path (in this thread, in a child, in-process fallback) starts
         here.  The mark is taken before the saver runs: edits other threads make
-        meanwhile are not in what it writes, so they stay pending.
+        meanwhile are not in what it writes, so they stay pending.  A cache kept
+        by hooks alone is written whole, whatever ``why``.
         """
         saver = self._resolved("saver")
         if saver is None:
@@ -345,15 +360,16 @@ class CacheWrap(dict[Any, Any]):
         if not self and not self.save_on_blank_cache:
             self._saved_through(mark)  # a blank cache is not written, by request
             return None
-        return saver, mark
+        name = self._name
+        return SavePlan(lambda copy: saver(name, self._prepared_for_save(copy)), mark)
 
-    def _prepared_for_save(self) -> Mapping[Any, Any]:
-        """The mapping handed to the saver: the live cache, or a pre-processed copy."""
+    def _prepared_for_save(self, copy: bool = False) -> Mapping[Any, Any]:
+        """The mapping handed to the saver: the live cache (or a copy), or a pre-processed copy."""
         if self.pre_processor is None:
-            return self
-        copy = dict(self)
-        result = _as_mapping(self._name, "pre_processor", self.pre_processor(copy))
-        return copy if result is None else result
+            return dict(self) if copy else self
+        contents = dict(self)
+        result = _as_mapping(self._name, "pre_processor", self.pre_processor(contents))
+        return contents if result is None else result
 
     def _saved_through(self, mark: int) -> None:
         """Called after a background save that captured the edits up to ``mark``."""
@@ -385,6 +401,9 @@ class CacheWrap(dict[Any, Any]):
     def _saved(self) -> None:
         """Called after the contents were saved; autosync clears its edit counts."""
 
+    def _contents_given(self) -> None:
+        """The cache was built with ``contents``: they replace the saved copy at the next save."""
+
     def _replace(self, new_contents: Mapping[Any, Any] | None) -> None:
         """Swap the items in place without counting them as edits, then mark clean."""
         dict.clear(self)
@@ -415,17 +434,55 @@ class CacheWrap(dict[Any, Any]):
             return _KEEP
         # A user's loader may hand back a dict it keeps using, so that one is copied;
         # the built-in loaders (no own hook) return a new dict each time.
-        fresh = self.loader is None
-        loaded = (
-            None
-            if loader is None
-            else _as_mapping(self._name, "loader", loader(self._name), fresh=fresh)
-        )
+        loaded = None if loader is None else self._call_loader(loader)
         if loaded is not None and not self._is_valid(loaded):
             loaded = None
         if loaded is None:
             return self._build()
         return self._post_processed(loaded)
+
+    def _call_loader(self, loader: Callable[..., Any]) -> dict[Any, Any] | None:
+        """What ``loader`` returns, checked; None (after a warning) if it cannot read its data.
+
+        A loader that raises is treated like a damaged pickle file: a warning
+        names the cache and the cause, the data is kept aside where CacheMan
+        knows where it is (its own files), and the cache is rebuilt.  Two kinds
+        of exception are not damage and propagate: an ``OSError`` (a file that
+        cannot be read now, a database that is down: rebuilding over data that
+        may be fine would lose it; ``FileNotFoundError`` alone means nothing is
+        saved) and the errors CacheMan raises on purpose (an insecure
+        directory, a bad signature).
+        """
+        # A user's loader may hand back a dict it keeps using, so that one is copied;
+        # the built-in loaders (no own hook) return a new dict each time.
+        fresh = self.loader is None
+        try:
+            result = loader(self._name)
+        except FileNotFoundError:
+            return None  # nothing saved
+        except (CacheManError, OSError):
+            raise  # a refusal, or data that cannot be reached now (not damaged): keep it
+        except Exception as error:
+            self._loader_failed(error)
+            return None
+        return _as_mapping(self._name, "loader", result, fresh=fresh)
+
+    def _loader_failed(self, error: Exception) -> None:
+        storage = None if self.loader is not None else self._default_storage()
+        keep_aside = getattr(storage, "keep_aside", None)
+        kept = None if keep_aside is None else keep_aside(self._name)
+        where = (
+            f"it was kept as {kept}"
+            if kept is not None
+            else "its data was left where the loader reads it, and the next save writes over it"
+        )
+        logger.warning(
+            "cache %r: the loader raised %s: %s; %s and the cache will be rebuilt",
+            self._name,
+            type(error).__name__,
+            error,
+            where,
+        )
 
     def _build(self) -> dict[Any, Any] | None:
         if self.builder is None:
@@ -481,6 +538,8 @@ class CacheSteps(Protocol):
 
     def _save_at_exit(self) -> None: ...
 
+    def _bump_generation(self) -> None: ...
+
 
 class Storage(Protocol):
     """Where a cache is kept when it has no loader/saver/deleter hooks (pickle store, CSV file)."""
@@ -513,13 +572,448 @@ class NonPersistentCache(CacheWrap):
 
 
 class PersistentCache(CacheWrap):
-    """A cache saved to, and loaded from, its manager's pickle store by default.
+    """A cache saved to, and loaded from, its manager's store by default.
 
     Any of ``loader``, ``saver`` and ``deleter`` passed in (or registered on the
     manager later) replaces the store for that step.
+
+    The cache remembers which keys it changed (see :mod:`cacheman._changes`), so
+    that a save through the store appends just those to the cache's journal, and
+    several processes can write one cache without losing each other's edits.
+    ``touch(key)`` marks a value changed in place; ``refresh()`` pulls what
+    other processes saved.  A save also checks, through generations (see
+    :mod:`cacheman._generations`), that the parents this cache was built from
+    have not moved on; if they have, the cache is reset instead of written.
     """
 
-    __slots__ = ()
+    __slots__ = ("_behind", "_built_from", "_changes", "_has_generation", "_position", "_track")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._changes = ChangeSet()
+        # The mutators call this bound method: one attribute load, no method lookup.
+        self._track = self._changes.keys.add
+        self._position: Any = None  # how far this process has read the journal
+        self._behind = False  # other processes' changes were saved past _position
+        self._built_from: dict[str, str | None] | None = None
+        self._has_generation = False
+        super().__init__(*args, **kwargs)
+        _live[id(self)] = self
 
     def _default_storage(self) -> Storage:
         return self._manager.store
+
+    # -- the mutators: each records the keys it changes --------------------------------
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        self._track(key)
+
+    def __delitem__(self, key: Any) -> None:
+        dict.__delitem__(self, key)
+        self._track(key)
+
+    def _note(self, keys: Iterable[Any], count: int) -> None:
+        """``count`` edits changed ``keys`` (autosync also counts them)."""
+        self._changes.keys.update(keys)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        if hasattr(other, "keys"):
+            dict.update(self, other)
+            keys = list(other.keys())
+        else:
+            pairs = [tuple(pair) for pair in other]
+            dict.update(self, pairs)
+            keys = [pair[0] for pair in pairs]
+        if kwargs:
+            dict.update(self, kwargs)
+            keys += kwargs
+        self._note(keys, len(keys))
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[misc]
+        self.update(other)
+        return self
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key not in self:
+            return dict.pop(self, key, *default)
+        value = dict.pop(self, key)
+        self._note((key,), 1)
+        return value
+
+    def popitem(self) -> tuple[Any, Any]:
+        item = dict.popitem(self)
+        self._note((item[0],), 1)
+        return item
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            return dict.__getitem__(self, key)
+        dict.__setitem__(self, key, default)
+        self._note((key,), 1)
+        return default
+
+    def clear(self) -> None:
+        removed = len(self)
+        dict.clear(self)
+        self._changes.replaced()
+        self._note((), removed)
+
+    def _contents_given(self) -> None:
+        self._changes.replaced()
+
+    # -- in-place changes, and other processes' ----------------------------------------
+
+    def touch(self, key: Any, *more: Any) -> None:
+        """Mark values changed in place (``c[k].append(x)``) so that the next save writes them.
+
+        Raises ``KeyError`` for a key the cache does not hold.  For an autosync
+        cache each key counts as an edit toward the rules.
+        """
+        keys = (key, *more)
+        for each in keys:
+            if each not in self:
+                raise KeyError(each)
+        self._note(keys, len(keys))
+
+    def mark_dirty(self) -> None:
+        """Mark every value changed, so that the next save writes the whole cache."""
+        self._changes.everything = True
+        self._note((), max(1, len(self)))
+
+    @property
+    def generation(self) -> str | None:
+        """The saved copy's generation (a random id and a counter), or None if it has none.
+
+        It changes when the cache is invalidated or reset; caches derived from
+        this one record it, to notice in any process that they are stale.
+        """
+        return generation_of(self._manager.store.read_meta(self._name))
+
+    def refresh(self) -> None:
+        """Save this process's changes, then take in what other processes saved since.
+
+        Replays the journal records other processes appended since this one
+        last read it (or reloads the whole cache, if one of them compacted the
+        journal meanwhile).  Costs a journal append and a read of what is new.
+        """
+        with self._lock:
+            self._save_now("rule")
+            store = self._journal_store()
+            if store is None:
+                self._load_self()
+                return
+            if self._position is not None:
+                news = store.changes_since(self._name, self._position)
+                if news is not None:
+                    changes, self._position = news
+                    self._apply_quietly(changes)
+                    self._behind = False
+                    return
+            loaded, self._position = store.load_tracked(self._name)
+            dict.clear(self)
+            dict.update(self, self._post_processed(loaded) if loaded else {})
+            self._behind = False
+
+    def _apply_quietly(self, changes: Iterable[Change]) -> None:
+        """Apply other processes' changes without counting them as this process's."""
+        for op, key, value in changes:
+            if op == SET:
+                dict.__setitem__(self, key, value)
+            elif op == DEL:
+                dict.pop(self, key, None)
+            else:
+                dict.clear(self)
+
+    # -- load and reset ------------------------------------------------------------------
+
+    def _journal_store(self) -> Any:
+        """The store, when it does this cache's saving and keeps a journal; else None."""
+        if self.saver is not None or self.pre_processor is not None:
+            return None
+        storage = self._default_storage()
+        return storage if hasattr(storage, "append") else None
+
+    def _parents(self) -> list[str]:
+        return self._manager.parents_of(self._name)
+
+    def _load_self(self) -> None:
+        with self._lock:
+            self._await_pending_save()
+            parents = self._parents()
+            current = parent_generations(self._manager.store, parents) if parents else {}
+            if parents and is_stale(self._manager.store.read_meta(self._name), current):
+                logger.info("cache %r: a parent moved on since it was built; resetting", self._name)
+                self._reset_self()
+                return
+            store = self._journal_store() if self.loader is None else None
+            position = None
+            if store is not None:
+                try:
+                    loaded, position = store.load_tracked(self._name)
+                except (CacheManError, OSError):
+                    raise
+                except Exception as error:
+                    self._loader_failed(error)
+                    loaded = None
+                loaded = _as_mapping(self._name, "loader", loaded, fresh=True)
+            else:
+                loader = self._resolved("loader")
+                loaded = None if loader is None else self._call_loader(loader)
+            if loaded is not None and not self._is_valid(loaded):
+                loaded = None
+            if loaded is None:
+                self._install_built(self._build(), parents, fresh=True)
+                self._position = position  # where the journal stands (it may exist, empty)
+                return
+            loaded = self._post_processed(loaded)
+            dict.clear(self)
+            dict.update(self, loaded)
+            self._changes.synced()
+            self._position, self._behind = position, False
+            self._built_from = current
+            self._saved()
+
+    def _reset_self(self) -> None:
+        with self._lock:
+            # Build first: a builder that raises must leave the saved copy in place.
+            rebuilt = self._build()
+            self._delete_saved_self()
+            self._install_built(rebuilt, self._parents(), fresh=False)
+
+    def _install_built(
+        self, built: dict[Any, Any] | None, parents: list[str], *, fresh: bool
+    ) -> None:
+        """Put what a builder built in place; it replaces the saved copy at the next save.
+
+        ``fresh``: nothing valid was saved (a first load); else the saved copy was
+        just deleted (a reset).  A build is a change (one edit per item, for
+        autosync), and gives the cache a new generation that records its parents'.
+        """
+        dict.clear(self)
+        if built:
+            dict.update(self, built)
+        self._position, self._behind = None, False
+        self._saved()
+        if not built and fresh:
+            self._changes.synced()  # nothing saved, nothing built: no change to write
+            self._built_from = parent_generations(self._manager.store, parents)
+            return
+        self._changes.replaced()
+        self._built_from = self._parents_with_generations(parents)
+        self._manager.store.update_meta(
+            self._name,
+            generation=next_generation(None),
+            parents=self._built_from,
+            stale=None,
+        )
+        self._has_generation = True
+        self._note((), len(self))
+
+    def _parents_with_generations(self, parents: list[str]) -> dict[str, str | None]:
+        """The parents' generations, giving one to a parent that has none yet.
+
+        A parent never saved has no generation; recording None would make this
+        cache stale as soon as the parent is saved and gets one.
+        """
+        store = self._manager.store
+        current = parent_generations(store, parents)
+        for parent, generation in current.items():
+            if generation is None:
+                current[parent] = generation_of(
+                    store.update_meta(parent, generation=next_generation(None))
+                )
+        return current
+
+    def _delete_saved_self(self) -> None:
+        with self._lock:
+            super()._delete_saved_self()
+            # The saved copy is gone: a later write must be the whole cache.
+            self._changes.replaced(pending=False)
+            self._position, self._behind = None, False
+            self._has_generation = False
+
+    def _bump_generation(self) -> None:
+        store = self._manager.store
+        store.update_meta(
+            self._name, generation=next_generation(generation_of(store.read_meta(self._name)))
+        )
+        self._has_generation = True
+
+    # -- save ---------------------------------------------------------------------------
+
+    def _save_plan(self, why: SaveReason = "rule") -> SavePlan | None:
+        """What this save writes: the changes since the last one (see :mod:`cacheman._changes`).
+
+        ``why`` is ``"rule"`` for autosync, which writes the changes tracked;
+        ``"save"`` (explicit ``save()``, a ``with`` block) and ``"exit"`` also
+        write the values that can change in place; an explicit save of a cache
+        with nothing saved writes it whole even if nothing changed.
+        """
+        self._check_parents_before_save()
+        store = self._journal_store()
+        if store is None:
+            return self._whole_save_plan(why)
+        mark = self._edit_mark()
+        in_place = () if why == "rule" else self._changes.changed_in_place(dict.items(self))
+        taken = self._changes.take(in_place)
+        if not taken:
+            if why != "save" or store.exists(self._name):
+                self._saved_through(mark)
+                return None
+            taken = Taken(set(), replace=True, everything=False)
+        name, since = self._name, self._position
+        if taken.replace:
+            if not self and not self.save_on_blank_cache:
+                self._saved_through(mark)
+                return None
+            plan = SavePlan(lambda copy: store.save(name, dict(self) if copy else self), mark)
+        elif since is not None and (taken.everything or self._worth_compacting(taken, since)):
+            keys = list(self) if taken.everything else taken.keys
+
+            def compact(copy: bool) -> object:
+                contents = dict(self) if copy else self
+                pending = _records(contents, keys)
+                return store.save(name, contents, since=since, pending=pending)
+
+            plan = SavePlan(compact, mark)
+        else:
+            keys = list(self) if taken.everything else taken.keys
+            plan = SavePlan(
+                lambda copy: store.append(name, _records(self, keys), since=since),
+                mark,
+                light=len(keys) <= LIGHT_APPEND_KEYS,
+            )
+        replaced = taken.replace
+        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
+        plan.failed = lambda: self._changes.give_back(taken)
+        return plan
+
+    def _check_parents_before_save(self) -> None:
+        """Reset, rather than write back, a cache whose parents moved on since it was built.
+
+        A parent declared after the build (``register_dependent_cache`` called
+        once the caches exist, as 2.x code does) is adopted at its current
+        generation, and recorded.
+        """
+        parents = self._parents()
+        if not parents or self._built_from is None:
+            return
+        current = parent_generations(self._manager.store, parents)
+        built_from = self._built_from
+        if any(p in built_from and built_from[p] != g for p, g in current.items()):
+            logger.info(
+                "cache %r: a parent moved on since it was built; resetting instead of "
+                "writing it back",
+                self._name,
+            )
+            self._reset_self()
+        elif any(p not in built_from for p in current):
+            built_from.update(
+                self._parents_with_generations([p for p in current if p not in built_from])
+            )
+            self._manager.store.update_meta(self._name, parents=built_from)
+
+    def _worth_compacting(self, taken: Taken, since: Any) -> bool:
+        """Rewrite the snapshot rather than append: none yet, most keys changed, a long journal.
+
+        (A compaction keeps what other processes appended since ``since``, so it is
+        as safe as an append; it costs a whole write.)
+        """
+        offset = getattr(since, "offset", 0)
+        if offset == 0 or offset > COMPACT_JOURNAL_BYTES:  # no journal seen yet, or a long one
+            return True
+        return len(taken.keys) > max(LIGHT_APPEND_KEYS, len(self) // 2)
+
+    def _whole_save_plan(self, why: SaveReason) -> SavePlan | None:
+        """A cache saved by a hook (or a CSV file) is written whole, when it has changed."""
+        mark = self._edit_mark()
+        in_place = () if why == "rule" else self._changes.changed_in_place(dict.items(self))
+        taken = self._changes.take(in_place)
+        if not taken and why != "save":
+            self._saved_through(mark)
+            return None
+        plan = super()._save_plan(why)
+        if plan is None:
+            return None
+        replaced = taken.replace
+        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
+        plan.failed = lambda: self._changes.give_back(taken)
+        return plan
+
+    def _landed(self, outcome: object, *, replaced: bool = False) -> None:
+        """After a save: where the journal now ends, and a generation for a new cache."""
+        in_sync = getattr(outcome, "in_sync", None)
+        if in_sync is not None:  # an append
+            if in_sync or self._position is None:
+                self._position = getattr(outcome, "position", None)
+            else:
+                self._behind = True  # others appended before us: refresh() catches up
+        elif hasattr(outcome, "was_behind"):  # a snapshot
+            self._position = getattr(outcome, "position", None)
+            self._behind = self._behind or bool(getattr(outcome, "was_behind", False))
+        if replaced and self._manager.in_graph(self._name):
+            # What was written replaces everything saved: record what it derives from
+            # (a stale mark left by another process no longer applies).
+            if self._built_from is None:
+                self._built_from = self._parents_with_generations(self._parents())
+            store = self._manager.store
+            old = generation_of(store.read_meta(self._name))
+            store.update_meta(
+                self._name,
+                generation=old or next_generation(None),
+                parents=self._built_from,
+                stale=None,
+            )
+            self._has_generation = True
+        # A generation is what derived caches compare; a cache kept by hooks alone,
+        # outside any dependency, gets none (its manager's directory stays untouched).
+        if not self._has_generation and (
+            self._journal_store() is not None or self._manager.in_graph(self._name)
+        ):
+            store = self._manager.store
+            if generation_of(store.read_meta(self._name)) is None:
+                store.update_meta(self._name, generation=next_generation(None))
+            self._has_generation = True
+
+    def _forget_inherited(self) -> None:
+        """In a process forked by the user: the parent's changes are the parent's to save."""
+        if self._lock.acquire(blocking=False):
+            self._lock.release()
+        else:  # held by a thread that does not exist in this process
+            self._lock = threading.RLock()
+        self._changes.synced()
+
+
+#: Journal appends of at most this many keys run in this process (a millisecond or
+#: so); larger saves run in a forked child, or rewrite the snapshot.
+LIGHT_APPEND_KEYS = 20_000
+#: A journal past this many bytes is folded into the snapshot at the next save.
+COMPACT_JOURNAL_BYTES = 64 * 1024 * 1024
+
+
+def _records(contents: Mapping[Any, Any], keys: Iterable[Any]) -> list[Change]:
+    """The journal records of ``keys``: their values in ``contents``, or deletions."""
+    return [(SET, key, contents[key]) if key in contents else (DEL, key, None) for key in keys]
+
+
+# Every live persistent cache, for the fork hook and a forked worker's exit flush.
+_live: weakref.WeakValueDictionary[int, PersistentCache] = weakref.WeakValueDictionary()
+
+
+def _forget_inherited_changes() -> None:
+    for cache in list(_live.values()):
+        cache._forget_inherited()
+
+
+def _flush_worker() -> None:
+    """Save the pending changes of a forked multiprocessing worker (its exit skips atexit)."""
+    for cache in list(_live.values()):
+        try:
+            if cache.manager.holds(cache):
+                cache._save_at_exit()
+        except Exception:
+            logger.exception("cache %r: saving at worker exit failed", cache.name)
+
+
+_lifecycle.on_fork_child(_forget_inherited_changes)
+_lifecycle.on_worker_exit(_flush_worker)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._paths import validate_cache_name
-from ._store import atomic_write
+from ._store import atomic_write, keep_aside
 from .autosync import AutoSyncCache
 from .cachewrap import PersistentCache
 
@@ -67,6 +67,10 @@ class _CSVFile:
             text.detach()  # leave the binary handle open for atomic_write's fsync
 
         atomic_write(self.path, write)
+
+    def keep_aside(self, name: str) -> Path | None:
+        """Move a file that cannot be read aside (``<name>.csv.corrupt-<time>``); return where."""
+        return keep_aside(self.path)
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

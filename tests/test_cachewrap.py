@@ -468,7 +468,6 @@ def _raise(*args: Any) -> Any:
 @pytest.mark.parametrize(
     ("hook", "operation"),
     [
-        ("loader", "load"),
         ("saver", "save"),
         ("deleter", "delete_saved_content"),
         ("pre_processor", "save"),
@@ -489,10 +488,15 @@ def test_raising_hook_propagates_and_leaves_cache_unchanged(
         assert manager.store.load("fragile") == {"keep": 1}
 
 
-def test_raising_loader_at_registration_leaves_nothing_registered(manager: CacheManager) -> None:
-    with pytest.raises(HookFailure):
-        PersistentCache("never", cache_manager=manager, loader=_raise)
-    assert not manager.cache_registered("never")
+def test_a_raising_loader_is_damage_not_a_crash(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Unlike the other hooks: a loader that cannot read its data is treated like a
+    # damaged file (warned about, rebuilt), so registering the cache still works.
+    cache = PersistentCache("never", cache_manager=manager, loader=_raise, builder=lambda n: {1: 1})
+    assert cache == {1: 1}
+    assert manager.cache_registered("never")
+    assert "cache 'never': the loader raised HookFailure: boom" in caplog.text
 
 
 def test_registered_hooks_replace_defaults(manager: CacheManager) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from typing import Any
 
 import pytest
@@ -36,11 +37,18 @@ def test_row_hooks_convert_types(manager: CacheManager) -> None:
     assert cache == {1: 0.5, 2: 1.25}
 
 
-def test_bad_row_names_cache_and_file(manager: CacheManager) -> None:
+def test_bad_row_names_cache_and_file_and_keeps_it_aside(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
     manager.cache_directory.mkdir(parents=True)
     (manager.cache_directory / "broken.csv").write_text("a,b,c\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"cache 'broken'.*broken\.csv.*2 fields"):
-        CSVCache("broken", cache_manager=manager)
+    cache = CSVCache("broken", cache_manager=manager)
+    assert cache == {}
+    assert re.search(
+        r"cache 'broken'.*broken\.csv.*2 fields.*kept as .*broken\.csv\.corrupt-", caplog.text
+    )
+    (kept,) = manager.cache_directory.glob("broken.csv.corrupt-*")
+    assert kept.read_text(encoding="utf-8") == "a,b,c\n"
 
 
 def test_delete_saved_content_removes_csv(manager: CacheManager) -> None:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from helpers import run_python, wait_until
 
-from cacheman import AutoSyncCache, CacheManager, TimeCount, _background
+from cacheman import AutoSyncCache, CacheManager, TimeCount, _background, cachewrap
 
 
 class SlowToPickle:
@@ -83,6 +83,8 @@ def test_an_unwritable_directory_shows_failures_retries_and_loses_nothing(
     manager: CacheManager, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_background, "RETRY_FIRST", 0.2)
+    # Every save goes to a child here (small journal appends would run in-process).
+    monkeypatch.setattr(cachewrap, "LIGHT_APPEND_KEYS", 0)
     cache = manager.register_custom_cache(
         "blocked", time_checks=[TimeCount(0.2, 1000), TimeCount(0.4, 1)], time_bucket_size=0.05
     )
