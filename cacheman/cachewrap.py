@@ -593,7 +593,7 @@ class PersistentCache(CacheWrap):
         # The mutators call this bound method: one attribute load, no method lookup.
         self._track = self._changes.keys.add
         self._position: Any = None  # how far this process has read the journal
-        self._behind = False  # other processes' changes were saved past _position
+        self._behind = False  # a save took in changes this process has not seen: reload
         self._built_from: dict[str, str | None] | None = None
         self._has_generation = False
         super().__init__(*args, **kwargs)
@@ -702,7 +702,7 @@ class PersistentCache(CacheWrap):
             if store is None:
                 self._load_self()
                 return
-            if self._position is not None:
+            if self._position is not None and not self._behind:
                 news = store.changes_since(self._name, self._position)
                 if news is not None:
                     changes, self._position = news
@@ -946,10 +946,12 @@ class PersistentCache(CacheWrap):
         if in_sync is not None:  # an append
             if in_sync or self._position is None:
                 self._position = getattr(outcome, "position", None)
-            else:
-                self._behind = True  # others appended before us: refresh() catches up
+            # else others appended before us: the position stays where this process
+            # last read, and refresh() replays from there (our records included).
         elif hasattr(outcome, "was_behind"):  # a snapshot
             self._position = getattr(outcome, "position", None)
+            # The new snapshot holds other processes' changes this process has not
+            # seen, and no journal to replay them from: refresh() must reload.
             self._behind = self._behind or bool(getattr(outcome, "was_behind", False))
         if replaced and self._manager.in_graph(self._name):
             # What was written replaces everything saved: record what it derives from
