@@ -800,14 +800,24 @@ class PersistentCache(CacheWrap):
             return
         self._changes.replaced()
         self._built_from = self._parents_with_generations(parents)
-        self._manager.store.update_meta(
-            self._name,
-            generation=next_generation(None),
-            parents=self._built_from,
-            stale=None,
-        )
-        self._has_generation = True
+        if self._keeps_generation():
+            self._manager.store.update_meta(
+                self._name,
+                generation=next_generation(None),
+                parents=self._built_from,
+                stale=None,
+            )
+            self._has_generation = True
         self._note((), len(self))
+
+    def _keeps_generation(self) -> bool:
+        """Whether this cache has a generation in the store's metadata.
+
+        Derived caches compare generations; a cache kept by hooks alone, outside
+        any dependency, has no use for one (and leaves its manager's directory
+        untouched).
+        """
+        return self._journal_store() is not None or self._manager.in_graph(self._name)
 
     def _parents_with_generations(self, parents: list[str]) -> dict[str, str | None]:
         """The parents' generations, giving one to a parent that has none yet.
@@ -967,11 +977,7 @@ class PersistentCache(CacheWrap):
                 stale=None,
             )
             self._has_generation = True
-        # A generation is what derived caches compare; a cache kept by hooks alone,
-        # outside any dependency, gets none (its manager's directory stays untouched).
-        if not self._has_generation and (
-            self._journal_store() is not None or self._manager.in_graph(self._name)
-        ):
+        if not self._has_generation and self._keeps_generation():
             store = self._manager.store
             if generation_of(store.read_meta(self._name)) is None:
                 store.update_meta(self._name, generation=next_generation(None))
