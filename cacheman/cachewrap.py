@@ -26,7 +26,7 @@ from . import _background, _lifecycle, _registry
 from ._background import SavePlan, SaveReason
 from ._changes import ChangeSet, Taken
 from ._generations import generation_of, is_stale, next_generation, parent_generations
-from ._journal import DEL, SET, Change
+from ._journal import DEL, SET, Change, apply_changes
 from ._paths import validate_cache_name
 from .errors import CacheManError
 
@@ -706,23 +706,13 @@ class PersistentCache(CacheWrap):
                 news = store.changes_since(self._name, self._position)
                 if news is not None:
                     changes, self._position = news
-                    self._apply_quietly(changes)
+                    apply_changes(self, changes)  # other processes' changes, not ours
                     self._behind = False
                     return
             loaded, self._position = store.load_tracked(self._name)
             dict.clear(self)
             dict.update(self, self._post_processed(loaded) if loaded else {})
             self._behind = False
-
-    def _apply_quietly(self, changes: Iterable[Change]) -> None:
-        """Apply other processes' changes without counting them as this process's."""
-        for op, key, value in changes:
-            if op == SET:
-                dict.__setitem__(self, key, value)
-            elif op == DEL:
-                dict.pop(self, key, None)
-            else:
-                dict.clear(self)
 
     # -- load and reset ------------------------------------------------------------------
 
