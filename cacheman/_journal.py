@@ -389,15 +389,19 @@ def decode_payload(payload: memoryview) -> list[Change]:
     return changes
 
 
-def apply_changes(target: MutableMapping[Any, Any], changes: Iterable[Change]) -> None:
-    """Replay ``changes`` on ``target``: last writer wins per key, CLEAR wipes."""
+def apply_changes(target: dict[Any, Any], changes: Iterable[Change]) -> None:
+    """Replay ``changes`` on ``target``: last writer wins per key, CLEAR wipes.
+
+    Through ``dict``'s own methods, so that a cache taking in other processes'
+    changes does not record them as its own.
+    """
     for op, key, value in changes:
         if op == SET:
-            target[key] = value
+            dict.__setitem__(target, key, value)
         elif op == DEL:
-            target.pop(key, None)
+            dict.pop(target, key, None)
         elif op == CLEAR:
-            target.clear()
+            dict.clear(target)
         else:
             raise ValueError(f"unknown journal operation {op!r}")
 

@@ -26,7 +26,7 @@ from . import _background, _lifecycle, _registry
 from ._background import SavePlan, SaveReason
 from ._changes import ChangeSet, Taken
 from ._generations import generation_of, is_stale, next_generation, parent_generations
-from ._journal import DEL, SET, Change
+from ._journal import DEL, SET, Change, apply_changes
 from ._paths import validate_cache_name
 from .errors import CacheManError
 
@@ -706,23 +706,13 @@ class PersistentCache(CacheWrap):
                 news = store.changes_since(self._name, self._position)
                 if news is not None:
                     changes, self._position = news
-                    self._apply_quietly(changes)
+                    apply_changes(self, changes)  # other processes' changes, not ours
                     self._behind = False
                     return
             loaded, self._position = store.load_tracked(self._name)
             dict.clear(self)
             dict.update(self, self._post_processed(loaded) if loaded else {})
             self._behind = False
-
-    def _apply_quietly(self, changes: Iterable[Change]) -> None:
-        """Apply other processes' changes without counting them as this process's."""
-        for op, key, value in changes:
-            if op == SET:
-                dict.__setitem__(self, key, value)
-            elif op == DEL:
-                dict.pop(self, key, None)
-            else:
-                dict.clear(self)
 
     # -- load and reset ------------------------------------------------------------------
 
@@ -800,14 +790,24 @@ class PersistentCache(CacheWrap):
             return
         self._changes.replaced()
         self._built_from = self._parents_with_generations(parents)
-        self._manager.store.update_meta(
-            self._name,
-            generation=next_generation(None),
-            parents=self._built_from,
-            stale=None,
-        )
-        self._has_generation = True
+        if self._keeps_generation():
+            self._manager.store.update_meta(
+                self._name,
+                generation=next_generation(None),
+                parents=self._built_from,
+                stale=None,
+            )
+            self._has_generation = True
         self._note((), len(self))
+
+    def _keeps_generation(self) -> bool:
+        """Whether this cache has a generation in the store's metadata.
+
+        Derived caches compare generations; a cache kept by hooks alone, outside
+        any dependency, has no use for one (and leaves its manager's directory
+        untouched).
+        """
+        return self._journal_store() is not None or self._manager.in_graph(self._name)
 
     def _parents_with_generations(self, parents: list[str]) -> dict[str, str | None]:
         """The parents' generations, giving one to a parent that has none yet.
@@ -967,11 +967,7 @@ class PersistentCache(CacheWrap):
                 stale=None,
             )
             self._has_generation = True
-        # A generation is what derived caches compare; a cache kept by hooks alone,
-        # outside any dependency, gets none (its manager's directory stays untouched).
-        if not self._has_generation and (
-            self._journal_store() is not None or self._manager.in_graph(self._name)
-        ):
+        if not self._has_generation and self._keeps_generation():
             store = self._manager.store
             if generation_of(store.read_meta(self._name)) is None:
                 store.update_meta(self._name, generation=next_generation(None))
