@@ -323,3 +323,29 @@ def test_an_edit_made_while_a_synchronous_save_runs_stays_pending(manager: Cache
     cache.save()
     assert written == [{"before": 1}]
     assert cache.pending_edits == 1
+
+
+def test_time_counts_shows_unsaved_edits_per_bucket(manager: CacheManager) -> None:
+    # The 2.x view: one slot per bucket across the longest rule, the current bucket last.
+    clock = VirtualClock()
+    cache = manager.register_custom_cache(
+        "counts",
+        time_checks=[TimeCount(1, 100), TimeCount(5, 100)],
+        time_bucket_size=1,
+        clock=clock,
+    )
+    assert cache.time_counts == [0] * 5
+    cache["a"] = 1
+    assert cache.time_counts == [0, 0, 0, 0, 1]
+    advance(cache, 1)
+    cache["b"] = 1
+    cache["c"] = 1
+    assert cache.time_counts == [0, 0, 0, 1, 2]
+    advance(cache, 3)
+    assert cache.time_counts == [1, 2, 0, 0, 0]
+    cache["d"] = 1
+    cache.save()
+    assert cache.time_counts == [0] * 5
+    cache["e"] = 1
+    advance(cache, 5)  # older than the longest rule: counted by no rule
+    assert cache.time_counts == [0] * 5
