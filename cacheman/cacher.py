@@ -90,8 +90,8 @@ class CacheManager:
     >>> manager = CacheManager("doc_manager", tempfile.mkdtemp())
     >>> squares = manager.register_cache("squares")
     >>> squares[4] = 16
-    >>> manager.save_cache_contents("squares")
-    >>> manager.reload_cache("squares"); squares
+    >>> squares.save()
+    >>> manager.reload_cache("squares")
     {4: 16}
     >>> manager.deregister_all_caches()
     """

@@ -557,16 +557,10 @@ class CacheWrap(dict[Any, Any]):
         )
 
     def _build(self) -> dict[Any, Any] | None:
-        built = (
-            None
-            if self.builder is None
-            else _as_mapping(self._name, "builder", self.builder(self._name))
-        )
-        if built is None:
-            # Nothing built: the cache starts empty, and a post-processor still
-            # sees that start (2.x code uses one to fill in defaults).
-            return None if self.post_processor is None else self._post_processed({})
-        return self._post_processed(built)
+        if self.builder is None:
+            return None
+        built = _as_mapping(self._name, "builder", self.builder(self._name))
+        return None if built is None else self._post_processed(built)
 
     def _is_valid(self, loaded: dict[Any, Any]) -> bool:
         if self.validator is None:

@@ -585,16 +585,21 @@ def test_2x_names_callback_names_and_async_saver(manager: CacheManager) -> None:
     assert cache.async_save is False
 
 
-def test_post_processor_also_runs_when_the_cache_starts_empty(manager: CacheManager) -> None:
-    # 2.x code relies on it: a post-processor that fills in defaults.
+def test_post_processor_needs_something_loaded_or_built(manager: CacheManager) -> None:
+    # Unlike 2.x, nothing saved and no builder is no build: the post-processor
+    # does not run.  A builder returning {} brings the 2.x behaviour back.
     def defaults(contents: dict[str, int]) -> dict[str, int]:
         return {"default": 0, **contents}
 
-    cache = PersistentCache("defaults", cache_manager=manager, post_processor=defaults)
-    assert cache == {"default": 0}
-    cache["mine"] = 1
-    cache.save()
-    cache.load()
-    assert cache == {"default": 0, "mine": 1}
-    cache.invalidate_and_rebuild()
-    assert cache == {"default": 0}
+    plain = PersistentCache("plain", cache_manager=manager, post_processor=defaults)
+    assert plain == {}
+    built = PersistentCache(
+        "built", cache_manager=manager, post_processor=defaults, builder=lambda name: {}
+    )
+    assert built == {"default": 0}
+    built["mine"] = 1
+    built.save()
+    built.load()
+    assert built == {"default": 0, "mine": 1}
+    built.invalidate_and_rebuild()
+    assert built == {"default": 0}
