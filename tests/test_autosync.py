@@ -274,6 +274,31 @@ def test_load_and_delete_wait_for_the_save_in_flight(manager: CacheManager) -> N
     assert not manager.store.exists("ryw"), "the delete came after the save, not before"
 
 
+def test_load_runs_the_save_asked_for_while_a_child_ran(manager: CacheManager) -> None:
+    # save(), edit, save() while the first child still writes: the second save is
+    # coalesced; a load must not drop the edit that save was asked to keep.
+    cache = manager.register_custom_cache(
+        "asked", {"a": 1}, autosync=False, async_save=True, saver=_slow_saver(manager.store)
+    )
+    cache.save()
+    cache["b"] = 2
+    cache.save()
+    cache.load()
+    assert cache == {"a": 1, "b": 2}
+    assert manager.store.load("asked") == {"a": 1, "b": 2}
+
+
+def test_load_runs_the_save_a_rule_fired_while_a_child_ran(manager: CacheManager) -> None:
+    cache = manager.register_custom_cache(
+        "fired", time_checks=[TimeCount(60, 3)], saver=_slow_saver(manager.store)
+    )
+    cache.update(a=1, b=2, c=3)
+    cache.update(d=4, e=5, f=6)  # a second burst while the first child sleeps
+    assert cache.save_in_progress
+    cache.load()
+    assert cache == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}
+
+
 def test_async_save_on_a_persistent_cache_uses_a_child(manager: CacheManager) -> None:
     cache = manager.register_custom_cache(
         "async", autosync=False, async_save=True, saver=_slow_saver(manager.store)
