@@ -32,6 +32,7 @@ def run_suite(tmp_path: Path, test_code: str) -> tuple[int, str, list[str]]:
     suite = tmp_path / "suite"
     suite.mkdir()
     shutil.copy(CONFTEST, suite / "conftest.py")
+    shutil.copy(CONFTEST.with_name("redis_server.py"), suite)  # the conftest imports it
     (suite / "test_one.py").write_text(test_code)
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
