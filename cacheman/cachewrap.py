@@ -821,10 +821,13 @@ class PersistentCache(CacheWrap):
             else:
                 loader = self._resolved("loader")
                 loaded = None if loader is None else self._call_loader(loader)
-            if loaded is not None and not self._is_valid(loaded):
+            rejected = loaded is not None and not self._is_valid(loaded)
+            if rejected:
                 loaded = None
             if loaded is None:
-                self._install_built(self._build(), parents, fresh=True)
+                # A copy the validator rejected is still saved: what is built now
+                # must replace it at the next save, not be added to it.
+                self._install_built(self._build(), parents, fresh=not rejected)
                 self._position = position  # where the journal stands (it may exist, empty)
                 return
             loaded = self._post_processed(loaded)

@@ -603,3 +603,18 @@ def test_post_processor_needs_something_loaded_or_built(manager: CacheManager) -
     assert built == {"default": 0, "mine": 1}
     built.invalidate_and_rebuild()
     assert built == {"default": 0}
+
+
+def test_a_rejected_copy_is_replaced_by_the_next_save(manager: CacheManager) -> None:
+    # The validator rejects the saved copy and nothing is built: the next save must
+    # write the cache as it is, not add its edits to the rejected copy.
+    cache = manager.register_custom_cache("checked", autosync=False)
+    cache["bad"] = 1
+    cache.save()
+    cache.validator = lambda contents: "good" in contents
+    cache.load()
+    assert cache == {}
+    cache["good"] = 1
+    cache.save()
+    cache.load()
+    assert cache == {"good": 1}
