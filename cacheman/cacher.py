@@ -443,10 +443,12 @@ class CacheManager:
 
         Registered or not: this asks the store (for the pickle store, it lists
         the directory), so it also shows what earlier runs, other processes or
-        CacheMan 2.x left there.  A :class:`~cacheman.csvcache.CSVCache` keeps
-        its own file and is not listed.
+        CacheMan 2.x left there.  Metadata alone (such as the mark that a
+        deleted cache must be rebuilt) is not a saved copy.  A
+        :class:`~cacheman.csvcache.CSVCache` keeps its own file and is not listed.
         """
-        return self.store.names()
+        store = self.store
+        return [name for name in store.names() if store.exists(name)]
 
     # -- operations on every cache ---------------------------------------------------
 
