@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = read_rows(manager, read_repeats, number)
         rows += save_load_rows(manager, count, repeats)
         rows.append(memory_row(manager, count))
+        # Deleting waits for the background saves still in flight: none of them may
+        # write into (and so re-create) the directory after it is removed.
+        manager.delete_all_saved_cache_contents()
         manager.deregister_all_caches()
     print(f"CacheMan core benchmark, Python {sys.version.split()[0]}, {count:,} entries")
     print_table(rows)

@@ -171,6 +171,9 @@ class BackgroundSaver:
         self.job: ChildJob | None = None
         self.job_plan: SavePlan | None = None  # what the job's save writes
         self.requested = False  # asked for while a child ran: one more save after it
+        # A save asked for (or fired by a rule) that has not started yet, and who
+        # asked: await_idle runs it, so a load or delete that follows reads it.
+        self.owed: Mode | None = None
         self.due_at: float | None = None  # a deferred save or a retry
 
     @property
@@ -201,6 +204,7 @@ class BackgroundSaver:
         if cache is None:
             return
         with self._lock:
+            self.owed = self.owed or mode
             if self.job is not None:
                 self.requested = True
                 return
@@ -248,6 +252,7 @@ class BackgroundSaver:
 
     def _start_child(self, cache: SaveTarget, mode: Mode) -> None:
         plan = cache._save_plan("save" if mode == "caller" else "rule")
+        self.owed = None
         if plan is None:
             return
         if plan.light:
@@ -268,6 +273,7 @@ class BackgroundSaver:
 
     def _save_in_process(self, cache: SaveTarget, mode: Mode) -> None:
         plan = cache._save_plan("save" if mode == "caller" else "rule")
+        self.owed = None
         if plan is not None:
             self._run_in_process(plan)
 
@@ -355,7 +361,30 @@ class BackgroundSaver:
     # -- waiting ----------------------------------------------------------------------
 
     def await_idle(self) -> None:
-        """Wait for the child save in flight (killing it at its timeout); apply its outcome."""
+        """Wait for the child save in flight (killing it at its timeout); apply its outcome.
+
+        Then start, and wait for, a save that was asked for but has not started
+        (one coalesced while that child ran, or a fired rule put off): the caller
+        is about to load or delete, and must read what was to be saved, not the
+        copy from before.  A retry after a failure is left to its back-off.
+        """
+        self._await_job()
+        cache = self._cache()
+        with self._lock:
+            owed = None if self.job is not None else self.owed
+        if owed is None or cache is None or not cache._has_unsaved_edits():
+            return
+        cache._lock.acquire()
+        try:
+            if self._in_process_reason(cache) is not None:
+                self._save_in_process(cache, owed)
+            else:
+                self._start_child(cache, owed)
+        finally:
+            cache._lock.release()
+        self._await_job()
+
+    def _await_job(self) -> None:
         with self._lock:
             job = self.job
         if job is None:

@@ -21,6 +21,7 @@ early for the others.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -148,6 +149,26 @@ class EditLog:
                 deadlines.append(self.times[index] + self.lows[k])
         return min(deadlines) if deadlines else None
 
+    def bucket_counts(self, now: float, edits: int) -> list[int]:
+        """Unsaved edits per ``bucket_size`` of age across the longest rule, newest last.
+
+        ``edits`` is the counter now (the open bucket runs up to it).  Each
+        bucket's edits count at the age of its opening.
+        """
+        slots = math.ceil(self.rules[-1].time_length / self.bucket_size) if self.rules else 0
+        counts = [0] * slots
+        buckets = list(zip(self.times, self.ends, strict=True))
+        if self.open_time is not None:
+            buckets.append((self.open_time, edits))
+        start = self.base
+        for opened, end in buckets:
+            unsaved = end - max(start, self.floor)
+            start = end
+            age = int((now - opened) // self.bucket_size)
+            if unsaved > 0 and 0 <= age < slots:
+                counts[slots - 1 - age] += unsaved
+        return counts
+
     def saved_through(self, mark: int) -> None:
         """Edits up to ``mark`` are saved: no rule counts them any more."""
         self.floor = max(self.floor, mark)
@@ -232,6 +253,16 @@ class AutoSyncCache(PersistentCache):
     def time_bucket_size(self) -> float:
         """Seconds per time bucket: the resolution to which edits are timed."""
         return self._log.bucket_size
+
+    @property
+    def time_counts(self) -> list[int]:
+        """Unsaved edits per time bucket across the longest rule's window, the current one last.
+
+        The 2.x name for a look at what the rules count: one slot per
+        ``time_bucket_size`` seconds of age.  Read-only; a save empties it.
+        """
+        with self._log_lock:
+            return self._log.bucket_counts(self.clock(), self._edits)
 
     @property
     def pending_edits(self) -> int:

@@ -90,8 +90,8 @@ class CacheManager:
     >>> manager = CacheManager("doc_manager", tempfile.mkdtemp())
     >>> squares = manager.register_cache("squares")
     >>> squares[4] = 16
-    >>> manager.save_cache_contents("squares")
-    >>> manager.reload_cache("squares"); squares
+    >>> squares.save()
+    >>> manager.reload_cache("squares")
     {4: 16}
     >>> manager.deregister_all_caches()
     """
@@ -208,46 +208,59 @@ class CacheManager:
 
     # -- hooks ----------------------------------------------------------------------
 
-    def _set_hook(self, cache_name: str, hook: str, function: Callable[..., Any] | None) -> None:
+    # Each register_<hook> returns the cache, registering the name first if it is
+    # new (as retrieve_cache does): 2.x code chains on it, ``register_loader(n, f).load()``.
+
+    def _set_hook(
+        self, cache_name: str, hook: str, function: Callable[..., Any] | None
+    ) -> CacheWrap:
         assert hook in HOOK_NAMES
-        setattr(self.retrieve_cache(cache_name), hook, function)
+        cache = self.retrieve_cache(cache_name)
+        setattr(cache, hook, function)
+        return cache
 
-    def register_loader(self, cache_name: str, loader: Callable[[str], Any]) -> None:
+    def register_loader(self, cache_name: str, loader: Callable[[str], Any]) -> CacheWrap:
         """Set ``loader(name) -> Mapping | None``; it is used from the next load on."""
-        self._set_hook(cache_name, "loader", loader)
+        return self._set_hook(cache_name, "loader", loader)
 
-    def register_saver(self, cache_name: str, saver: Callable[[str, Any], Any]) -> None:
+    def register_saver(self, cache_name: str, saver: Callable[[str, Any], Any]) -> CacheWrap:
         """Set ``saver(name, contents)``; it is used from the next save on."""
-        self._set_hook(cache_name, "saver", saver)
+        return self._set_hook(cache_name, "saver", saver)
 
-    def register_builder(self, cache_name: str, builder: Callable[[str], Any]) -> None:
+    def register_builder(self, cache_name: str, builder: Callable[[str], Any]) -> CacheWrap:
         """Set ``builder(name) -> Mapping``, run when a load finds nothing valid."""
-        self._set_hook(cache_name, "builder", builder)
+        return self._set_hook(cache_name, "builder", builder)
 
-    def register_deleter(self, cache_name: str, deleter: Callable[[str], Any]) -> None:
+    def register_deleter(self, cache_name: str, deleter: Callable[[str], Any]) -> CacheWrap:
         """Set ``deleter(name)``, run by ``delete_saved_content``."""
-        self._set_hook(cache_name, "deleter", deleter)
+        return self._set_hook(cache_name, "deleter", deleter)
 
-    def register_validator(self, cache_name: str, validator: Callable[[Any], Any]) -> None:
+    def register_validator(self, cache_name: str, validator: Callable[[Any], Any]) -> CacheWrap:
         """Set ``validator(contents) -> bool``, run after each load."""
-        self._set_hook(cache_name, "validator", validator)
+        return self._set_hook(cache_name, "validator", validator)
 
-    def register_pre_processor(self, cache_name: str, pre_processor: Callable[[Any], Any]) -> None:
+    def register_pre_processor(
+        self, cache_name: str, pre_processor: Callable[[Any], Any]
+    ) -> CacheWrap:
         """Set ``pre_processor(contents) -> contents | None``, run on a copy before each save."""
-        self._set_hook(cache_name, "pre_processor", pre_processor)
+        return self._set_hook(cache_name, "pre_processor", pre_processor)
 
     def register_post_processor(
         self, cache_name: str, post_processor: Callable[[Any], Any]
-    ) -> None:
+    ) -> CacheWrap:
         """Set ``post_processor(contents) -> contents | None``, run after each load or build."""
-        self._set_hook(cache_name, "post_processor", post_processor)
+        return self._set_hook(cache_name, "post_processor", post_processor)
 
     # -- the dependency graph ---------------------------------------------------------
 
-    def register_dependent_cache(self, cache_name: str, dependent_cache_name: str) -> None:
+    def register_dependent_cache(
+        self, cache_name: str, dependent_cache_name: str
+    ) -> CacheWrap | None:
         """Record that ``dependent_cache_name`` is derived from ``cache_name``.
 
-        Either may be registered later.  Raises
+        Either may be registered later: the edge is kept by name, and declaring
+        it registers neither cache.  Returns the cache ``cache_name`` if it is
+        registered (as 2.x did), else None.  Raises
         :class:`~cacheman.errors.DependencyCycleError` (a ``ValueError``) naming
         the cycle if the edge would close one.
         """
@@ -261,6 +274,7 @@ class CacheManager:
             # Saved beside the caches, so that a program that never declares this
             # edge (a script that only invalidates the parent) still follows it.
             self.store.add_edges([(cache_name, dependent_cache_name)])
+        return self._caches.get(cache_name)
 
     def parents_of(self, cache_name: str) -> list[str]:
         """The names ``cache_name`` is directly derived from, as declared by any process."""
@@ -343,65 +357,98 @@ class CacheManager:
     # -- operations on one cache and its derived caches -------------------------------
     #
     # Each takes a cache's name or the cache itself (the cache's own methods,
-    # ``cache.save()`` and the rest, come here with ``self``, registered or not).
+    # ``cache.save()`` and the rest, come here with ``self``, registered or not),
+    # and returns the cache, as 2.x did: ``cache = manager.reload_cache(name)``.
 
     def _resolve(self, cache: str | CacheWrap) -> CacheWrap:
         return cache if isinstance(cache, CacheWrap) else self.retrieve_raise(cache)
 
     def save_cache_contents(
         self, cache_name: str | CacheWrap, apply_to_dependents: bool = False
-    ) -> None:
-        """Save one cache (and its derived caches with ``apply_to_dependents``)."""
-        for cache in self._steps(self._resolve(cache_name), apply_to_dependents):
-            cache._save_self()
+    ) -> CacheWrap:
+        """Save one cache (and its derived caches with ``apply_to_dependents``); return it."""
+        cache = self._resolve(cache_name)
+        for each in self._steps(cache, apply_to_dependents):
+            each._save_self()
+        return cache
 
-    def reload_cache(self, cache_name: str | CacheWrap, apply_to_dependents: bool = False) -> None:
-        """Reload one cache from its saved copy, dropping unsaved edits.
+    def reload_cache(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = False
+    ) -> CacheWrap:
+        """Reload one cache from its saved copy, dropping unsaved edits; return it.
 
         With ``apply_to_dependents``, every cache derived from it is reloaded
         too, parents first.  An exception from a hook propagates and leaves
         that cache as it was.
         """
-        for cache in self._steps(self._resolve(cache_name), apply_to_dependents):
-            cache._load_self()
+        cache = self._resolve(cache_name)
+        for each in self._steps(cache, apply_to_dependents):
+            each._load_self()
+        return cache
 
     def reload_or_rebuild_cache(
         self, cache_name: str | CacheWrap, apply_to_dependents: bool = False
-    ) -> None:
-        """Reload one cache, building it if nothing valid is saved."""
-        self.reload_cache(cache_name, apply_to_dependents)
+    ) -> CacheWrap:
+        """Reload one cache, building it if nothing valid is saved; return it."""
+        return self.reload_cache(cache_name, apply_to_dependents)
 
     def invalidate_cache(
         self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
-    ) -> None:
-        """Reload one cache and reset every cache derived from it."""
+    ) -> CacheWrap:
+        """Reload one cache and reset every cache derived from it; return the cache."""
         cache = self._resolve(cache_name)
         cache._load_self()
         cache._bump_generation()
         if apply_to_dependents:
             self._reset_downstream(cache.name)
+        return cache
 
     def invalidate_and_rebuild_cache(
         self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
-    ) -> None:
-        """Reset one cache (clear, delete saved copy, build) and every cache derived from it."""
+    ) -> CacheWrap:
+        """Reset one cache (clear, delete saved copy, build) and every cache derived from it.
+
+        Returns the cache.
+        """
         cache = self._resolve(cache_name)
         cache._reset_self()
         if apply_to_dependents:
             self._reset_downstream(cache.name)
+        return cache
 
     def delete_saved_cache_content(
         self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
-    ) -> None:
+    ) -> CacheWrap | None:
         """Delete the saved copy of one cache (and of every cache derived from it).
 
-        Derived caches that are not registered in this run lose their copy in
-        the manager's store too.
+        The contents in memory stay.  Returns the cache; for a name that is not
+        registered in this run, its copy in the manager's store is deleted
+        (a cache saved by an earlier run, see :meth:`saved_cache_names`) and
+        None is returned.  Derived caches that are not registered lose their
+        copy in the manager's store too.
         """
+        if isinstance(cache_name, str) and not self.cache_registered(cache_name):
+            self._delete_unregistered(validate_cache_name(cache_name))
+            if apply_to_dependents:
+                self._delete_saved_downstream(cache_name)
+            return None
         cache = self._resolve(cache_name)
         cache._delete_saved_self()
         if apply_to_dependents:
             self._delete_saved_downstream(cache.name)
+        return cache
+
+    def saved_cache_names(self) -> list[str]:
+        """Names of the caches with a copy saved in the manager's store, sorted.
+
+        Registered or not: this asks the store (for the pickle store, it lists
+        the directory), so it also shows what earlier runs, other processes or
+        CacheMan 2.x left there.  Metadata alone (such as the mark that a
+        deleted cache must be rebuilt) is not a saved copy.  A
+        :class:`~cacheman.csvcache.CSVCache` keeps its own file and is not listed.
+        """
+        store = self.store
+        return [name for name in store.names() if store.exists(name)]
 
     # -- operations on every cache ---------------------------------------------------
 

@@ -16,11 +16,13 @@ module declares (``SaveTarget``).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from . import _background, _lifecycle, _registry
 from ._background import SavePlan, SaveReason
@@ -92,6 +94,53 @@ def _as_mapping(
     return dict(result)
 
 
+def _accepted_keywords(cls: type[CacheWrap]) -> frozenset[str] | None:
+    """The keywords ``cls(...)`` accepts: every name its ``__init__`` chain declares.
+
+    None when a class from outside CacheMan takes ``**kwargs``: it may use any
+    keyword itself, so none can be called unknown.  (CacheMan's own classes
+    pass their ``**kwargs`` on, up to ``CacheWrap``.)
+    """
+    try:
+        return _keywords_by_class[cls]
+    except KeyError:
+        pass
+    names: set[str] | None = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None or not issubclass(klass, CacheWrap):
+            continue
+        for parameter in list(inspect.signature(init).parameters.values())[1:]:
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                if not klass.__module__.startswith("cacheman."):
+                    names = None
+            elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and names is not None:
+                names.add(parameter.name)
+        if names is None:
+            break
+    accepted = None if names is None else frozenset(names)
+    _keywords_by_class[cls] = accepted
+    return accepted
+
+
+_keywords_by_class: weakref.WeakKeyDictionary[type, frozenset[str] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _unknown_keyword_error(
+    cls: type[CacheWrap], args: tuple[Any, ...], keyword: str, accepted: frozenset[str]
+) -> TypeError:
+    """A TypeError for a misspelt keyword that says what was meant and names the hooks."""
+    call = f"{cls.__name__}({args[0]!r})" if args else f"{cls.__name__}()"
+    close = difflib.get_close_matches(keyword, sorted(accepted), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return TypeError(
+        f"{call} got an unexpected keyword argument {keyword!r}{hint}; "
+        f"the hooks are {', '.join(HOOK_NAMES)}"
+    )
+
+
 class CacheWrap(dict[Any, Any]):
     """A named ``dict`` registered with a :class:`~cacheman.cacher.CacheManager`.
 
@@ -131,6 +180,20 @@ class CacheWrap(dict[Any, Any]):
         "saver",
         "validator",
     )
+
+    #: The 2.x name of :data:`HOOK_NAMES`.
+    CALLBACK_NAMES: ClassVar[tuple[str, ...]] = HOOK_NAMES
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # Checked before any __init__ runs, so a misspelt hook (``lodaer=``) is
+        # reported with what was meant and never leaves a half-registered cache.
+        if kwargs:
+            accepted = _accepted_keywords(cls)
+            if accepted is not None:
+                for keyword in kwargs:
+                    if keyword not in accepted:
+                        raise _unknown_keyword_error(cls, args, keyword, accepted)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -212,6 +275,15 @@ class CacheWrap(dict[Any, Any]):
         # Through self.clear/self.update so that subclasses which count edits see them.
         self.clear()
         self.update(replacement)
+
+    @property
+    def async_saver(self) -> bool:
+        """The 2.x name of ``async_save``: whether saves run in a child process."""
+        return self.async_save
+
+    @async_saver.setter
+    def async_saver(self, value: bool) -> None:
+        self.async_save = value
 
     @property
     def dependents(self) -> list[str]:
@@ -749,10 +821,13 @@ class PersistentCache(CacheWrap):
             else:
                 loader = self._resolved("loader")
                 loaded = None if loader is None else self._call_loader(loader)
-            if loaded is not None and not self._is_valid(loaded):
+            rejected = loaded is not None and not self._is_valid(loaded)
+            if rejected:
                 loaded = None
             if loaded is None:
-                self._install_built(self._build(), parents, fresh=True)
+                # A copy the validator rejected is still saved: what is built now
+                # must replace it at the next save, not be added to it.
+                self._install_built(self._build(), parents, fresh=not rejected)
                 self._position = position  # where the journal stands (it may exist, empty)
                 return
             loaded = self._post_processed(loaded)

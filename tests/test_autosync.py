@@ -274,6 +274,31 @@ def test_load_and_delete_wait_for_the_save_in_flight(manager: CacheManager) -> N
     assert not manager.store.exists("ryw"), "the delete came after the save, not before"
 
 
+def test_load_runs_the_save_asked_for_while_a_child_ran(manager: CacheManager) -> None:
+    # save(), edit, save() while the first child still writes: the second save is
+    # coalesced; a load must not drop the edit that save was asked to keep.
+    cache = manager.register_custom_cache(
+        "asked", {"a": 1}, autosync=False, async_save=True, saver=_slow_saver(manager.store)
+    )
+    cache.save()
+    cache["b"] = 2
+    cache.save()
+    cache.load()
+    assert cache == {"a": 1, "b": 2}
+    assert manager.store.load("asked") == {"a": 1, "b": 2}
+
+
+def test_load_runs_the_save_a_rule_fired_while_a_child_ran(manager: CacheManager) -> None:
+    cache = manager.register_custom_cache(
+        "fired", time_checks=[TimeCount(60, 3)], saver=_slow_saver(manager.store)
+    )
+    cache.update(a=1, b=2, c=3)
+    cache.update(d=4, e=5, f=6)  # a second burst while the first child sleeps
+    assert cache.save_in_progress
+    cache.load()
+    assert cache == {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}
+
+
 def test_async_save_on_a_persistent_cache_uses_a_child(manager: CacheManager) -> None:
     cache = manager.register_custom_cache(
         "async", autosync=False, async_save=True, saver=_slow_saver(manager.store)
@@ -323,3 +348,29 @@ def test_an_edit_made_while_a_synchronous_save_runs_stays_pending(manager: Cache
     cache.save()
     assert written == [{"before": 1}]
     assert cache.pending_edits == 1
+
+
+def test_time_counts_shows_unsaved_edits_per_bucket(manager: CacheManager) -> None:
+    # The 2.x view: one slot per bucket across the longest rule, the current bucket last.
+    clock = VirtualClock()
+    cache = manager.register_custom_cache(
+        "counts",
+        time_checks=[TimeCount(1, 100), TimeCount(5, 100)],
+        time_bucket_size=1,
+        clock=clock,
+    )
+    assert cache.time_counts == [0] * 5
+    cache["a"] = 1
+    assert cache.time_counts == [0, 0, 0, 0, 1]
+    advance(cache, 1)
+    cache["b"] = 1
+    cache["c"] = 1
+    assert cache.time_counts == [0, 0, 0, 1, 2]
+    advance(cache, 3)
+    assert cache.time_counts == [1, 2, 0, 0, 0]
+    cache["d"] = 1
+    cache.save()
+    assert cache.time_counts == [0] * 5
+    cache["e"] = 1
+    advance(cache, 5)  # older than the longest rule: counted by no rule
+    assert cache.time_counts == [0] * 5

@@ -467,3 +467,103 @@ def test_initial_contents_replace_saved_copy_at_exit(tmp_path: Path, autosync: b
         tmp_path,
     )
     assert result.stdout.strip() == "{'new': 2}"
+
+
+# -- 2.x return values and the upgrade helpers ----------------------------------------
+
+HOOK_REGISTRATIONS = [
+    ("register_loader", lambda name: {"loaded": True}),
+    ("register_saver", lambda name, contents: None),
+    ("register_builder", lambda name: {"built": True}),
+    ("register_deleter", lambda name: None),
+    ("register_validator", lambda contents: True),
+    ("register_pre_processor", lambda contents: None),
+    ("register_post_processor", lambda contents: None),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "hook"), HOOK_REGISTRATIONS, ids=[name for name, _ in HOOK_REGISTRATIONS]
+)
+def test_hook_registration_returns_the_cache(manager: CacheManager, method: str, hook: Any) -> None:
+    # 2.x code chains on it: cache = manager.register_loader(name, f); cache.load()
+    cache = manager.register_cache("hooked")
+    assert getattr(manager, method)("hooked", hook) is cache
+    # An unknown name is registered first, as retrieve_cache does, and returned.
+    fresh = getattr(manager, method)("fresh", hook)
+    assert fresh is manager.retrieve_raise("fresh")
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "save_cache_contents",
+        "reload_cache",
+        "reload_or_rebuild_cache",
+        "invalidate_cache",
+        "invalidate_and_rebuild_cache",
+        "delete_saved_cache_content",
+    ],
+)
+def test_operations_by_name_return_the_cache(manager: CacheManager, method: str) -> None:
+    cache = manager.register_cache("target", {"a": 1})
+    assert getattr(manager, method)("target") is cache
+    assert getattr(manager, method)("target", True) is cache
+
+
+def test_reload_cache_result_is_the_reloaded_cache(manager: CacheManager) -> None:
+    cache = manager.register_cache("reloaded")
+    cache["saved"] = 1
+    manager.save_cache_contents("reloaded")
+    cache["unsaved"] = 2
+    assert manager.reload_cache("reloaded") == {"saved": 1}
+
+
+def test_register_dependent_cache_returns_the_parent_if_registered(manager: CacheManager) -> None:
+    parent = manager.register_cache("parent")
+    assert manager.register_dependent_cache("parent", "child") is parent
+    # Edges are by name: a parent not registered yet stays unregistered.
+    assert manager.register_dependent_cache("later", "parent") is None
+    assert not manager.cache_registered("later")
+    assert manager.dependency_graph().children("later") == ["parent"]
+
+
+def test_saved_cache_names_asks_the_store(manager: CacheManager) -> None:
+    assert manager.saved_cache_names() == []
+    manager.register_custom_cache("b", {"x": 1}, autosync=False).save()
+    manager.register_custom_cache("memory_only", {"x": 1}, persistent=False).save()
+    manager.register_custom_cache("unsaved", {"x": 1}, autosync=False)
+    manager.store.save("a", {"from": "an earlier run"})  # not registered in this run
+    assert manager.saved_cache_names() == ["a", "b"]
+    manager.delete_saved_cache_content("b")
+    assert manager.saved_cache_names() == ["a"]
+
+
+def test_delete_saved_content_of_an_unregistered_name(manager: CacheManager) -> None:
+    manager.store.save("old", {"stale": True})
+    manager.store.save("derived", {"stale": True})
+    manager.store.save("unrelated", {"kept": True})
+    manager.register_dependent_cache("old", "derived")
+    assert manager.delete_saved_cache_content("old", apply_to_dependents=False) is None
+    assert not manager.store.exists("old")
+    assert manager.store.exists("derived")
+    manager.store.save("old", {"stale": True})
+    assert manager.delete_saved_cache_content("old") is None
+    assert manager.saved_cache_names() == ["unrelated"]
+    assert not manager.cache_registered("old")  # deleting does not register
+    assert manager.delete_saved_cache_content("never_saved") is None
+    with pytest.raises(InvalidCacheNameError):
+        manager.delete_saved_cache_content("../escape")
+
+
+def test_misspelt_hook_keyword_names_the_hooks(manager: CacheManager) -> None:
+    def loader(name: str) -> dict[str, int]:
+        return {}
+
+    with pytest.raises(TypeError) as raised:
+        manager.register_custom_cache("typo", lodaer=loader)
+    message = str(raised.value)
+    assert "'lodaer'" in message
+    assert "did you mean 'loader'?" in message
+    assert "loader, saver, builder, deleter, validator, pre_processor, post_processor" in message
+    assert not manager.cache_registered("typo")  # nothing half-registered

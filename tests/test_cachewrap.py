@@ -20,6 +20,7 @@ from cacheman import (
     NonPersistentCache,
     PersistentCache,
 )
+from cacheman.cachewrap import HOOK_NAMES
 
 
 class DictBehaviour:
@@ -517,3 +518,103 @@ def test_registered_hooks_replace_defaults(manager: CacheManager) -> None:
     manager.delete_saved_cache_content("late")
     assert deleted == ["late"]
     assert not manager.store.exists("late")
+
+
+# -- 2.x names and misspelt keywords ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_class", "keyword", "suggestion"),
+    [
+        (PersistentCache, "bulder", "builder"),
+        (NonPersistentCache, "post_procesor", "post_processor"),
+        (AutoSyncCache, "time_check", "time_checks"),
+        (CSVCache, "row_reeder", "row_reader"),
+        (PersistentCache, "asyncsave", "async_save"),
+    ],
+)
+def test_misspelt_keyword_raises_type_error_with_suggestion(
+    manager: CacheManager, cache_class: type[CacheWrap], keyword: str, suggestion: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"did you mean '{suggestion}'\?") as raised:
+        cache_class("typo", cache_manager=manager, **{keyword: None})
+    message = str(raised.value)
+    assert f"{cache_class.__name__}('typo')" in message
+    assert f"unexpected keyword argument '{keyword}'" in message
+    assert "the hooks are loader, saver, builder" in message
+    assert not manager.cache_registered("typo")
+
+
+def test_keyword_far_from_any_name_lists_the_hooks(manager: CacheManager) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'zzz'") as raised:
+        PersistentCache("typo", cache_manager=manager, zzz=1)
+    assert "did you mean" not in str(raised.value)
+    assert "post_processor" in str(raised.value)
+
+
+def test_subclass_keywords_are_known(manager: CacheManager) -> None:
+    class Tagged(PersistentCache):
+        def __init__(self, cache_name: str, cache_manager: CacheManager, *, tag: str = "") -> None:
+            self.tag = tag
+            super().__init__(cache_name, cache_manager=cache_manager, builder=lambda n: {"a": 1})
+
+    cache = Tagged("tagged", manager, tag="t")
+    assert (cache.tag, cache) == ("t", {"a": 1})
+    with pytest.raises(TypeError, match="did you mean 'tag'"):
+        Tagged("tagged2", manager, tga="t")
+
+
+def test_subclass_taking_any_keyword_is_not_second_guessed(manager: CacheManager) -> None:
+    # A subclass with **kwargs may use a keyword itself: only Python's own check applies.
+    class Options(PersistentCache):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.colour = kwargs.pop("colour", None)
+            super().__init__(*args, **kwargs)
+
+    assert Options("options", cache_manager=manager, colour="red").colour == "red"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shape'"):
+        Options("options2", cache_manager=manager, shape="round")
+    assert not manager.cache_registered("options2")
+
+
+def test_2x_names_callback_names_and_async_saver(manager: CacheManager) -> None:
+    assert CacheWrap.CALLBACK_NAMES == HOOK_NAMES
+    cache = PersistentCache("flags", cache_manager=manager, async_save=True)
+    assert cache.async_saver is True
+    cache.async_saver = False
+    assert cache.async_save is False
+
+
+def test_post_processor_needs_something_loaded_or_built(manager: CacheManager) -> None:
+    # Unlike 2.x, nothing saved and no builder is no build: the post-processor
+    # does not run.  A builder returning {} brings the 2.x behaviour back.
+    def defaults(contents: dict[str, int]) -> dict[str, int]:
+        return {"default": 0, **contents}
+
+    plain = PersistentCache("plain", cache_manager=manager, post_processor=defaults)
+    assert plain == {}
+    built = PersistentCache(
+        "built", cache_manager=manager, post_processor=defaults, builder=lambda name: {}
+    )
+    assert built == {"default": 0}
+    built["mine"] = 1
+    built.save()
+    built.load()
+    assert built == {"default": 0, "mine": 1}
+    built.invalidate_and_rebuild()
+    assert built == {"default": 0}
+
+
+def test_a_rejected_copy_is_replaced_by_the_next_save(manager: CacheManager) -> None:
+    # The validator rejects the saved copy and nothing is built: the next save must
+    # write the cache as it is, not add its edits to the rejected copy.
+    cache = manager.register_custom_cache("checked", autosync=False)
+    cache["bad"] = 1
+    cache.save()
+    cache.validator = lambda contents: "good" in contents
+    cache.load()
+    assert cache == {}
+    cache["good"] = 1
+    cache.save()
+    cache.load()
+    assert cache == {"good": 1}

@@ -1,8 +1,9 @@
 """The ``>>>`` examples of the docs pages and of the library's docstrings run and pass.
 
 Each docs page (``docs/*.rst``) runs as one doctest session in a fresh
-interpreter, with the current directory and ``CACHEMAN_DIR`` set to a temporary
-directory, as a reader would type it: the session's names stay alive until the
+interpreter, with the current directory, ``CACHEMAN_DIR`` and ``TMPDIR`` set to
+a temporary directory (so the examples' ``tempfile.mkdtemp()`` is cleaned up
+with it), as a reader would type it: the session's names stay alive until the
 interpreter exits, so the exit-time saves run as they would for a user (and a
 traceback from one of them fails the test).  Each ``cacheman`` module's
 docstrings run the same way through ``doctest.testmod``.
@@ -10,6 +11,7 @@ docstrings run the same way through ``doctest.testmod``.
 
 from __future__ import annotations
 
+import os
 import pkgutil
 import re
 from pathlib import Path
@@ -54,7 +56,8 @@ _SUMMARY = re.compile(r"attempted=(\d+) failed=(\d+)\s*$")
 
 def run_doctests(script: str, target: str, directory: Path) -> int:
     """Run ``script`` on ``target`` in a fresh interpreter; return how many examples ran."""
-    result = run_python("-c", script, target, cache_dir=directory, cwd=directory)
+    env = {**os.environ, "TMPDIR": str(directory)}
+    result = run_python("-c", script, target, cache_dir=directory, cwd=directory, env=env)
     report = f"{target}:\n{result.stdout}\n{result.stderr}"
     assert result.returncode == 0, report
     assert "Traceback" not in result.stderr, report
