@@ -69,10 +69,17 @@ def changeable_in_place(value: object) -> bool:
     >>> changeable_in_place((1, "a", None)), changeable_in_place((1, [2]))
     (False, True)
     """
+    # A save of a large cache calls this for every value, so the common cases (an
+    # immutable scalar, a tuple of them) are settled by set look-ups, not calls.
     kind = type(value)
+    if kind in _IMMUTABLE:
+        return False
     if kind is tuple or kind is frozenset:
-        return any(map(changeable_in_place, value))  # type: ignore[call-overload]
-    return not (kind in _IMMUTABLE or isinstance(value, PurePath))
+        for item in value:  # type: ignore[attr-defined]  # noqa: SIM110 (no generator per value)
+            if type(item) not in _IMMUTABLE and changeable_in_place(item):
+                return True
+        return False
+    return not isinstance(value, PurePath)
 
 
 @dataclass
@@ -135,6 +142,11 @@ class ChangeSet:
 
     def changed_in_place(self, items: Iterable[tuple[Hashable, Any]]) -> list[Hashable]:
         """The keys whose values could have changed in place, if this cache watches for that."""
-        if not self.watch_in_place:
-            return []
-        return [key for key, value in items if changeable_in_place(value)]
+        if not self.watch_in_place or self.everything or self.replace_pending:
+            return []  # the next write holds every key anyway: skip the scan
+        immutable = _IMMUTABLE
+        return [
+            key
+            for key, value in items
+            if type(value) not in immutable and changeable_in_place(value)
+        ]

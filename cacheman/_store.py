@@ -375,7 +375,7 @@ class PickleStore:
             _remove_stale_temporaries(journal)
             was_behind = False
             if since is not None:
-                caught_up = self._catch_up(name, plain, since, list(pending))
+                caught_up = self._catch_up(name, plain, since, pending)
                 if caught_up is not None:
                     plain, was_behind = caught_up, True
             journal_id = new_journal_id()
@@ -393,9 +393,16 @@ class PickleStore:
         return SaveResult(position, was_behind)
 
     def _catch_up(
-        self, name: str, contents: Mapping[Any, Any], since: Position, pending: list[Change]
+        self,
+        name: str,
+        contents: Mapping[Any, Any],
+        since: Position,
+        pending: Iterable[Change],
     ) -> dict[Any, Any] | None:
         """``contents`` + what others appended after ``since`` + ``pending``; None if nothing.
+
+        ``pending`` is read once, and only when there is something to merge (so a
+        caller can pass a lazy iterable: a whole-cache save rarely needs it).
 
         Runs under the lock.  When ``since`` cannot be followed (the journal was
         compacted, replaced or removed since), the saved state replaces ``contents``.

@@ -110,5 +110,5 @@ class CSVCache(PersistentCache):
 class AutoSyncCSVCache(CSVCache, AutoSyncCache):
     """A :class:`CSVCache` that saves itself by the autosync rules."""
 
-    # No __slots__: CSVCache and AutoSyncCache each keep attributes in __dict__,
-    # because two bases with their own slots cannot be combined.
+    # No __slots__ of its own: CSVCache keeps its attributes in a __dict__ and only
+    # AutoSyncCache adds slots, which is the one way two such bases combine.
