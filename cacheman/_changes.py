@@ -28,7 +28,7 @@ from __future__ import annotations
 import decimal
 import fractions
 import uuid
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import PurePath
@@ -103,6 +103,9 @@ class ChangeSet:
     replace_pending: bool = False
     everything: bool = False
     watch_in_place: bool = True
+    #: The keys whose values can change in place, kept up to date from the keys each
+    #: save takes (an assignment brings a new value); None until the first scan.
+    changeable: set[Hashable] | None = None
 
     def pending(self) -> bool:
         """Whether a save has something to write, not counting in-place changes."""
@@ -115,23 +118,36 @@ class ChangeSet:
         self.replace = True
         self.replace_pending = self.replace_pending or pending
         self.watch_in_place = pending
+        self.changeable = None
 
     def synced(self) -> None:
         """The cache now matches its saved copy (after a load)."""
         self.keys.clear()
         self.replace = self.replace_pending = self.everything = False
         self.watch_in_place = True
+        self.changeable = None
 
-    def take(self, extra: Iterable[Hashable] = ()) -> Taken:
+    def take(self, contents: Mapping[Any, Any], extra: Iterable[Hashable] = ()) -> Taken:
         """Take what the next write must hold (plus ``extra`` keys); the set starts over."""
         keys = self.keys.copy()
         self.keys.difference_update(keys)
+        if self.changeable is not None:
+            self._rescan(contents, keys)
         keys.update(extra)
         taken = Taken(keys, self.replace and (self.replace_pending or bool(keys)), self.everything)
         if taken:
             self.replace = self.replace_pending = self.everything = False
             self.watch_in_place = True
         return taken
+
+    def _rescan(self, contents: Mapping[Any, Any], keys: Iterable[Hashable]) -> None:
+        """Keep :attr:`changeable` current for ``keys``, whose values were assigned anew."""
+        assert self.changeable is not None
+        for key in keys:
+            if key in contents and changeable_in_place(contents[key]):
+                self.changeable.add(key)
+            else:
+                self.changeable.discard(key)
 
     def give_back(self, taken: Taken) -> None:
         """A save of ``taken`` failed: its changes are pending again."""
@@ -140,13 +156,21 @@ class ChangeSet:
             self.replace = self.replace_pending = True
         self.everything = self.everything or taken.everything
 
-    def changed_in_place(self, items: Iterable[tuple[Hashable, Any]]) -> list[Hashable]:
-        """The keys whose values could have changed in place, if this cache watches for that."""
+    def changed_in_place(self, contents: dict[Any, Any]) -> list[Hashable]:
+        """The keys whose values could have changed in place, if this cache watches for that.
+
+        The first call scans every value; later ones only the keys assigned since,
+        so an explicit save of a large cache of immutable values stays cheap.
+        """
         if not self.watch_in_place or self.everything or self.replace_pending:
             return []  # the next write holds every key anyway: skip the scan
-        immutable = _IMMUTABLE
-        return [
-            key
-            for key, value in items
-            if type(value) not in immutable and changeable_in_place(value)
-        ]
+        if self.changeable is None:
+            immutable = _IMMUTABLE
+            self.changeable = {
+                key
+                for key, value in dict.items(contents)
+                if type(value) not in immutable and changeable_in_place(value)
+            }
+        else:
+            self._rescan(contents, self.keys)
+        return list(self.changeable)

@@ -750,7 +750,9 @@ class PersistentCache(CacheWrap):
     def mark_dirty(self) -> None:
         """Mark every value changed, so that the next save writes the whole cache."""
         self._changes.everything = True
-        self._note((), max(1, len(self)))
+        # One edit, not one per key: a whole rewrite is one change for the rules
+        # (counting every key would fire the burst rule and save twice).
+        self._note((), 1)
 
     @property
     def generation(self) -> str | None:
@@ -779,11 +781,13 @@ class PersistentCache(CacheWrap):
                 if news is not None:
                     changes, self._position = news
                     apply_changes(self, changes)  # other processes' changes, not ours
+                    self._changes.changeable = None  # new values: scan them again
                     self._behind = False
                     return
             loaded, self._position = store.load_tracked(self._name)
             dict.clear(self)
             dict.update(self, self._post_processed(loaded) if loaded else {})
+            self._changes.changeable = None
             self._behind = False
 
     # -- load and reset ------------------------------------------------------------------
@@ -929,8 +933,8 @@ class PersistentCache(CacheWrap):
         if store is None:
             return self._whole_save_plan(why)
         mark = self._edit_mark()
-        in_place = () if why == "rule" else self._changes.changed_in_place(dict.items(self))
-        taken = self._changes.take(in_place)
+        in_place = () if why == "rule" else self._changes.changed_in_place(self)
+        taken = self._changes.take(self, in_place)
         if not taken:
             if why != "save" or store.exists(self._name):
                 self._saved_through(mark)
@@ -1004,8 +1008,8 @@ class PersistentCache(CacheWrap):
     def _whole_save_plan(self, why: SaveReason) -> SavePlan | None:
         """A cache saved by a hook (or a CSV file) is written whole, when it has changed."""
         mark = self._edit_mark()
-        in_place = () if why == "rule" else self._changes.changed_in_place(dict.items(self))
-        taken = self._changes.take(in_place)
+        in_place = () if why == "rule" else self._changes.changed_in_place(self)
+        taken = self._changes.take(self, in_place)
         if not taken and why != "save":
             self._saved_through(mark)
             return None

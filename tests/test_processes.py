@@ -315,3 +315,18 @@ def test_a_damaged_csv_file_is_kept_aside_and_the_cache_rebuilt(
     assert kept[0].read_text() == "a,1\nb,2,extra\n"
     assert "'table'" in caplog.text
     assert kept[0].name in caplog.text
+
+
+def test_the_in_place_rule_follows_values_assigned_after_the_first_scan(
+    manager: CacheManager,
+) -> None:
+    cache = manager.register_custom_cache("mixed", {"n": 1, "t": (1, 2)}, autosync=False)
+    cache.save()  # the first explicit save scans every value: nothing changeable
+    cache["later"] = ["a"]  # assigned since: a list, so watched from now on
+    cache.save()
+    cache["later"].append("b")
+    cache["t"] = [3]  # a tuple replaced by a list
+    cache.save()
+    cache["t"].append(4)
+    cache.save()
+    assert manager.store.load("mixed") == {"n": 1, "t": [3, 4], "later": ["a", "b"]}
