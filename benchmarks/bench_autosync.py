@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from _report import print_columns, verdict
+
 from cacheman import AutoSyncCache, CacheManager, TimeCount
 
 WRITE_TARGET = 1.5
@@ -218,16 +220,13 @@ def main(argv: list[str] | None = None) -> int:
             "yes" if ok_sync else "NO",
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for index, row in enumerate(rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        if index == 0:
-            print("  ".join("-" * width for width in widths))
-    if ok_write and ok_pause and ok_sync:
-        print("all targets met")
-        return 0
-    print("TARGET MISSED", file=sys.stderr)
-    return 1
+    print_columns(rows[0], rows[1:])
+    checks = {
+        "autosync c[k] = v (bookkeeping)": ok_write,
+        "longest pause while autosync saves": ok_pause,
+        "sync save / longest pause": ok_sync,
+    }
+    return verdict([what for what, ok in checks.items() if not ok])
 
 
 if __name__ == "__main__":

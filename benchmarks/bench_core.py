@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _report import print_columns, verdict
+
 from cacheman import CacheManager, PersistentCache, TimeCount
 
 READ_TARGET = 1.10
@@ -321,10 +323,7 @@ def print_table(rows: list[Row]) -> None:
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    for line in [header, tuple("-" * width for width in widths), *lines]:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
+    print_columns(header, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,12 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         manager.deregister_all_caches()
     print(f"CacheMan core benchmark, Python {sys.version.split()[0]}, {count:,} entries")
     print_table(rows)
-    missed = [row.what for row in rows if not row.passed]
-    if missed:
-        print(f"TARGET MISSED: {', '.join(missed)}")
-        return 1
-    print("all targets met")
-    return 0
+    return verdict([row.what for row in rows if not row.passed])
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _report import verdict
 from bench_core import Row, best_of, entries, print_table
 
 from cacheman._journal import SET, Change, decode_header, encode_record
@@ -174,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(load_row(store, Path(directory), count, changes, 100, repeats))
     print(f"CacheMan journal benchmark, Python {sys.version.split()[0]}, {count:,} entries")
     print_table(rows)
-    missed = [row.what for row in rows if not row.passed]
-    if missed:
-        print(f"TARGET MISSED: {', '.join(missed)}")
-        return 1
-    print("all targets met")
-    return 0
+    return verdict([row.what for row in rows if not row.passed])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+from _report import print_columns, verdict
+
 from cacheman import CacheManager
 
 HIT_TARGET_US = 3.0
@@ -174,10 +176,7 @@ def print_table(rows: list[Row]) -> None:
                 row.note,
             )
         )
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    for line in [header, tuple("-" * width for width in widths), *lines]:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
+    print_columns(header, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         missed.append(f"hit {ours.hit_us:.2f} us > {HIT_TARGET_US:g} us")
     if ours.miss_us > MISS_TARGET_US:
         missed.append(f"miss overhead {ours.miss_us:.2f} us > {MISS_TARGET_US:g} us")
-    if missed:
-        print(f"TARGET MISSED: {', '.join(missed)}")
-        return 1
-    print("all targets met")
-    return 0
+    return verdict(missed)
 
 
 if __name__ == "__main__":

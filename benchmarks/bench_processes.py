@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _report import print_columns, verdict
+
 from cacheman import CacheManager, TimeCount
 
 WRITE_TARGET = 1.3
@@ -135,9 +137,7 @@ def writers_row(directory: Path, count: int) -> Row:
 def print_table(rows: list[Row]) -> None:
     header = ("what", "measured", "against", "target", "ok")
     lines = [(r.what, r.measured, r.against, r.target, "yes" if r.passed else "NO") for r in rows]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    for line in [header, tuple("-" * width for width in widths), *lines]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    print_columns(header, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(writers_row(Path(directory), count))
     print(f"CacheMan many-processes benchmark, Python {sys.version.split()[0]}")
     print_table(rows)
-    missed = [row.what for row in rows if not row.passed]
-    if missed:
-        print(f"TARGET MISSED: {', '.join(missed)}")
-        return 1
-    print("all targets met")
-    return 0
+    return verdict([row.what for row in rows if not row.passed])
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,8 @@ import redis
 
 # One way to start a throw-away server, shared with the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _report import verdict
+from bench_core import Row, print_table
 from redis_server import RedisServer, find_redis_server
 
 from cacheman import CacheManager, PersistentCache, RedisStore
@@ -51,21 +52,6 @@ SAVE_TARGET = 1.20
 LOAD_TARGET = 1.20
 BATCH = 1000
 BATCHES_PER_ROUND_TRIP = 20
-
-
-@dataclass
-class Row:
-    """One line of the table: what was measured, the ratio, and its target (if any)."""
-
-    what: str
-    ratio: float
-    against: str
-    target: float | None
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.target is None or self.ratio <= self.target
 
 
 def entries(count: int) -> dict[str, tuple[int, float, str]]:
@@ -361,25 +347,6 @@ def layout_rows(url: str, data: dict[Any, Any], repeats: int) -> list[Row]:
     ]
 
 
-def print_table(rows: list[Row]) -> None:
-    header = ("what", "ratio", "against", "target", "ok", "detail")
-    lines = [
-        (
-            row.what,
-            f"{row.ratio:.3f}",
-            row.against,
-            "-" if row.target is None else f"<= {row.target:.2f}",
-            "yes" if row.passed else "NO",
-            row.detail,
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    for line in [header, tuple("-" * width for width in widths), *lines]:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        print("  ".join(cells).rstrip())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="100,000 entries, fewer repeats")
@@ -403,12 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CacheMan Redis benchmark, Python {sys.version.split()[0]}, redis-py "
           f"{redis.__version__}, {count:,} entries")  # fmt: skip
     print_table(rows)
-    missed = [row.what for row in rows if not row.passed]
-    if missed:
-        print(f"TARGET MISSED: {', '.join(missed)}")
-        return 1
-    print("all targets met")
-    return 0
+    return verdict([row.what for row in rows if not row.passed])
 
 
 if __name__ == "__main__":
