@@ -958,12 +958,15 @@ class PersistentCache(CacheWrap):
             self._mark_stale()
             return
         try:
-            self._stale = False
-            if self._changes.pending():
-                self._save_now("rule")
-            self._load_self()
+            self._save_then_reload("rule")
         finally:
             self._lock.release()
+
+    def _save_then_reload(self, why: SaveReason) -> None:
+        """Write this process's changes (as a save for ``why`` would), then reload."""
+        self._stale = False
+        self._save_now(why)
+        self._load_self()
 
     def _mark_stale(self) -> None:
         # A flag, so a lost connection costs nothing until the cache is used: the
@@ -1051,8 +1054,8 @@ class PersistentCache(CacheWrap):
         with nothing saved writes it whole even if nothing changed.
         """
         if self._stale:
-            # Events from other processes were missed: catch up before writing.
-            self._catch_up(False, 0)
+            # Events from other processes were missed: catch up (this save included).
+            self._save_then_reload(why)
         self._check_parents_before_save()
         store = self._journal_store()
         if store is None:
