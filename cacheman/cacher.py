@@ -85,10 +85,11 @@ class CacheManager:
 
     Caches are saved under ``<base>/<manager name>/``, where the base is
     ``base_cache_directory``, else ``$CACHEMAN_DIR``, else the platform's user
-    cache directory.  Building a manager does no I/O, except on a store with
-    invalidation events (Redis), which it subscribes to: when another process
-    invalidates or resets a cache, this process reloads its copy and resets
-    the caches derived from it (see :meth:`_on_store_event`).
+    cache directory.  Building a manager does no I/O.  On a store with
+    invalidation events (Redis) the manager subscribes to them when its first
+    cache is registered: when another process invalidates or resets a cache,
+    this process reloads its copy and resets the caches derived from it (see
+    :meth:`_on_store_event`).
 
     ``store`` replaces the pickle files with another store (for example a
     ``RedisStore``); the manager calls ``store.bind(manager_name, signing_key)``
@@ -133,8 +134,7 @@ class CacheManager:
         self._lock = threading.RLock()
         _registry.add(self)
         _every_manager.append(self)
-        if hasattr(self.store, "subscribe"):
-            _subscribe(self, self.store)
+        self._subscribed = not hasattr(self.store, "subscribe")  # nothing to subscribe to
 
     def __repr__(self) -> str:
         where = str(self.cache_directory)
@@ -511,6 +511,10 @@ class CacheManager:
         class to make a cache.
         """
         with self._lock:
+            if not self._subscribed:
+                # Before the cache loads, so no event about what it loads is missed.
+                self._subscribed = True
+                _subscribe(self, self.store)
             previous = self._caches.get(cache.name)
             if previous is not None and previous is not cache:
                 # Re-registering a name (a re-run notebook cell, say) must not lose
