@@ -6,6 +6,7 @@ about what only Redis has.  Each test gets a Redis database of its own.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,13 @@ from helpers import run_python, wait_until
 from cacheman import (
     CacheManager,
     InvalidCacheNameError,
+    NonPersistentCache,
     PersistentCache,
     RedisStore,
     SignatureMismatchError,
     UnpicklableValueError,
+    _registry,
+    cacher,
 )
 from cacheman._redis import REDIS_URL_ENV
 
@@ -645,3 +650,22 @@ def test_two_processes_appending_keep_the_union_even_after_mark_dirty(
     cache.mark_dirty()
     cache.save()  # every key of this process, but no compaction: theirs stays
     assert manager.store.load("shared") == {"a": [1, 10], "b": 2}
+
+
+def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    manager = CacheManager("dropped", store=store)
+    NonPersistentCache("c", cache_manager=manager)
+    bound = manager.store
+    assert bound._callbacks, "registering a cache subscribed the manager"  # type: ignore[attr-defined]
+    manager.deregister_all_caches()
+    # The process-wide tables keep every manager for the exit flush; a program that
+    # forgot one entirely should get it collected, subscription or not.
+    _registry.discard(manager)
+    cacher._every_manager.remove(manager)
+    reference = weakref.ref(manager)
+    del manager
+    gc.collect()
+    assert reference() is None
+    assert not bound._callbacks  # type: ignore[attr-defined]  # and it unsubscribed
+    bound.close()  # type: ignore[attr-defined]
