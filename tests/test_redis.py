@@ -669,3 +669,37 @@ def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) ->
     assert reference() is None
     assert not bound._callbacks  # type: ignore[attr-defined]  # and it unsubscribed
     bound.close()  # type: ignore[attr-defined]
+
+
+@on_redis
+def test_an_event_about_a_cache_busy_saving_never_holds_up_the_listener(
+    manager: CacheManager, redis_url: str
+) -> None:
+    backing = {"v": 1}
+    saving, release = threading.Event(), threading.Event()
+
+    def slow_saver(name: str, contents: dict[str, int]) -> None:
+        saving.set()
+        release.wait(30)
+        backing.update(contents)
+
+    cache = manager.register_custom_cache(
+        "busy", loader=lambda name: dict(backing), saver=slow_saver, autosync=False
+    )
+    seen: list[str | None] = []
+    manager.store.subscribe(lambda name, generation: seen.append(name))  # type: ignore[attr-defined]
+    cache["v"] = 2
+    saver = threading.Thread(target=cache.save)
+    saver.start()
+    try:
+        assert saving.wait(10)
+        other = RedisStore(redis_url, manager=manager.name)  # another process's view
+        other.update_meta("busy", generation="x:1")
+        other.update_meta("unrelated", generation="u:1")
+        wait_until(lambda: "unrelated" in seen, timeout=10)  # it moved on past the busy cache
+        other.close()
+    finally:
+        release.set()
+        saver.join(10)
+    assert not saver.is_alive()
+    assert backing == {"v": 2}
