@@ -703,3 +703,31 @@ def test_an_event_about_a_cache_busy_saving_never_holds_up_the_listener(
         saver.join(10)
     assert not saver.is_alive()
     assert backing == {"v": 2}
+
+
+REBUILD_ROOT = """
+import sys, time
+from cacheman import CacheManager, RedisStore
+manager = CacheManager(sys.argv[2], store=RedisStore(sys.argv[1]))
+def build(name):
+    time.sleep(0.5)
+    return {"by": "B"}
+root = manager.register_custom_cache("root", builder=build, autosync=False)
+root.invalidate_and_rebuild()
+"""
+
+
+@on_redis
+def test_a_process_hearing_of_a_reset_loads_what_the_other_built(
+    manager: CacheManager, redis_url: str
+) -> None:
+    built: list[str] = []
+    root = manager.register_custom_cache(
+        "root", builder=lambda name: built.append(name) or {"by": "A"}, autosync=False
+    )
+    assert built == ["root"]
+    assert manager.store.load("root") == {"by": "A"}  # built, and saved under the lock
+    done = run_python("-c", REBUILD_ROOT, redis_url, manager.name)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: root == {"by": "B"}, timeout=20)
+    assert built == ["root"], "this process did not build it again"
