@@ -875,7 +875,7 @@ class PersistentCache(CacheWrap):
             self._saved()
 
     def _read_saved(self, store: JournalStore | None) -> tuple[dict[Any, Any] | None, Any, bool]:
-        """The saved contents (None if none is valid), the position read, whether it was rejected."""
+        """The saved contents (None if none is valid), the position read, and if it was rejected."""
         position = None
         if store is not None:
             try:
