@@ -555,7 +555,9 @@ def test_another_process_invalidating_a_parent_resets_the_derived_cache_here(
     wait_until(lambda: child == {"from": 2}, timeout=20)
     assert root == {"v": 2}
     assert built == [1, 2]
-    assert manager.store.load("child") == {"from": 2}
+    # Saved: this build, or nothing (the other process, which never registered the
+    # child, may delete the saved copy and mark it stale after this reset): never stale.
+    assert manager.store.load("child") in ({"from": 2}, None)
 
 
 @on_redis
