@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _registry
-from ._generations import STALE
+from ._generations import STALE, is_stale, parent_generations
 from ._graph import DependencyGraph
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
@@ -564,8 +564,20 @@ class CacheManager:
         for name, cache in self._downstream(cache_name):
             if cache is not None:
                 cache._reset_self()
-            else:
+            elif not self._rebuilt_elsewhere(name):
                 self._delete_unregistered(name)
+
+    def _rebuilt_elsewhere(self, cache_name: str) -> bool:
+        """Whether another process already rebuilt ``cache_name`` from its parents as they are now.
+
+        (A process that heard of this invalidation through the store's events
+        can be quicker than this cascade; its fresh copy must not be deleted.)
+        """
+        meta = self.store.read_meta(cache_name)
+        parents = self.parents_of(cache_name)
+        if meta is None or not isinstance(meta.get("parents"), dict) or not parents:
+            return False
+        return not is_stale(meta, parent_generations(self.store, parents))
 
     def _delete_saved_downstream(self, cache_name: str) -> None:
         """Delete the saved copy of each cache derived from ``cache_name``, registered or not."""
