@@ -112,10 +112,11 @@ class AppendResult(NamedTuple):
 
     ``position`` is the journal's end after the append; ``in_sync`` is True when
     the journal ended exactly at the caller's ``since`` before it (nobody else
-    wrote since the caller last read).
+    wrote since the caller last read).  A store without positions (Redis, which
+    applies each change itself) returns position None and ``in_sync`` True.
     """
 
-    position: Position
+    position: Position | None
     in_sync: bool
 
 
@@ -124,9 +125,10 @@ class SaveResult(NamedTuple):
 
     ``position`` is the start of the new, empty journal; ``was_behind`` says the
     snapshot written includes changes other processes made after ``since``.
+    A store without positions (Redis) returns position None.
     """
 
-    position: Position
+    position: Position | None
     was_behind: bool
 
 

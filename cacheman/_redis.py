@@ -30,6 +30,7 @@ not; a cache that mixes them may see a deleted key come back.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import hmac
@@ -46,9 +47,10 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from hashlib import sha256
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import _lifecycle
+from ._journal import CLEAR, DEL, SET, AppendResult, SaveResult
 from ._paths import validate_cache_name
 from ._store import _REFUSED_BY_PICKLE, PICKLE_PROTOCOL, _cloudpickle, _describe_unpicklable
 from ._store_api import Edge
@@ -61,10 +63,8 @@ from .errors import (
 
 __all__ = [
     "REDIS_URL_ENV",
-    "AppendResult",
     "EventCallback",
     "RedisStore",
-    "SaveResult",
 ]
 
 logger = logging.getLogger("cacheman")
@@ -73,25 +73,8 @@ logger = logging.getLogger("cacheman")
 REDIS_URL_ENV = "CACHEMAN_REDIS_URL"
 FORMAT_VERSION = 1
 
-# The change records of the journal (op, key, value); the same strings as cacheman._journal.
-SET, DEL, CLEAR = "set", "del", "clear"
-
 #: ``callback(name, generation)``; ``(None, None)`` means "events may have been missed".
 EventCallback = Callable[[str | None, str | None], object]
-
-
-class AppendResult(NamedTuple):
-    """What :meth:`RedisStore.append` did: no position (Redis applies it), always in sync."""
-
-    position: None
-    in_sync: bool
-
-
-class SaveResult(NamedTuple):
-    """What :meth:`RedisStore.save` did: no position, and no records of others kept."""
-
-    position: None
-    was_behind: bool
 
 
 # Entries per HSET command, and commands per pipeline round trip, in a full save.
@@ -114,6 +97,8 @@ _SNAPSHOT = "_snapshot"
 _RECONNECT_FIRST = 0.05
 _RECONNECT_MAX = 5.0
 _POLL = 0.5
+# How many of this process's latest generation writes wrote_generation remembers.
+_OWN_GENERATIONS = 1024
 
 # Scalar keys pickle the same whatever object holds them; anything else goes
 # through a memo-less pickler (see _dump_key).
@@ -274,6 +259,12 @@ class RedisStore:
         self._callbacks: list[EventCallback] = []
         self._callbacks_lock = threading.Lock()
         self._listener: _Listener | None = None
+        # The generations this process wrote lately, so that a subscriber can tell
+        # its own events from other processes' (see wrote_generation).
+        self._own_generations: collections.deque[tuple[str, str]] = collections.deque(
+            maxlen=_OWN_GENERATIONS
+        )
+        self._own_generations_lock = threading.Lock()
         # Clients (and listeners) of the process we were forked from.  They are
         # kept, never closed: their sockets are the parent's too.
         self._inherited: list[object] = []
@@ -323,6 +314,7 @@ class RedisStore:
         self._client_now = None
         self._listener = None
         self._callbacks_lock = threading.Lock()
+        self._own_generations_lock = threading.Lock()
         self._pid = os.getpid()
 
     def _after_fork_in_child(self) -> None:
@@ -663,6 +655,11 @@ class RedisStore:
         When the ``generation`` changes, ``[name, generation]`` is published on
         :attr:`channel` by the same script, so every subscribed process hears of it.
         """
+        generation = fields.get("generation")
+        if isinstance(generation, str):
+            # Before the write: its event may reach the listener before the reply reaches us.
+            with self._own_generations_lock:
+                self._own_generations.append((name, generation))
         to_set = [(k, _meta_text(v)) for k, v in fields.items() if v is not None]
         to_delete = [k for k, v in fields.items() if v is None]
         arguments: list[str] = [self.channel, name, str(len(to_set))]
@@ -672,6 +669,17 @@ class RedisStore:
         script = self._client().register_script(_UPDATE_META)
         raw = script(keys=[self.meta_key(name)], args=arguments)
         return _decode_meta(raw, name)
+
+    def wrote_generation(self, name: str, generation: str | None) -> bool:
+        """Whether this process itself lately set the generation of ``name`` to ``generation``.
+
+        A subscriber hears its own process's changes too; this tells them apart
+        (the last thousand or so generation writes are remembered).
+        """
+        if generation is None:
+            return False
+        with self._own_generations_lock:
+            return (name, generation) in self._own_generations
 
     # -- the dependency edges ----------------------------------------------------------------
 

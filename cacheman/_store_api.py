@@ -5,14 +5,21 @@ JSON-able dict: generation, parents' generations, save time; never pickled) and,
 for the whole manager, the dependency edges any process declared.  The default
 store is :class:`~cacheman._store.PickleStore` (one directory of files); other
 stores (Redis) implement the same methods.
+
+Stores that can record a cache's changes one key at a time (both of the
+above) also implement :class:`JournalStore`: the persistent caches then write
+only the keys they changed, and several processes can write one cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["Edge", "Store", "StoreFactory"]
+if TYPE_CHECKING:
+    from ._journal import AppendResult, Change, SaveResult
+
+__all__ = ["Edge", "JournalStore", "Store", "StoreFactory"]
 
 #: A dependency edge: ``(parent, child)``, *child is derived from parent*.
 Edge = tuple[str, str]
@@ -50,6 +57,34 @@ class Store(Protocol):
 
     def remove_edges(self, name: str) -> None:
         """Forget every persisted edge that touches ``name``."""
+
+
+class JournalStore(Store, Protocol):
+    """A store that takes a cache's changes key by key (the journal; see :mod:`cacheman._journal`).
+
+    A position says how far a process has read what was saved; it is opaque to
+    callers, and None on a store that has none (Redis applies every change
+    itself: a process sees other processes' changes by reloading).
+    """
+
+    def append(self, name: str, changes: Iterable[Change], since: Any = None) -> AppendResult:
+        """Record ``changes`` durably; ``in_sync`` says nobody else wrote since ``since``."""
+
+    def load_tracked(self, name: str) -> tuple[dict[Any, Any] | None, Any]:
+        """:meth:`load`, and the position read through."""
+
+    def changes_since(self, name: str, position: Any) -> tuple[list[Change], Any] | None:
+        """What was appended after ``position``, and the new position; None: reload instead."""
+
+    def save(
+        self,
+        name: str,
+        contents: Mapping[Any, Any],
+        *,
+        since: Any = None,
+        pending: Iterable[Change] = (),
+    ) -> SaveResult:
+        """Replace what is saved; with ``since``, keep what others appended after it."""
 
 
 class StoreFactory(Protocol):

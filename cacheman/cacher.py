@@ -16,17 +16,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _registry
-from ._generations import STALE
+from ._generations import STALE, is_stale, parent_generations
 from ._graph import DependencyGraph
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
-from ._store_api import Store, StoreFactory
+from ._store_api import JournalStore, Store, StoreFactory
 from .autosync import AutoSyncCache
 from .cachewrap import HOOK_NAMES, CacheSteps, CacheWrap, NonPersistentCache, PersistentCache
 from .errors import CacheNotRegisteredError, DependencyCycleError
@@ -37,9 +38,18 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    def _both_keep_journals(a: PickleStore, b: RedisStore) -> tuple[JournalStore, JournalStore]:
+        """(Never called: mypy checks that both stores implement the journal interface.)"""
+        return a, b
+
+
 __all__ = ["CacheManager", "get_cache_manager"]
 
 logger = logging.getLogger("cacheman")
+
+#: Seconds the event thread waits for a cache another thread is using before it marks
+#: the cache stale instead (it then catches up at its next load, save or refresh).
+EVENT_LOCK_WAIT = 1.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,7 +85,11 @@ class CacheManager:
 
     Caches are saved under ``<base>/<manager name>/``, where the base is
     ``base_cache_directory``, else ``$CACHEMAN_DIR``, else the platform's user
-    cache directory.  Building a manager does no I/O.
+    cache directory.  Building a manager does no I/O.  On a store with
+    invalidation events (Redis) the manager subscribes to them when its first
+    cache is registered: when another process invalidates or resets a cache,
+    this process reloads its copy and resets the caches derived from it (see
+    :meth:`_on_store_event`).
 
     ``store`` replaces the pickle files with another store (for example a
     ``RedisStore``); the manager calls ``store.bind(manager_name, signing_key)``
@@ -120,6 +134,7 @@ class CacheManager:
         self._lock = threading.RLock()
         _registry.add(self)
         _every_manager.append(self)
+        self._subscribed = not hasattr(self.store, "subscribe")  # nothing to subscribe to
 
     def __repr__(self) -> str:
         where = str(self.cache_directory)
@@ -496,6 +511,10 @@ class CacheManager:
         class to make a cache.
         """
         with self._lock:
+            if not self._subscribed:
+                # Before the cache loads, so no event about what it loads is missed.
+                self._subscribed = True
+                _subscribe(self, self.store)
             previous = self._caches.get(cache.name)
             if previous is not None and previous is not cache:
                 # Re-registering a name (a re-run notebook cell, say) must not lose
@@ -545,8 +564,20 @@ class CacheManager:
         for name, cache in self._downstream(cache_name):
             if cache is not None:
                 cache._reset_self()
-            else:
+            elif not self._rebuilt_elsewhere(name):
                 self._delete_unregistered(name)
+
+    def _rebuilt_elsewhere(self, cache_name: str) -> bool:
+        """Whether another process already rebuilt ``cache_name`` from its parents as they are now.
+
+        (A process that heard of this invalidation through the store's events
+        can be quicker than this cascade; its fresh copy must not be deleted.)
+        """
+        meta = self.store.read_meta(cache_name)
+        parents = self.parents_of(cache_name)
+        if meta is None or not isinstance(meta.get("parents"), dict) or not parents:
+            return False
+        return not is_stale(meta, parent_generations(self.store, parents))
 
     def _delete_saved_downstream(self, cache_name: str) -> None:
         """Delete the saved copy of each cache derived from ``cache_name``, registered or not."""
@@ -566,6 +597,50 @@ class CacheManager:
         self.store.delete(cache_name)
         self.store.update_meta(cache_name, **{STALE: True})
 
+    def _on_store_event(self, cache_name: str | None, generation: str | None) -> None:
+        """Another process gave ``cache_name`` a new generation: bring this process up to date.
+
+        Runs on the store's event thread.  The cache, if registered, is reloaded
+        and every registered cache derived from it (edges of any process
+        included) is reloaded too, parents first, which the generation check
+        turns into a reset where needed: what ``invalidate`` did in the other
+        process.  This process's own changes are ignored (it has cascaded
+        already).  ``(None, None)`` says events may have been missed: every
+        cache is marked stale, and reloads at its next load, save or refresh.
+        Errors are logged, never raised into the event thread.
+        """
+        try:
+            if cache_name is None:
+                with self._lock:
+                    caches = list(self._caches.values())
+                for cache in caches:
+                    cache._mark_stale()
+                return
+            wrote = getattr(self.store, "wrote_generation", None)
+            if wrote is not None and wrote(cache_name, generation):
+                return
+            self._merge_persisted_edges(again=True)
+            reached: list[tuple[str, CacheSteps | None]] = [
+                (cache_name, self._caches.get(cache_name)),
+                *self._downstream(cache_name),
+            ]
+        except Exception:
+            logger.exception("manager %r: handling an event about %r failed", self.name, cache_name)
+            return
+        for name, each in reached:
+            if each is None:
+                continue
+            try:
+                each._catch_up(name != cache_name, EVENT_LOCK_WAIT)
+            except Exception:
+                logger.exception(
+                    "cache %r: catching up after another process changed %r failed; "
+                    "it reloads at its next use",
+                    name,
+                    cache_name,
+                )
+                each._mark_stale()
+
     def _save_at_exit(self) -> None:
         for cache in self._all_in_order():
             try:
@@ -575,6 +650,19 @@ class CacheManager:
 
 
 _every_manager: list[CacheManager] = []
+
+
+def _subscribe(manager: CacheManager, store: Any) -> None:
+    """Subscribe ``manager`` to the events of its ``store``, without keeping it alive."""
+    reference = weakref.ref(manager)
+
+    def on_event(cache_name: str | None, generation: str | None) -> None:
+        alive = reference()
+        if alive is not None:
+            alive._on_store_event(cache_name, generation)
+
+    store.subscribe(on_event)
+    weakref.finalize(manager, store.unsubscribe, on_event).atexit = False
 
 
 def _save_every_manager_at_exit() -> None:

@@ -16,13 +16,14 @@ module declares (``SaveTarget``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from . import _background, _lifecycle, _registry
 from ._background import SavePlan, SaveReason
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from ._store_api import JournalStore
     from .cacher import CacheManager
 
 __all__ = [
@@ -415,6 +417,28 @@ class CacheWrap(dict[Any, Any]):
     def _bump_generation(self) -> None:
         """This cache was invalidated: its derived caches, in any process, must rebuild."""
 
+    def _catch_up(self, derived: bool, wait: float) -> None:
+        """Another process invalidated this cache (or, ``derived``, a cache it derives from).
+
+        Called by the manager on the store's event thread: reload (reset when
+        ``derived``), as the invalidation did in the other process.  A cache busy
+        for more than ``wait`` seconds (a long save or build on another thread)
+        is marked stale instead, so the event thread never waits on it for long.
+        """
+        if not self._lock.acquire(timeout=wait):
+            self._mark_stale()
+            return
+        try:
+            if derived:
+                self._reset_self()
+            else:
+                self._load_self()
+        finally:
+            self._lock.release()
+
+    def _mark_stale(self) -> None:
+        """Events from other processes may have been missed (a persistent cache reloads)."""
+
     # -- what the background saver uses (_background.SaveTarget declares it) -----
 
     def _save_plan(self, why: SaveReason = "rule") -> SavePlan | None:
@@ -612,6 +636,10 @@ class CacheSteps(Protocol):
 
     def _bump_generation(self) -> None: ...
 
+    def _catch_up(self, derived: bool, wait: float) -> None: ...
+
+    def _mark_stale(self) -> None: ...
+
 
 class Storage(Protocol):
     """Where a cache is kept when it has no loader/saver/deleter hooks (pickle store, CSV file)."""
@@ -658,7 +686,16 @@ class PersistentCache(CacheWrap):
     have not moved on; if they have, the cache is reset instead of written.
     """
 
-    __slots__ = ("_behind", "_built_from", "_changes", "_has_generation", "_position", "_track")
+    __slots__ = (
+        "_behind",
+        "_building",
+        "_built_from",
+        "_changes",
+        "_has_generation",
+        "_position",
+        "_stale",
+        "_track",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._changes = ChangeSet()
@@ -668,6 +705,8 @@ class PersistentCache(CacheWrap):
         self._behind = False  # a save took in changes this process has not seen: reload
         self._built_from: dict[str, str | None] | None = None
         self._has_generation = False
+        self._stale = False  # events may have been missed: reload at the next load/save/refresh
+        self._building = False  # this cache holds its store's builder lock
         super().__init__(*args, **kwargs)
         _live[id(self)] = self
 
@@ -771,6 +810,7 @@ class PersistentCache(CacheWrap):
         journal meanwhile).  Costs a journal append and a read of what is new.
         """
         with self._lock:
+            self._stale = False  # this reloads anyway
             self._save_now("rule")
             store = self._journal_store()
             if store is None:
@@ -792,12 +832,12 @@ class PersistentCache(CacheWrap):
 
     # -- load and reset ------------------------------------------------------------------
 
-    def _journal_store(self) -> Any:
+    def _journal_store(self) -> JournalStore | None:
         """The store, when it does this cache's saving and keeps a journal; else None."""
         if self.saver is not None or self.pre_processor is not None:
             return None
         storage = self._default_storage()
-        return storage if hasattr(storage, "append") else None
+        return cast("JournalStore", storage) if hasattr(storage, "append") else None
 
     def _parents(self) -> list[str]:
         return self._manager.parents_of(self._name)
@@ -805,6 +845,7 @@ class PersistentCache(CacheWrap):
     def _load_self(self) -> None:
         with self._lock:
             self._await_pending_save()
+            self._stale = False
             parents = self._parents()
             current = parent_generations(self._manager.store, parents) if parents else {}
             if parents and is_stale(self._manager.store.read_meta(self._name), current):
@@ -812,28 +853,19 @@ class PersistentCache(CacheWrap):
                 self._reset_self()
                 return
             store = self._journal_store() if self.loader is None else None
-            position = None
-            if store is not None:
-                try:
-                    loaded, position = store.load_tracked(self._name)
-                except (CacheManError, OSError):
-                    raise
-                except Exception as error:
-                    self._loader_failed(error)
-                    loaded = None
-                loaded = _as_mapping(self._name, "loader", loaded, fresh=True)
-            else:
-                loader = self._resolved("loader")
-                loaded = None if loader is None else self._call_loader(loader)
-            rejected = loaded is not None and not self._is_valid(loaded)
-            if rejected:
-                loaded = None
+            loaded, position, rejected = self._read_saved(store)
             if loaded is None:
-                # A copy the validator rejected is still saved: what is built now
-                # must replace it at the next save, not be added to it.
-                self._install_built(self._build(), parents, fresh=not rejected)
-                self._position = position  # where the journal stands (it may exist, empty)
-                return
+                with self._one_builder() as locked:
+                    if locked:  # another process may have built and saved it while we waited
+                        loaded, position, rejected = self._read_saved(store)
+                    if loaded is None:
+                        # A copy the validator rejected is still saved: what is built now
+                        # must replace it at the next save, not be added to it.
+                        self._install_built(self._build(), parents, fresh=not rejected)
+                        self._position = position  # where the journal stands (maybe empty)
+                        if locked:
+                            self._save_build()
+                        return
             loaded = self._post_processed(loaded)
             dict.clear(self)
             dict.update(self, loaded)
@@ -842,12 +874,105 @@ class PersistentCache(CacheWrap):
             self._built_from = current
             self._saved()
 
+    def _read_saved(self, store: JournalStore | None) -> tuple[dict[Any, Any] | None, Any, bool]:
+        """The saved contents (None if none is valid), the position read, and if it was rejected."""
+        position = None
+        if store is not None:
+            try:
+                loaded, position = store.load_tracked(self._name)
+            except (CacheManError, OSError):
+                raise
+            except Exception as error:
+                self._loader_failed(error)
+                loaded = None
+            loaded = _as_mapping(self._name, "loader", loaded, fresh=True)
+        else:
+            loader = self._resolved("loader")
+            loaded = None if loader is None else self._call_loader(loader)
+        rejected = loaded is not None and not self._is_valid(loaded)
+        return (None if rejected else loaded), position, rejected
+
     def _reset_self(self) -> None:
-        with self._lock:
+        with self._lock, self._one_builder() as locked:
             # Build first: a builder that raises must leave the saved copy in place.
             rebuilt = self._build()
             self._delete_saved_self()
             self._install_built(rebuilt, self._parents(), fresh=False)
+            if locked:
+                self._save_build()
+
+    @contextlib.contextmanager
+    def _one_builder(self) -> Iterator[bool]:
+        """Hold the store's builder lock (Redis) while building; yields whether it is held.
+
+        On a store with a ``builder_lock`` one process at a time builds a cache,
+        and saves what it built before letting go (see :meth:`_save_build`), so
+        the processes that waited load it instead of building it again.  Other
+        stores (the pickle store), a cache without a builder, and a build nested
+        in one already holding the lock yield False.  Waiting longer than
+        :data:`BUILDER_LOCK_SECONDS` (a holder that died frees it by then) ends
+        with a warning and a build here too: the lock saves work, it is not
+        needed for correctness.
+        """
+        lock = getattr(self._manager.store, "builder_lock", None)
+        if lock is None or self.builder is None or self._building:
+            yield False
+            return
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(lock(self._name, BUILDER_LOCK_SECONDS))
+            except TimeoutError as error:
+                logger.warning("cache %r: %s; building it here too", self._name, error)
+                yield False
+                return
+            self._building = True
+            try:
+                yield True
+            finally:
+                self._building = False
+
+    def _save_build(self) -> None:
+        """Save what was just built, while the builder lock is still held.
+
+        A failure is logged, not raised: the build stays pending and is saved
+        by the next save, like any edit.
+        """
+        try:
+            self._save_now("rule")
+        except Exception as error:
+            logger.warning(
+                "cache %r: saving what its builder built failed (%s: %s); it stays pending",
+                self._name,
+                type(error).__name__,
+                error,
+            )
+
+    def _catch_up(self, derived: bool, wait: float) -> None:
+        """Another process invalidated this cache or a parent: save my changes, then reload.
+
+        The reload's generation check turns into a reset what derives from a
+        parent that moved on; this process's unsaved changes are written first,
+        as they would survive such an invalidation on the pickle store.
+        """
+        if not self._lock.acquire(timeout=wait):
+            self._mark_stale()
+            return
+        try:
+            self._save_then_reload("rule")
+        finally:
+            self._lock.release()
+
+    def _save_then_reload(self, why: SaveReason) -> None:
+        """Write this process's changes (as a save for ``why`` would), then reload."""
+        self._stale = False
+        self._save_now(why)
+        self._load_self()
+
+    def _mark_stale(self) -> None:
+        # A flag, so a lost connection costs nothing until the cache is used: the
+        # next load, save or refresh reloads it.  Reads of the dict cannot be
+        # intercepted (they are the dict's own), so they serve the old contents.
+        self._stale = True
 
     def _install_built(
         self, built: dict[Any, Any] | None, parents: list[str], *, fresh: bool
@@ -928,6 +1053,9 @@ class PersistentCache(CacheWrap):
         write the values that can change in place; an explicit save of a cache
         with nothing saved writes it whole even if nothing changed.
         """
+        if self._stale:
+            # Events from other processes were missed: catch up (this save included).
+            self._save_then_reload(why)
         self._check_parents_before_save()
         store = self._journal_store()
         if store is None:
@@ -1063,6 +1191,9 @@ class PersistentCache(CacheWrap):
         self._changes.synced()
 
 
+#: Seconds a build may hold its store's builder lock (a dead holder's lock frees itself
+#: then), and that another process waits for it before building too.
+BUILDER_LOCK_SECONDS = 300.0
 #: Journal appends of at most this many keys run in this process (a millisecond or
 #: so); larger saves run in a forked child, or rewrite the snapshot.  Measured on a
 #: 1,000,000-entry cache: an in-process append of 1,000 keys pauses the program

@@ -212,7 +212,11 @@ def test_invalidate_chain_of_three(manager: CacheManager) -> None:
     assert mid == {"built": 1}
     assert leaf == {}
     assert built == ["mid"]
-    assert not manager.store.exists("mid")
+    if hasattr(manager.store, "builder_lock"):
+        # One builder at a time (Redis): a build is saved before its lock is let go.
+        assert manager.store.load("mid") == {"built": 1}
+    else:
+        assert not manager.store.exists("mid")
     assert not manager.store.exists("leaf")
     assert manager.store.exists("root")
 
@@ -308,7 +312,11 @@ def test_invalidate_and_rebuild(manager: CacheManager) -> None:
     assert root == {"built": "r"}
     assert edge == {"built": "e"}
     assert built == ["root", "edge"]
-    assert not manager.store.exists("root")
+    if hasattr(manager.store, "builder_lock"):
+        # One builder at a time (Redis): a build is saved before its lock is let go.
+        assert manager.store.load("root") == {"built": "r"}
+    else:
+        assert not manager.store.exists("root")
 
 
 @both_stores

@@ -6,6 +6,7 @@ about what only Redis has.  Each test gets a Redis database of its own.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import json
 import logging
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,13 @@ from helpers import run_python, wait_until
 from cacheman import (
     CacheManager,
     InvalidCacheNameError,
+    NonPersistentCache,
     PersistentCache,
     RedisStore,
     SignatureMismatchError,
     UnpicklableValueError,
+    _registry,
+    cacher,
 )
 from cacheman._redis import REDIS_URL_ENV
 
@@ -512,3 +517,219 @@ def test_builder_lock_releases_only_its_own_token(
         assert raw.set(lock, "next-builder", nx=True)  # ... and another builder took it
     assert raw.get(lock) == b"next-builder"  # leaving our block did not free theirs
     assert "expired" in caplog.text
+
+
+# -- the manager on Redis: events reset caches, one builder at a time --------------------------
+
+on_redis = pytest.mark.parametrize("manager", ["redis"], indirect=True)
+
+INVALIDATE_ROOT = """
+import sys
+from cacheman import CacheManager, RedisStore
+manager = CacheManager(sys.argv[2], store=RedisStore(sys.argv[1]))
+root = manager.register_custom_cache("root", autosync=False)
+root["v"] = 2
+root.save()
+root.invalidate()
+"""
+
+
+@on_redis
+def test_another_process_invalidating_a_parent_resets_the_derived_cache_here(
+    manager: CacheManager, redis_url: str
+) -> None:
+    root = manager.register_custom_cache("root", {"v": 1}, autosync=False)
+    root.save()
+    built: list[object] = []
+    child = manager.register_custom_cache(
+        "child",
+        builder=lambda name: built.append(root["v"]) or {"from": root["v"]},
+        autosync=False,
+    )
+    manager.register_dependent_cache("root", "child")
+    assert child == {"from": 1}
+    child["extra"] = "computed from 1"
+    done = run_python("-c", INVALIDATE_ROOT, redis_url, manager.name)
+    assert done.returncode == 0, done.stderr
+    # No call here: the event thread reloads the parent and resets the child.
+    wait_until(lambda: child == {"from": 2}, timeout=20)
+    assert root == {"v": 2}
+    # Built from the new parent once, or twice when the other process's cascade (it
+    # deletes the child it never registered) lands just after this process's reset.
+    assert built in ([1, 2], [1, 2, 2])
+    assert manager.store.load("child") in ({"from": 2}, None)  # never a stale copy
+
+
+@on_redis
+def test_this_process_own_events_do_not_reset_twice(manager: CacheManager, redis_url: str) -> None:
+    built: list[str] = []
+    root = manager.register_custom_cache("root", {"v": 1}, autosync=False)
+    child = manager.register_custom_cache(
+        "child", builder=lambda name: built.append(name) or {"b": 1}, autosync=False
+    )
+    manager.register_dependent_cache("root", "child")
+    root.save()
+    built.clear()
+    seen: list[str | None] = []
+    manager.store.subscribe(lambda name, generation: seen.append(name))  # type: ignore[attr-defined]
+    root.invalidate()
+    assert built == ["child"]
+    # Events arrive in order: once a later one is seen, the manager has handled ours.
+    RedisStore(redis_url, manager=manager.name).update_meta("unrelated", generation="u:1")
+    wait_until(lambda: "unrelated" in seen)
+    assert built == ["child"]
+    assert child == {"b": 1}
+
+
+@on_redis
+def test_a_lost_event_connection_makes_the_next_save_reload(
+    manager: CacheManager, redis_url: str, raw: Any
+) -> None:
+    cache = manager.register_custom_cache("c", {"k": 1, "mine": 0}, autosync=False)
+    cache.save()
+    events: list[tuple[str | None, str | None]] = []
+    manager.store.subscribe(lambda *event: events.append(event))  # type: ignore[attr-defined]
+    raw.client_kill_filter(_type="pubsub")
+    wait_until(lambda: (None, None) in events, timeout=20)
+    # Meanwhile another process changed the cache (its event would have been missed).
+    RedisStore(redis_url, manager=manager.name).append("c", [("set", "k", 2)])
+    assert cache["k"] == 1  # reads are the dict's own: they cannot notice
+    cache["mine"] = 1
+    cache.save()  # the next save writes this process's change, then reloads
+    assert cache == {"k": 2, "mine": 1}
+    assert manager.store.load("c") == {"k": 2, "mine": 1}
+
+
+SLOW_BUILD = """
+import sys, time
+from cacheman import CacheManager, RedisStore
+manager = CacheManager(sys.argv[2], store=RedisStore(sys.argv[1]))
+def build(name):
+    with open(sys.argv[3], "a") as runs:
+        runs.write("x")
+    time.sleep(1.5)
+    return {"built": True}
+cache = manager.register_custom_cache("slow", builder=build, autosync=False)
+print(dict(cache))
+"""
+
+
+def test_two_processes_registering_a_slow_cache_build_it_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    name = f"build-{os.getpid()}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLOW_BUILD, redis_url, name, str(runs)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert out.strip() == "{'built': True}"
+    assert runs.read_text() == "x", "the builder ran in one process only"
+
+
+@on_redis
+def test_two_processes_appending_keep_the_union_even_after_mark_dirty(
+    manager: CacheManager, redis_url: str
+) -> None:
+    cache = manager.register_custom_cache("shared", {"a": [1]}, autosync=False)
+    cache.save()
+    other = (
+        "import sys\nfrom cacheman import CacheManager, RedisStore\n"
+        "m = CacheManager(sys.argv[2], store=RedisStore(sys.argv[1]))\n"
+        "c = m.register_custom_cache('shared', autosync=False)\nc['b'] = 2\nc.save()\n"
+    )
+    done = run_python("-c", other, redis_url, manager.name)
+    assert done.returncode == 0, done.stderr
+    cache["a"].append(10)
+    cache.mark_dirty()
+    cache.save()  # every key of this process, but no compaction: theirs stays
+    assert manager.store.load("shared") == {"a": [1, 10], "b": 2}
+
+
+def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    manager = CacheManager("dropped", store=store)
+    NonPersistentCache("c", cache_manager=manager)
+    bound = manager.store
+    assert bound._callbacks, "registering a cache subscribed the manager"  # type: ignore[attr-defined]
+    manager.deregister_all_caches()
+    # The process-wide tables keep every manager for the exit flush; a program that
+    # forgot one entirely should get it collected, subscription or not.
+    _registry.discard(manager)
+    cacher._every_manager.remove(manager)
+    reference = weakref.ref(manager)
+    del manager
+    gc.collect()
+    assert reference() is None
+    assert not bound._callbacks  # type: ignore[attr-defined]  # and it unsubscribed
+    bound.close()  # type: ignore[attr-defined]
+
+
+@on_redis
+def test_an_event_about_a_cache_busy_saving_never_holds_up_the_listener(
+    manager: CacheManager, redis_url: str
+) -> None:
+    backing = {"v": 1}
+    saving, release = threading.Event(), threading.Event()
+
+    def slow_saver(name: str, contents: dict[str, int]) -> None:
+        saving.set()
+        release.wait(30)
+        backing.update(contents)
+
+    cache = manager.register_custom_cache(
+        "busy", loader=lambda name: dict(backing), saver=slow_saver, autosync=False
+    )
+    seen: list[str | None] = []
+    manager.store.subscribe(lambda name, generation: seen.append(name))  # type: ignore[attr-defined]
+    cache["v"] = 2
+    saver = threading.Thread(target=cache.save)
+    saver.start()
+    try:
+        assert saving.wait(10)
+        other = RedisStore(redis_url, manager=manager.name)  # another process's view
+        other.update_meta("busy", generation="x:1")
+        other.update_meta("unrelated", generation="u:1")
+        wait_until(lambda: "unrelated" in seen, timeout=10)  # it moved on past the busy cache
+        other.close()
+    finally:
+        release.set()
+        saver.join(10)
+    assert not saver.is_alive()
+    assert backing == {"v": 2}
+
+
+REBUILD_ROOT = """
+import sys, time
+from cacheman import CacheManager, RedisStore
+manager = CacheManager(sys.argv[2], store=RedisStore(sys.argv[1]))
+def build(name):
+    time.sleep(0.5)
+    return {"by": "B"}
+root = manager.register_custom_cache("root", builder=build, autosync=False)
+root.invalidate_and_rebuild()
+"""
+
+
+@on_redis
+def test_a_process_hearing_of_a_reset_loads_what_the_other_built(
+    manager: CacheManager, redis_url: str
+) -> None:
+    built: list[str] = []
+    root = manager.register_custom_cache(
+        "root", builder=lambda name: built.append(name) or {"by": "A"}, autosync=False
+    )
+    assert built == ["root"]
+    assert manager.store.load("root") == {"by": "A"}  # built, and saved under the lock
+    done = run_python("-c", REBUILD_ROOT, redis_url, manager.name)
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: root == {"by": "B"}, timeout=20)
+    assert built == ["root"], "this process did not build it again"
