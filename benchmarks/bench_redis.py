@@ -43,7 +43,7 @@ import redis
 # One way to start a throw-away server, shared with the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _report import verdict
-from bench_core import Row, print_table
+from bench_core import Row, best_of, entries, print_table
 from redis_server import RedisServer, find_redis_server
 
 from cacheman import CacheManager, PersistentCache, RedisStore
@@ -52,22 +52,6 @@ SAVE_TARGET = 1.20
 LOAD_TARGET = 1.20
 BATCH = 1000
 BATCHES_PER_ROUND_TRIP = 20
-
-
-def entries(count: int) -> dict[str, tuple[int, float, str]]:
-    """The same data as bench_core: string keys, small tuples of mixed values."""
-    return {f"key-{i:08d}": (i, i * 0.5, f"value {i}") for i in range(count)}
-
-
-def best_of(repeats: int, *functions: Callable[[], object]) -> list[float]:
-    """The shortest run of each function, alternating them so drift hits all alike."""
-    best = [float("inf")] * len(functions)
-    for _ in range(repeats):
-        for index, function in enumerate(functions):
-            start = time.perf_counter()
-            function()
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
