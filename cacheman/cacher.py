@@ -289,6 +289,9 @@ class CacheManager:
             # Saved beside the caches, so that a program that never declares this
             # edge (a script that only invalidates the parent) still follows it.
             self.store.add_edges([(cache_name, dependent_cache_name)])
+        derived = self._caches.get(dependent_cache_name)
+        if derived is not None:
+            derived._parent_declared(cache_name)
         return self._caches.get(cache_name)
 
     def parents_of(self, cache_name: str) -> list[str]:

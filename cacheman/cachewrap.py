@@ -439,6 +439,9 @@ class CacheWrap(dict[Any, Any]):
     def _mark_stale(self) -> None:
         """Events from other processes may have been missed (a persistent cache reloads)."""
 
+    def _parent_declared(self, parent: str) -> None:
+        """``parent`` was just declared a parent of this registered cache."""
+
     # -- what the background saver uses (_background.SaveTarget declares it) -----
 
     def _save_plan(self, why: SaveReason = "rule") -> SavePlan | None:
@@ -637,6 +640,8 @@ class CacheSteps(Protocol):
     def _bump_generation(self) -> None: ...
 
     def _catch_up(self, derived: bool, wait: float) -> None: ...
+
+    def _parent_declared(self, parent: str) -> None: ...
 
     def _mark_stale(self) -> None: ...
 
@@ -1096,6 +1101,20 @@ class PersistentCache(CacheWrap):
         plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
+
+    def _parent_declared(self, parent: str) -> None:
+        """Record the generation ``parent`` has now: what this cache holds derives from it.
+
+        (Declared after the build, as 2.x code does: the contents were computed
+        from the parent as it is at this moment, not as it is at the next save,
+        by which time another process may have invalidated it.)
+        """
+        with self._lock:
+            if self._built_from is None or parent in self._built_from:
+                return
+            self._built_from.update(self._parents_with_generations([parent]))
+            if self._keeps_generation():
+                self._manager.store.update_meta(self._name, parents=self._built_from)
 
     def _check_parents_before_save(self) -> None:
         """Reset, rather than write back, a cache whose parents moved on since it was built.

@@ -385,3 +385,18 @@ def test_the_in_place_rule_follows_values_assigned_after_the_first_scan(
     cache["t"].append(4)
     cache.save()
     assert manager.store.load("mixed") == {"n": 1, "t": [3, 4], "later": ["a", "b"]}
+
+
+def test_a_parent_declared_after_the_build_is_recorded_as_it_was_then(place: Place) -> None:
+    manager = place.manager()
+    root = manager.register_custom_cache("root", {"v": 1}, autosync=False)
+    root.save()
+    child = manager.register_custom_cache(
+        "child", builder=lambda name: {"from": root["v"]}, autosync=False
+    )
+    manager.register_dependent_cache("root", "child")  # after the build, as 2.x code does
+    child["extra"] = "computed from 1"  # not saved before the parent moves on
+    run("manager.register_cache('root').invalidate()", place)
+    child.save()  # built from the old parent: reset, not written back
+    assert "extra" not in child
+    assert "extra" not in (saved(place, "child") or {})
