@@ -196,6 +196,21 @@ def disable_signal_handlers() -> None:
         del _previous[signum]
 
 
+def keep_signals_from_this_thread() -> None:
+    """Call first thing in each background thread of the package: SIGTERM/SIGHUP skip it.
+
+    The kernel hands a process's signal to any thread that does not block it,
+    and Python runs the handler only when the *main* thread next runs Python
+    code.  A signal taken by a background thread while the main thread waits in
+    a blocking call (``input()``, a socket read) would never be handled: the
+    program would neither save nor end.  Blocked here, it goes to a thread that
+    can take it.
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        wanted = {getattr(signal, name) for name in SIGNAL_NAMES if hasattr(signal, name)}
+        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+
+
 def _inside_the_package(frame: FrameType | None) -> bool:
     """Whether the interrupted thread is running the package's code (or a hook it called)."""
     while frame is not None:
@@ -213,6 +228,7 @@ def _main_thread_frame() -> FrameType | None:
 
 def _redeliver_when_outside(signum: int) -> None:
     """Send ``signum`` to the main thread again once it has left the package's code."""
+    keep_signals_from_this_thread()
     end = _defer_deadline[signum]
     while _inside_the_package(_main_thread_frame()) and time.monotonic() < end:
         time.sleep(0.005)

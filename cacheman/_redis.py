@@ -823,6 +823,7 @@ class _Listener(threading.Thread):
             self.join(_POLL * 4)
 
     def run(self) -> None:
+        _lifecycle.keep_signals_from_this_thread()
         connection_errors = (
             self.store._redis_module.ConnectionError,
             self.store._redis_module.TimeoutError,

@@ -187,6 +187,7 @@ class Scheduler:
         self._thread.start()
 
     def _loop(self) -> None:
+        _lifecycle.keep_signals_from_this_thread()
         while True:
             with self._lock:
                 if self._stopping or self._wake_pipe is None:
