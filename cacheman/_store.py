@@ -721,13 +721,11 @@ class PickleStore:
         self, journal: Path, position: Position
     ) -> tuple[os.stat_result, Header, bytes] | None:
         """The journal's bytes after ``position``; None unless it is still that journal."""
-        try:
-            handle = open(journal, "rb")  # noqa: SIM115
-        except FileNotFoundError:
+        opened = _open_checked(journal, "journal file")
+        if opened is None:
             return None
+        handle, info = opened
         with handle:
-            info = os.fstat(handle.fileno())
-            check_private(journal, info, "journal file")
             header = _decode_header_or_none(handle.read(_JOURNAL_HEADER_SIZE))
             if header is None or header.file_id != position.file_id:
                 return None
@@ -805,14 +803,12 @@ class PickleStore:
         self, name: str, path: Path, *, locked: bool
     ) -> _Snapshot | _Replaced | None:
         """The snapshot as read (None contents if there is none); None if it was damaged."""
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 (held open across the quarantine)
-        except FileNotFoundError:
+        # Held open across the quarantine, so its inode is not reused meanwhile.
+        opened = _open_checked(path, "cache file")
+        if opened is None:
             return _Snapshot(None, None, None)
+        handle, info = opened
         with handle:
-            # fstat, not stat: the checked file is the one read, whatever is renamed meanwhile.
-            info = os.fstat(handle.fileno())
-            check_private(path, info, "cache file")
             data = handle.read()
             try:
                 contents, journal_id = self._decode(name, path, data)
@@ -821,13 +817,11 @@ class PickleStore:
         return _Snapshot(contents, journal_id, (info.st_dev, info.st_ino))
 
     def _read_journal(self, name: str, journal: Path) -> tuple[os.stat_result, bytes] | None:
-        try:
-            handle = open(journal, "rb")  # noqa: SIM115
-        except FileNotFoundError:
+        opened = _open_checked(journal, "journal file")
+        if opened is None:
             return None
+        handle, info = opened
         with handle:
-            info = os.fstat(handle.fileno())
-            check_private(journal, info, "journal file")
             return info, handle.read()
 
     def _check_signed(self, name: str, journal: Path, header: Header, size: int) -> None:
@@ -1309,14 +1303,35 @@ class PickleStore:
                 _write_json(path, {"edges": [list(edge) for edge in wanted]})
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any] | None:
-    """Read a small JSON object we wrote; None if missing, a warning if damaged."""
+def _open_checked(path: Path, what: str) -> tuple[IO[bytes], os.stat_result] | None:
+    """Open ``path`` for reading if only we can write it; None if it does not exist.
+
+    fstat, not stat: the file checked is the one read, whatever is renamed
+    meanwhile.  Raises :class:`~cacheman.errors.InsecureCacheError` (the file
+    closed) if another user could have written it.
+    """
     try:
-        with open(path, "rb") as handle:
-            check_private(path, os.fstat(handle.fileno()), "cache file")
-            data = json.loads(handle.read())
+        handle = open(path, "rb")  # noqa: SIM115 (the caller closes it)
     except FileNotFoundError:
         return None
+    try:
+        info = os.fstat(handle.fileno())
+        check_private(path, info, what)
+    except BaseException:
+        handle.close()
+        raise
+    return handle, info
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any] | None:
+    """Read a small JSON object we wrote; None if missing, a warning if damaged."""
+    opened = _open_checked(path, "cache file")
+    if opened is None:
+        return None
+    handle = opened[0]
+    try:
+        with handle:
+            data = json.loads(handle.read())
     except ValueError as error:
         logger.warning("%s in %s is damaged (%s); ignoring it", what, path, error)
         return None
