@@ -115,6 +115,9 @@ class SaveTarget(Protocol):
 
     def __len__(self) -> int: ...
 
+    def _check_lineage(self) -> None:
+        """Before planning (lock held, no save in flight): rebuild if its parents moved on."""
+
     def _save_plan(self, why: SaveReason = "rule") -> SavePlan | None:
         """The save to run now (under the cache's lock), or None when nothing is to be written."""
 
@@ -251,8 +254,11 @@ class BackgroundSaver:
     # -- the two ways to save (cache lock held) ------------------------------------
 
     def _start_child(self, cache: SaveTarget, mode: Mode) -> None:
-        plan = cache._save_plan("save" if mode == "caller" else "rule")
+        # Owed no more before the lineage check: a rebuild it starts deletes the saved
+        # copy, which awaits this saver, which must not start this save again.
         self.owed = None
+        cache._check_lineage()
+        plan = cache._save_plan("save" if mode == "caller" else "rule")
         if plan is None:
             return
         if plan.light:
@@ -272,8 +278,9 @@ class BackgroundSaver:
         self.scheduler.call_at(self, job.deadline, self._on_due)
 
     def _save_in_process(self, cache: SaveTarget, mode: Mode) -> None:
-        plan = cache._save_plan("save" if mode == "caller" else "rule")
         self.owed = None
+        cache._check_lineage()
+        plan = cache._save_plan("save" if mode == "caller" else "rule")
         if plan is not None:
             self._run_in_process(plan)
 

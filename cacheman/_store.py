@@ -49,6 +49,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from ._file_events import EventLog
 from ._journal import HEADER_SIZE as _JOURNAL_HEADER_SIZE
 from ._journal import (
     NO_POSITION,
@@ -315,6 +316,8 @@ class PickleStore:
         # name -> (snapshot, journal): an append is cheap enough for path
         # building and name checks to show.
         self._paths: dict[str, tuple[Path, Path]] = {}
+        # Generation changes, for other processes (see cacheman._file_events).
+        self._events = EventLog(directory)
 
     def __repr__(self) -> str:
         signed = ", signed" if self.signing_key else ""
@@ -1266,13 +1269,36 @@ class PickleStore:
         ensure_private_directory(self.directory)
         with _locked(path):
             meta = self.read_meta(name) or {}
+            old = meta.get("generation")
             for field, value in fields.items():
                 if value is None:
                     meta.pop(field, None)
                 else:
                     meta[field] = value
             _write_json(path, meta)
+            generation = meta.get("generation")
+            if isinstance(generation, str) and generation != old:
+                # Under the lock: events of one cache reach the log in the order written.
+                self._events.publish(name, generation)
         return meta
+
+    # -- invalidation events (see cacheman._file_events) ------------------------------
+
+    def subscribe(self, callback: Callable[[str | None, str | None], None]) -> None:
+        """Call ``callback(name, generation)`` when another process gives a cache a new generation.
+
+        Within :data:`~cacheman._file_events.WATCH_INTERVAL` seconds, on the
+        process's watcher thread; ``(None, None)`` when events may have been missed.
+        """
+        self._events.subscribe(callback)
+
+    def unsubscribe(self, callback: Callable[[str | None, str | None], None]) -> None:
+        """Stop calling ``callback``."""
+        self._events.unsubscribe(callback)
+
+    def wrote_generation(self, name: str, generation: str | None) -> bool:
+        """Whether this process itself lately gave ``name`` the generation ``generation``."""
+        return self._events.wrote_generation(name, generation)
 
     # -- the dependency edges declared by any process ---------------------------------
 

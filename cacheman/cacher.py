@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _registry
-from ._generations import STALE, is_stale, parent_generations
+from ._generations import STALE
 from ._graph import DependencyGraph
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
@@ -416,9 +416,11 @@ class CacheManager:
         """Reload one cache and reset every cache derived from it; return the cache."""
         cache = self._resolve(cache_name)
         cache._load_self()
+        if apply_to_dependents:
+            self._forget_unregistered_downstream(cache.name)
         cache._bump_generation()
         if apply_to_dependents:
-            self._reset_downstream(cache.name)
+            self._rebuild_registered_downstream(cache.name)
         return cache
 
     def invalidate_and_rebuild_cache(
@@ -429,9 +431,11 @@ class CacheManager:
         Returns the cache.
         """
         cache = self._resolve(cache_name)
+        if apply_to_dependents:
+            self._forget_unregistered_downstream(cache.name)
         cache._reset_self()
         if apply_to_dependents:
-            self._reset_downstream(cache.name)
+            self._rebuild_registered_downstream(cache.name)
         return cache
 
     def delete_saved_cache_content(
@@ -561,26 +565,24 @@ class CacheManager:
         with self._lock:
             return [(name, self._caches.get(name)) for name in self._graph.downstream(cache_name)]
 
-    def _reset_downstream(self, cache_name: str) -> None:
-        """Reset each cache derived from ``cache_name``; unregistered ones lose their saved copy."""
+    def _forget_unregistered_downstream(self, cache_name: str) -> None:
+        """Before ``cache_name`` gets its new generation: derived caches not registered here
+        lose their saved copy (and are marked stale).
+
+        Before, not after: once the generation is announced, another process may
+        rebuild one of them, and this cascade must not delete what it rebuilt.
+        """
         self._merge_persisted_edges(again=True)
         for name, cache in self._downstream(cache_name):
-            if cache is not None:
-                cache._reset_self()
-            elif not self._rebuilt_elsewhere(name):
+            if cache is None:
                 self._delete_unregistered(name)
 
-    def _rebuilt_elsewhere(self, cache_name: str) -> bool:
-        """Whether another process already rebuilt ``cache_name`` from its parents as they are now.
-
-        (A process that heard of this invalidation through the store's events
-        can be quicker than this cascade; its fresh copy must not be deleted.)
-        """
-        meta = self.store.read_meta(cache_name)
-        parents = self.parents_of(cache_name)
-        if meta is None or not isinstance(meta.get("parents"), dict) or not parents:
-            return False
-        return not is_stale(meta, parent_generations(self.store, parents))
+    def _rebuild_registered_downstream(self, cache_name: str) -> None:
+        """After ``cache_name`` got its new generation: rebuild each registered derived cache,
+        parents first (or load it, where another process already rebuilt it)."""
+        for _name, cache in self._downstream(cache_name):
+            if cache is not None:
+                cache._parent_moved_on()
 
     def _delete_saved_downstream(self, cache_name: str) -> None:
         """Delete the saved copy of each cache derived from ``cache_name``, registered or not."""
@@ -614,10 +616,7 @@ class CacheManager:
         """
         try:
             if cache_name is None:
-                with self._lock:
-                    caches = list(self._caches.values())
-                for cache in caches:
-                    cache._mark_stale()
+                self._check_all_lineage()
                 return
             wrote = getattr(self.store, "wrote_generation", None)
             if wrote is not None and wrote(cache_name, generation):
@@ -643,6 +642,38 @@ class CacheManager:
                     cache_name,
                 )
                 each._mark_stale()
+
+    def _check_all_lineage(self) -> None:
+        """The full check, when events from other processes may have been missed.
+
+        Run on a lost or restored Redis connection, a replaced pickle-store event
+        log (any thread; errors are logged, never raised).  Parents first, every
+        registered cache whose generation moved on in the store is brought up to
+        date now, and every derived cache whose parents moved on is rebuilt (or
+        loaded, where another process rebuilt it), as the events would have done;
+        the others take in what other processes appended at their next load, save
+        or refresh.  A cache busy for more than :data:`EVENT_LOCK_WAIT` seconds
+        does all of it then.
+        """
+        try:
+            self._merge_persisted_edges(again=True)
+            caches = self._all_in_order()
+        except Exception:
+            logger.exception("manager %r: the full check after missed events failed", self.name)
+            with self._lock:
+                caches = list(self._caches.values())
+            for cache in caches:
+                cache._mark_stale()
+            return
+        for cache in caches:
+            try:
+                cache._check_generation(EVENT_LOCK_WAIT)
+            except Exception:
+                logger.exception(
+                    "cache %r: the check after missed events failed; it reloads at its next use",
+                    cache.name,
+                )
+                cache._mark_stale()
 
     def _save_at_exit(self) -> None:
         for cache in self._all_in_order():

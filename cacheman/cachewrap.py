@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 from . import _background, _lifecycle, _registry
 from ._background import SavePlan, SaveReason
 from ._changes import ChangeSet, Taken
-from ._generations import generation_of, is_stale, next_generation, parent_generations
+from ._generations import generation_of, next_generation, parent_generations
 from ._journal import DEL, SET, Change, apply_changes
 from ._paths import validate_cache_name
+from ._persist.lineage import Verdict, decide, settle
 from .errors import CacheManError
 
 if TYPE_CHECKING:
@@ -382,6 +383,7 @@ class CacheWrap(dict[Any, Any]):
         """Save in this thread, after any background save in flight (so it cannot land later)."""
         with self._lock:
             self._await_pending_save()
+            self._check_lineage()  # before planning: the plan only says what to write
             plan = self._save_plan(why)
             if plan is None:
                 return
@@ -438,6 +440,22 @@ class CacheWrap(dict[Any, Any]):
 
     def _mark_stale(self) -> None:
         """Events from other processes may have been missed (a persistent cache reloads)."""
+
+    def _check_generation(self, wait: float) -> None:
+        """The full check (events may have been missed): catch up if moved on elsewhere."""
+        self._mark_stale()
+
+    def _parent_moved_on(self) -> None:
+        """A parent was invalidated in this process: rebuild (a persistent cache may load
+        what another process already rebuilt instead)."""
+        self._reset_self()
+
+    def _check_lineage(self) -> None:
+        """Before a save is planned (cache lock held, no background save in flight).
+
+        A persistent cache asks :mod:`cacheman._persist.lineage` whether it is still
+        derived from its parents as they are; one kept by hooks alone has nothing to check.
+        """
 
     def _parent_declared(self, parent: str) -> None:
         """``parent`` was just declared a parent of this registered cache."""
@@ -645,6 +663,10 @@ class CacheSteps(Protocol):
 
     def _mark_stale(self) -> None: ...
 
+    def _check_generation(self, wait: float) -> None: ...
+
+    def _parent_moved_on(self) -> None: ...
+
 
 class Storage(Protocol):
     """Where a cache is kept when it has no loader/saver/deleter hooks (pickle store, CSV file)."""
@@ -696,6 +718,7 @@ class PersistentCache(CacheWrap):
         "_building",
         "_built_from",
         "_changes",
+        "_generation_held",
         "_has_generation",
         "_position",
         "_stale",
@@ -710,6 +733,9 @@ class PersistentCache(CacheWrap):
         self._behind = False  # a save took in changes this process has not seen: reload
         self._built_from: dict[str, str | None] | None = None
         self._has_generation = False
+        # The generation of the saved copy that the contents in memory correspond to:
+        # a parent whose generation in the store differs is refreshed before a build.
+        self._generation_held: str | None = None
         self._stale = False  # events may have been missed: reload at the next load/save/refresh
         self._building = False  # this cache holds its store's builder lock
         super().__init__(*args, **kwargs)
@@ -816,11 +842,16 @@ class PersistentCache(CacheWrap):
         """
         with self._lock:
             self._stale = False  # this reloads anyway
+            # The save settles lineage first: a derived cache whose parents moved on is
+            # rebuilt from them brought up to date (or loaded, if another process did it).
             self._save_now("rule")
             store = self._journal_store()
             if store is None:
                 self._load_self()
                 return
+            # Read before the contents: a generation given meanwhile makes a later check
+            # refresh again, never take older contents for newer.
+            generation = generation_of(self._manager.store.read_meta(self._name))
             if self._position is not None and not self._behind:
                 news = store.changes_since(self._name, self._position)
                 if news is not None:
@@ -828,12 +859,20 @@ class PersistentCache(CacheWrap):
                     apply_changes(self, changes)  # other processes' changes, not ours
                     self._changes.changeable = None  # new values: scan them again
                     self._behind = False
+                    self._generation_held = generation
                     return
-            loaded, self._position = store.load_tracked(self._name)
+            loaded, position = store.load_tracked(self._name)
+            if loaded is None:
+                # Nothing saved (another process reset it and has not saved its build
+                # yet, say): as at registration, wait for its builder or build here.
+                self._load_self()
+                return
+            self._position = position
             dict.clear(self)
-            dict.update(self, self._post_processed(loaded) if loaded else {})
+            dict.update(self, self._post_processed(loaded))
             self._changes.changeable = None
             self._behind = False
+            self._generation_held = generation
 
     # -- load and reset ------------------------------------------------------------------
 
@@ -853,20 +892,25 @@ class PersistentCache(CacheWrap):
             self._stale = False
             parents = self._parents()
             current = parent_generations(self._manager.store, parents) if parents else {}
-            if parents and is_stale(self._manager.store.read_meta(self._name), current):
-                logger.info("cache %r: a parent moved on since it was built; resetting", self._name)
-                self._reset_self()
+            meta = self._manager.store.read_meta(self._name)
+            if parents and decide(current, meta) is Verdict.STALE:
+                logger.info(
+                    "cache %r: a parent moved on since it was saved; rebuilding", self._name
+                )
+                self._rebuild(None, invalidated=False)
                 return
             store = self._journal_store() if self.loader is None else None
             loaded, position, rejected = self._read_saved(store)
             if loaded is None:
                 with self._one_builder() as locked:
                     if locked:  # another process may have built and saved it while we waited
+                        meta = self._manager.store.read_meta(self._name)
                         loaded, position, rejected = self._read_saved(store)
                     if loaded is None:
                         # A copy the validator rejected is still saved: what is built now
                         # must replace it at the next save, not be added to it.
-                        self._install_built(self._build(), parents, fresh=not rejected)
+                        built_from = self._parents_up_to_date()
+                        self._install_built(self._build(), built_from, fresh=not rejected)
                         self._position = position  # where the journal stands (maybe empty)
                         if locked:
                             self._save_build()
@@ -877,6 +921,7 @@ class PersistentCache(CacheWrap):
             self._changes.synced()
             self._position, self._behind = position, False
             self._built_from = current
+            self._generation_held = generation_of(meta)
             self._saved()
 
     def _read_saved(self, store: JournalStore | None) -> tuple[dict[Any, Any] | None, Any, bool]:
@@ -899,12 +944,122 @@ class PersistentCache(CacheWrap):
 
     def _reset_self(self) -> None:
         with self._lock, self._one_builder() as locked:
-            # Build first: a builder that raises must leave the saved copy in place.
-            rebuilt = self._build()
-            self._delete_saved_self()
-            self._install_built(rebuilt, self._parents(), fresh=False)
+            self._build_anew(locked)
+
+    def _build_anew(self, locked: bool) -> None:
+        """Build from the parents brought up to date, delete the saved copy, install the build."""
+        built_from = self._parents_up_to_date()
+        # Build first: a builder that raises must leave the saved copy in place.
+        rebuilt = self._build()
+        self._delete_saved_self()
+        self._install_built(rebuilt, built_from, fresh=False)
+        if locked:
+            self._save_build()
+
+    # -- lineage: what cacheman._persist.lineage decides, done (cache lock held) ---------
+
+    def _check_lineage(self) -> None:
+        if self._stale:
+            # Events from other processes were missed: catch up (settling lineage on the way).
+            self.refresh()
+        settle(self, self._manager.store)
+
+    def _adopt_parents(self, current: Mapping[str, str | None]) -> None:
+        """Fresh: record the parents declared (by any process) since the build, as they are now."""
+        built_from = self._built_from
+        if built_from is None:
+            return
+        declared = [parent for parent in current if parent not in built_from]
+        if declared:
+            built_from.update(self._parents_with_generations(declared))
+            self._manager.store.update_meta(self._name, parents=built_from)
+
+    def _load_rebuilt(self) -> None:
+        """Load the copy another process rebuilt; this process's changes were to a stale copy."""
+        self._changes.synced()
+        self._load_self()
+
+    def _rebuild(self, held: Mapping[str, str | None] | None, *, invalidated: bool) -> None:
+        """Build anew: once per invalidation across processes where the store has a builder lock."""
+        with self._lock, self._one_builder() as locked:
             if locked:
-                self._save_build()
+                # Another process may have rebuilt it while this one waited for the lock.
+                store = self._manager.store
+                current = parent_generations(store, self._parents())
+                verdict = decide(
+                    current, store.read_meta(self._name), held, invalidated=invalidated
+                )
+                if verdict is Verdict.FRESH and held is not None:
+                    return
+                if verdict is not Verdict.STALE:
+                    self._load_rebuilt()
+                    return
+            self._build_anew(locked)
+
+    def _parents_up_to_date(self) -> dict[str, str | None]:
+        """Bring the parents this process holds up to date; the generations a build reads.
+
+        A builder reads a parent registered here from memory: one another process
+        moved on is refreshed first, so a build never reads a stale parent, and
+        what is recorded is the generation its contents correspond to.  A cache
+        without a builder reads nothing: its parents are recorded as they are.
+        """
+        parents = self._parents()
+        if self.builder is None:
+            return parent_generations(self._manager.store, parents)
+        for name in parents:
+            parent = self._manager._caches.get(name)
+            if isinstance(parent, PersistentCache) and parent is not self:
+                parent._up_to_date_for_build()
+        return self._parents_with_generations(parents)
+
+    def _up_to_date_for_build(self) -> None:
+        """A cache derived from this one is about to build: settle, and refresh if moved on."""
+        with self._lock:
+            store = self._manager.store
+            settle(self, store)
+            if self._stale or generation_of(store.read_meta(self._name)) != self._generation_held:
+                self.refresh()
+
+    def _catch_up(self, derived: bool, wait: float) -> None:
+        """Another process invalidated this cache or a parent: settle lineage, take in its changes.
+
+        A derived cache whose parents moved on is rebuilt (or loaded, if the other
+        process rebuilt it); otherwise this process's changes are saved and the
+        other processes' taken in (:meth:`refresh`).
+        """
+        if not self._lock.acquire(timeout=wait):
+            self._mark_stale()
+            return
+        try:
+            self._stale = False
+            if settle(self, self._manager.store) is Verdict.FRESH:
+                self.refresh()
+            else:
+                self._save_now("rule")
+        finally:
+            self._lock.release()
+
+    def _check_generation(self, wait: float) -> None:
+        """The full check: catch up now if it or a parent moved on; take in appends later."""
+        if not self._lock.acquire(timeout=wait):
+            self._mark_stale()
+            return
+        try:
+            store = self._manager.store
+            if generation_of(store.read_meta(self._name)) != self._generation_held:
+                self._catch_up(False, wait)
+            elif settle(self, store) is not Verdict.FRESH:
+                self._save_now("rule")
+            else:
+                # Appends are not announced: the next load, save or refresh takes them in.
+                self._mark_stale()
+        finally:
+            self._lock.release()
+
+    def _parent_moved_on(self) -> None:
+        with self._lock:
+            settle(self, self._manager.store, invalidated=True)
 
     @contextlib.contextmanager
     def _one_builder(self) -> Iterator[bool]:
@@ -952,27 +1107,6 @@ class PersistentCache(CacheWrap):
                 error,
             )
 
-    def _catch_up(self, derived: bool, wait: float) -> None:
-        """Another process invalidated this cache or a parent: save my changes, then reload.
-
-        The reload's generation check turns into a reset what derives from a
-        parent that moved on; this process's unsaved changes are written first,
-        as they would survive such an invalidation on the pickle store.
-        """
-        if not self._lock.acquire(timeout=wait):
-            self._mark_stale()
-            return
-        try:
-            self._save_then_reload("rule")
-        finally:
-            self._lock.release()
-
-    def _save_then_reload(self, why: SaveReason) -> None:
-        """Write this process's changes (as a save for ``why`` would), then reload."""
-        self._stale = False
-        self._save_now(why)
-        self._load_self()
-
     def _mark_stale(self) -> None:
         # A flag, so a lost connection costs nothing until the cache is used: the
         # next load, save or refresh reloads it.  Reads of the dict cannot be
@@ -980,33 +1114,33 @@ class PersistentCache(CacheWrap):
         self._stale = True
 
     def _install_built(
-        self, built: dict[Any, Any] | None, parents: list[str], *, fresh: bool
+        self, built: dict[Any, Any] | None, built_from: dict[str, str | None], *, fresh: bool
     ) -> None:
         """Put what a builder built in place; it replaces the saved copy at the next save.
 
-        ``fresh``: nothing valid was saved (a first load); else the saved copy was
-        just deleted (a reset).  A build is a change (one edit per item, for
-        autosync), and gives the cache a new generation that records its parents'.
+        ``built_from``: the parents' generations the builder read (see
+        :meth:`_parents_up_to_date`).  ``fresh``: nothing valid was saved (a first
+        load); else the saved copy was just deleted (a reset).  A build is a change
+        (one edit per item, for autosync), and gives the cache a new generation
+        that records its parents'.
         """
         dict.clear(self)
         if built:
             dict.update(self, built)
         self._position, self._behind = None, False
         self._saved()
+        self._built_from = built_from
         if not built and fresh:
             self._changes.synced()  # nothing saved, nothing built: no change to write
-            self._built_from = parent_generations(self._manager.store, parents)
             return
         self._changes.replaced()
-        self._built_from = self._parents_with_generations(parents)
         if self._keeps_generation():
+            generation = next_generation(None)
             self._manager.store.update_meta(
-                self._name,
-                generation=next_generation(None),
-                parents=self._built_from,
-                stale=None,
+                self._name, generation=generation, parents=built_from, stale=None
             )
             self._has_generation = True
+            self._generation_held = generation
         self._note((), len(self))
 
     def _keeps_generation(self) -> bool:
@@ -1019,18 +1153,25 @@ class PersistentCache(CacheWrap):
         return self._journal_store() is not None or self._manager.in_graph(self._name)
 
     def _parents_with_generations(self, parents: list[str]) -> dict[str, str | None]:
-        """The parents' generations, giving one to a parent that has none yet.
+        """The parents' generations as this process holds them, giving one to a parent without.
 
+        A parent registered here is taken at the generation its contents in memory
+        correspond to (what a builder reads); the others at theirs in the store.
         A parent never saved has no generation; recording None would make this
         cache stale as soon as the parent is saved and gets one.
         """
         store = self._manager.store
         current = parent_generations(store, parents)
         for parent, generation in current.items():
-            if generation is None:
-                current[parent] = generation_of(
-                    store.update_meta(parent, generation=next_generation(None))
-                )
+            cache = self._manager._caches.get(parent)
+            held = cache._generation_held if isinstance(cache, PersistentCache) else None
+            if held is not None:
+                current[parent] = held
+            elif generation is None:
+                given = generation_of(store.update_meta(parent, generation=next_generation(None)))
+                current[parent] = given
+                if isinstance(cache, PersistentCache):
+                    cache._generation_held = given
         return current
 
     def _delete_saved_self(self) -> None:
@@ -1040,13 +1181,14 @@ class PersistentCache(CacheWrap):
             self._changes.replaced(pending=False)
             self._position, self._behind = None, False
             self._has_generation = False
+            self._generation_held = None
 
     def _bump_generation(self) -> None:
         store = self._manager.store
-        store.update_meta(
-            self._name, generation=next_generation(generation_of(store.read_meta(self._name)))
-        )
+        generation = next_generation(generation_of(store.read_meta(self._name)))
+        store.update_meta(self._name, generation=generation)
         self._has_generation = True
+        self._generation_held = generation
 
     # -- save ---------------------------------------------------------------------------
 
@@ -1058,10 +1200,6 @@ class PersistentCache(CacheWrap):
         write the values that can change in place; an explicit save of a cache
         with nothing saved writes it whole even if nothing changed.
         """
-        if self._stale:
-            # Events from other processes were missed: catch up (this save included).
-            self._save_then_reload(why)
-        self._check_parents_before_save()
         store = self._journal_store()
         if store is None:
             return self._whole_save_plan(why)
@@ -1116,31 +1254,6 @@ class PersistentCache(CacheWrap):
             if self._keeps_generation():
                 self._manager.store.update_meta(self._name, parents=self._built_from)
 
-    def _check_parents_before_save(self) -> None:
-        """Reset, rather than write back, a cache whose parents moved on since it was built.
-
-        A parent declared after the build (``register_dependent_cache`` called
-        once the caches exist, as 2.x code does) is adopted at its current
-        generation, and recorded.
-        """
-        parents = self._parents()
-        if not parents or self._built_from is None:
-            return
-        current = parent_generations(self._manager.store, parents)
-        built_from = self._built_from
-        if any(p in built_from and built_from[p] != g for p, g in current.items()):
-            logger.info(
-                "cache %r: a parent moved on since it was built; resetting instead of "
-                "writing it back",
-                self._name,
-            )
-            self._reset_self()
-        elif any(p not in built_from for p in current):
-            built_from.update(
-                self._parents_with_generations([p for p in current if p not in built_from])
-            )
-            self._manager.store.update_meta(self._name, parents=built_from)
-
     def _worth_compacting(self, taken: Taken, since: Any) -> bool:
         """Rewrite the snapshot rather than append: none yet, most keys changed, a long journal.
 
@@ -1188,18 +1301,20 @@ class PersistentCache(CacheWrap):
                 self._built_from = self._parents_with_generations(self._parents())
             store = self._manager.store
             old = generation_of(store.read_meta(self._name))
+            generation = old or next_generation(None)
             store.update_meta(
-                self._name,
-                generation=old or next_generation(None),
-                parents=self._built_from,
-                stale=None,
+                self._name, generation=generation, parents=self._built_from, stale=None
             )
             self._has_generation = True
+            self._generation_held = generation  # what was written is the saved copy now
         if not self._has_generation and self._keeps_generation():
             store = self._manager.store
-            if generation_of(store.read_meta(self._name)) is None:
-                store.update_meta(self._name, generation=next_generation(None))
+            held = generation_of(store.read_meta(self._name))
+            if held is None:
+                held = next_generation(None)
+                store.update_meta(self._name, generation=held)
             self._has_generation = True
+            self._generation_held = self._generation_held or held
 
     def _forget_inherited(self) -> None:
         """In a process forked by the user: the parent's changes are the parent's to save."""

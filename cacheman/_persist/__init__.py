@@ -1,0 +1,1 @@
+"""The persistent cache: what a save writes, lineage, changes."""
