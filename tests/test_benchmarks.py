@@ -109,3 +109,10 @@ def test_bench_memoize_reports_every_row() -> None:
     table = run_quick("bench_memoize.py")
     for row in ("cacheman memoize", "diskcache memoize", "cachier", "joblib.Memory"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_bench_invalidation_reports_every_row() -> None:
+    table = run_quick("bench_invalidation.py")
+    for row in ("invalidation seen, p50", "invalidation seen, p99", "invalidation seen, worst"):
+        assert row in table
