@@ -68,7 +68,8 @@ def trials(directory: Path, count: int) -> list[float]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert other.stdin is not None and other.stdout is not None
+    assert other.stdin is not None
+    assert other.stdout is not None
     latencies = []
     try:
         for trial in range(1, count + 1):
