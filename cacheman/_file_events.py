@@ -219,10 +219,13 @@ class _Watcher:
             self._logs.discard(log)
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cacheman-file-events", daemon=True)
+        self._wake = wake = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(wake,), name="cacheman-file-events", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, wake: threading.Event) -> None:
         _lifecycle.keep_signals_from_this_thread()
         me = threading.current_thread()
         while True:
@@ -239,7 +242,13 @@ class _Watcher:
                 except Exception:
                     logger.exception("watching the event log %s failed", log.path)
             del logs
-            self._wake.wait(WATCH_INTERVAL)
+            wake.wait(WATCH_INTERVAL)
+
+    def stop(self) -> None:
+        """At exit: no catching up while the exit flush saves (it settles every cache itself)."""
+        with self._lock:
+            self._thread = None
+        self._wake.set()
 
     def after_fork_in_child(self) -> None:
         # The thread does not exist here; a program's own child watches what its parent did.
@@ -251,3 +260,4 @@ class _Watcher:
 
 _watcher = _Watcher()
 _lifecycle.on_fork_child(_watcher.after_fork_in_child)
+_lifecycle.on_exit(_watcher.stop)
