@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -152,7 +153,9 @@ if mode == "save":
 elif mode == "refresh":
     features.refresh()
 print(dict(features), flush=True)
-"""  # mode "exit": the exit flush saves
+if mode == "sigterm":
+    sys.stdin.readline()  # the test sends SIGTERM meanwhile
+"""  # modes "exit" and "sigterm": the exit flush saves
 
 
 def seed_raw(place: Place) -> None:
@@ -174,6 +177,7 @@ def run_script(place: Place, script: str, *args: str) -> None:
         ("refresh", "persistent"),
         ("exit", "persistent"),
         ("exit", "autosync"),
+        ("sigterm", "persistent"),
     ],
 )
 def test_a_stale_derived_cache_is_rebuilt_from_its_parent_brought_up_to_date(
@@ -190,9 +194,17 @@ def test_a_stale_derived_cache_is_rebuilt_from_its_parent_brought_up_to_date(
     assert program.stdout is not None
     assert program.stdout.readline().strip() == "ready {'f': 10}"
     run_script(place, CHANGE_RAW)
-    out, err = program.communicate("go\n", timeout=60)
-    assert program.returncode == 0, err
-    if mode != "exit":
+    if mode == "sigterm":
+        program.stdin.write("go\n")
+        program.stdin.flush()
+        assert program.stdout.readline().startswith("{'f': 10, 'note'")  # edited, not saved
+        program.send_signal(signal.SIGTERM)
+        out, err = program.communicate(timeout=60)
+        assert program.returncode == -signal.SIGTERM, err
+    else:
+        out, err = program.communicate("go\n", timeout=60)
+        assert program.returncode == 0, err
+    if mode in ("save", "refresh"):
         # In memory: rebuilt from raw as the store has it (the edit was to the stale copy).
         assert out.strip() == "{'f': 20}"
     assert place.saved("features") == {"f": 20}
