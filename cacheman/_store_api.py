@@ -13,13 +13,13 @@ only the keys they changed, and several processes can write one cache.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ._journal import AppendResult, Change, SaveResult
 
-__all__ = ["Edge", "JournalStore", "Store", "StoreFactory"]
+__all__ = ["Edge", "EventCallback", "EventStore", "JournalStore", "Store", "StoreFactory"]
 
 #: A dependency edge: ``(parent, child)``, *child is derived from parent*.
 Edge = tuple[str, str]
@@ -85,6 +85,29 @@ class JournalStore(Store, Protocol):
         pending: Iterable[Change] = (),
     ) -> SaveResult:
         """Replace what is saved; with ``since``, keep what others appended after it."""
+
+
+#: ``callback(name, generation)``; ``(None, None)``: events may have been missed.
+EventCallback = Callable[["str | None", "str | None"], None]
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """A store that tells subscribers when another process gives a cache a new generation.
+
+    Both stores are: Redis by pub/sub, the pickle store by its event log (see
+    :mod:`cacheman._file_events`).  The manager subscribes when its first cache
+    is registered, and runs the lineage checks on what it hears.
+    """
+
+    def subscribe(self, callback: EventCallback) -> None:
+        """Call ``callback`` for each generation change, on a thread of the store's."""
+
+    def unsubscribe(self, callback: EventCallback) -> None:
+        """Stop calling ``callback``."""
+
+    def wrote_generation(self, name: str, generation: str | None) -> bool:
+        """Whether this process itself lately gave ``name`` the generation ``generation``."""
 
 
 class StoreFactory(Protocol):

@@ -18,7 +18,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from . import _lifecycle, _registry
 from ._generations import STALE
@@ -27,7 +27,7 @@ from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
-from ._store_api import JournalStore, Store, StoreFactory
+from ._store_api import EventStore, JournalStore, Store, StoreFactory
 from .autosync import AutoSyncCache
 from .cachewrap import HOOK_NAMES, CacheSteps, CacheWrap, NonPersistentCache, PersistentCache
 from .errors import CacheNotRegisteredError, DependencyCycleError
@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
     def _both_keep_journals(a: PickleStore, b: RedisStore) -> tuple[JournalStore, JournalStore]:
         """(Never called: mypy checks that both stores implement the journal interface.)"""
+        return a, b
+
+    def _both_send_events(a: PickleStore, b: RedisStore) -> tuple[EventStore, EventStore]:
+        """(Never called: mypy checks that both stores implement the events interface.)"""
         return a, b
 
 
@@ -134,7 +138,7 @@ class CacheManager:
         self._lock = threading.RLock()
         _registry.add(self)
         _every_manager.append(self)
-        self._subscribed = not hasattr(self.store, "subscribe")  # nothing to subscribe to
+        self._subscribed = not isinstance(self.store, EventStore)  # nothing to subscribe to
 
     def __repr__(self) -> str:
         where = str(self.cache_directory)
@@ -521,7 +525,7 @@ class CacheManager:
             if not self._subscribed:
                 # Before the cache loads, so no event about what it loads is missed.
                 self._subscribed = True
-                _subscribe(self, self.store)
+                _subscribe(self, cast("EventStore", self.store))
             previous = self._caches.get(cache.name)
             if previous is not None and previous is not cache:
                 # Re-registering a name (a re-run notebook cell, say) must not lose
@@ -618,8 +622,8 @@ class CacheManager:
             if cache_name is None:
                 self._check_all_lineage()
                 return
-            wrote = getattr(self.store, "wrote_generation", None)
-            if wrote is not None and wrote(cache_name, generation):
+            store = self.store
+            if isinstance(store, EventStore) and store.wrote_generation(cache_name, generation):
                 return
             self._merge_persisted_edges(again=True)
             reached: list[tuple[str, CacheSteps | None]] = [
@@ -686,7 +690,7 @@ class CacheManager:
 _every_manager: list[CacheManager] = []
 
 
-def _subscribe(manager: CacheManager, store: Any) -> None:
+def _subscribe(manager: CacheManager, store: EventStore) -> None:
     """Subscribe ``manager`` to the events of its ``store``, without keeping it alive."""
     reference = weakref.ref(manager)
 
