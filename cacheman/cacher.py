@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from . import _lifecycle, _registry
+from . import _lifecycle, _log, _registry
 from ._generations import STALE, is_stale, parent_generations
 from ._graph import DependencyGraph
 from ._memoize import Memoized, memoize
@@ -670,8 +670,9 @@ def _subscribe(manager: CacheManager, store: Any) -> None:
 
 def _save_every_manager_at_exit() -> None:
     """Save what each manager holds as the process ends (never from ``__del__``)."""
-    for manager in _every_manager:
-        manager._save_at_exit()
+    with _log.exit_flush():
+        for manager in _every_manager:
+            manager._save_at_exit()
 
 
 _lifecycle.on_exit(_save_every_manager_at_exit)

@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
-from . import _background, _lifecycle, _registry
+from . import _background, _lifecycle, _log, _registry
 from ._background import SavePlan, SaveReason
 from ._changes import ChangeSet, Taken
 from ._generations import generation_of, is_stale, next_generation, parent_generations
@@ -385,13 +385,17 @@ class CacheWrap(dict[Any, Any]):
             plan = self._save_plan(why)
             if plan is None:
                 return
+            started = _log.clock()
             try:
                 outcome = plan.write(False)
-            except BaseException:
+            except BaseException as error:
                 plan.failed()
+                _background.note_save_outcome(self, error)
                 raise
             plan.landed(outcome)
             self._saved_through(plan.mark)
+            _background.note_save_outcome(self, None)
+            _log.saved(self._name, plan.kind, plan.entries, started, store=plan.store)
 
     def _reset_self(self) -> None:
         """Build anew, delete the saved copy, replace the contents (this cache only)."""
@@ -460,7 +464,9 @@ class CacheWrap(dict[Any, Any]):
             self._saved_through(mark)  # a blank cache is not written, by request
             return None
         name = self._name
-        return SavePlan(lambda copy: saver(name, self._prepared_for_save(copy)), mark)
+        return SavePlan(
+            lambda copy: saver(name, self._prepared_for_save(copy)), mark, entries=len(self)
+        )
 
     def _prepared_for_save(self, copy: bool = False) -> Mapping[Any, Any]:
         """The mapping handed to the saver: the live cache (or a copy), or a pre-processed copy."""
@@ -490,10 +496,11 @@ class CacheWrap(dict[Any, Any]):
 
     @property
     def last_save_error(self) -> str | None:
-        """Why the last background save failed, or None if it succeeded (or none ran).
+        """Why the last save failed (``"OSError: ..."``), or None if it succeeded (or none ran).
 
-        A failed background save is logged and retried after a back-off; this
-        shows the failure to code that wants to check.
+        Set by every save: a background save (logged and retried after a
+        back-off) and an explicit ``save()`` that raised; cleared by the next
+        save that succeeds.
         """
         return _background.last_error(self)
 
@@ -555,6 +562,7 @@ class CacheWrap(dict[Any, Any]):
         # A user's loader may hand back a dict it keeps using, so that one is copied;
         # the built-in loaders (no own hook) return a new dict each time.
         fresh = self.loader is None
+        started = _log.clock()
         try:
             result = loader(self._name)
         except FileNotFoundError:
@@ -564,7 +572,13 @@ class CacheWrap(dict[Any, Any]):
         except Exception as error:
             self._loader_failed(error)
             return None
-        return _as_mapping(self._name, "loader", result, fresh=fresh)
+        checked = _as_mapping(self._name, "loader", result, fresh=fresh)
+        if checked is not None:
+            store = None if self.loader is not None else self._default_storage()
+            _log.loaded(
+                self._name, "hook" if store is None else "store", len(checked), started, store=store
+            )
+        return checked
 
     def _loader_failed(self, error: Exception) -> None:
         storage = None if self.loader is not None else self._default_storage()
@@ -853,8 +867,9 @@ class PersistentCache(CacheWrap):
             self._stale = False
             parents = self._parents()
             current = parent_generations(self._manager.store, parents) if parents else {}
-            if parents and is_stale(self._manager.store.read_meta(self._name), current):
-                logger.info("cache %r: a parent moved on since it was built; resetting", self._name)
+            meta = self._manager.store.read_meta(self._name) if parents else None
+            if parents and is_stale(meta, current):
+                _log.reset_by_parents(self._name, _log.changed_parents(_recorded(meta), current))
                 self._reset_self()
                 return
             store = self._journal_store() if self.loader is None else None
@@ -883,6 +898,7 @@ class PersistentCache(CacheWrap):
         """The saved contents (None if none is valid), the position read, and if it was rejected."""
         position = None
         if store is not None:
+            started = _log.clock()
             try:
                 loaded, position = store.load_tracked(self._name)
             except (CacheManError, OSError):
@@ -891,6 +907,8 @@ class PersistentCache(CacheWrap):
                 self._loader_failed(error)
                 loaded = None
             loaded = _as_mapping(self._name, "loader", loaded, fresh=True)
+            if loaded is not None:
+                _log.loaded(self._name, "store", len(loaded), started, store=store)
         else:
             loader = self._resolved("loader")
             loaded = None if loader is None else self._call_loader(loader)
@@ -1079,6 +1097,7 @@ class PersistentCache(CacheWrap):
                 self._saved_through(mark)
                 return None
             plan = SavePlan(lambda copy: store.save(name, dict(self) if copy else self), mark)
+            plan.kind, plan.entries, plan.store = "snapshot", len(self), store
         elif since is not None and (taken.everything or self._worth_compacting(taken, since)):
             everything, taken_keys = taken.everything, taken.keys
 
@@ -1090,6 +1109,7 @@ class PersistentCache(CacheWrap):
                 return store.save(name, contents, since=since, pending=pending)
 
             plan = SavePlan(compact, mark)
+            plan.kind, plan.entries, plan.store = "compaction", len(self), store
         else:
             keys = list(self) if taken.everything else taken.keys
             plan = SavePlan(
@@ -1097,6 +1117,7 @@ class PersistentCache(CacheWrap):
                 mark,
                 light=len(keys) <= LIGHT_APPEND_KEYS,
             )
+            plan.kind, plan.entries, plan.store = "append", len(keys), store
         replaced = taken.replace
         plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
@@ -1129,11 +1150,8 @@ class PersistentCache(CacheWrap):
         current = parent_generations(self._manager.store, parents)
         built_from = self._built_from
         if any(p in built_from and built_from[p] != g for p, g in current.items()):
-            logger.info(
-                "cache %r: a parent moved on since it was built; resetting instead of "
-                "writing it back",
-                self._name,
-            )
+            moved = [p for p in _log.changed_parents(built_from, current) if p in built_from]
+            _log.reset_by_parents(self._name, moved, instead_of_save=True)
             self._reset_self()
         elif any(p not in built_from for p in current):
             built_from.update(
@@ -1223,6 +1241,12 @@ LIGHT_APPEND_KEYS = 1_000
 COMPACT_JOURNAL_BYTES = 64 * 1024 * 1024
 
 
+def _recorded(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The parents' generations a saved copy records (its metadata's ``parents``)."""
+    parents = None if meta is None else meta.get("parents")
+    return parents if isinstance(parents, dict) else None
+
+
 def _records(contents: Mapping[Any, Any], keys: Iterable[Any]) -> list[Change]:
     """The journal records of ``keys``: their values in ``contents``, or deletions."""
     return list(_lazy_records(contents, keys))
@@ -1243,12 +1267,13 @@ def _forget_inherited_changes() -> None:
 
 def _flush_worker() -> None:
     """Save the pending changes of a forked multiprocessing worker (its exit skips atexit)."""
-    for cache in list(_live.values()):
-        try:
-            if cache.manager.holds(cache):
-                cache._save_at_exit()
-        except Exception:
-            logger.exception("cache %r: saving at worker exit failed", cache.name)
+    with _log.exit_flush("worker exit"):
+        for cache in list(_live.values()):
+            try:
+                if cache.manager.holds(cache):
+                    cache._save_at_exit()
+            except Exception:
+                logger.exception("cache %r: saving at worker exit failed", cache.name)
 
 
 _lifecycle.on_fork_child(_forget_inherited_changes)
