@@ -29,6 +29,7 @@ from . import _background, _lifecycle, _log, _registry
 from ._background import SavePlan, SaveReason
 from ._changes import ChangeSet, Taken
 from ._generations import generation_of, is_stale, next_generation, parent_generations
+from ._hooks import check_hook
 from ._journal import DEL, SET, Change, apply_changes
 from ._paths import validate_cache_name
 from .errors import CacheManError
@@ -131,16 +132,33 @@ _keywords_by_class: weakref.WeakKeyDictionary[type, frozenset[str] | None] = (
 
 
 def _unknown_keyword_error(
-    cls: type[CacheWrap], args: tuple[Any, ...], keyword: str, accepted: frozenset[str]
+    call: str, keyword: str, accepted: Iterable[str], *, hooks: bool = True
 ) -> TypeError:
-    """A TypeError for a misspelt keyword that says what was meant and names the hooks."""
-    call = f"{cls.__name__}({args[0]!r})" if args else f"{cls.__name__}()"
+    """A TypeError for a misspelt keyword of ``call`` that says what was meant (and the hooks)."""
     close = difflib.get_close_matches(keyword, sorted(accepted), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return TypeError(
-        f"{call} got an unexpected keyword argument {keyword!r}{hint}; "
-        f"the hooks are {', '.join(HOOK_NAMES)}"
-    )
+    listed = f"; the hooks are {', '.join(HOOK_NAMES)}" if hooks else ""
+    return TypeError(f"{call} got an unexpected keyword argument {keyword!r}{hint}{listed}")
+
+
+def check_keywords(
+    call: str, given: Iterable[str], accepted: Iterable[str] | None, *, hooks: bool = True
+) -> None:
+    """Raise :func:`_unknown_keyword_error` for the first of ``given`` not in ``accepted``.
+
+    ``accepted`` None accepts everything (a class from outside CacheMan taking ``**kwargs``).
+    """
+    if accepted is None:
+        return
+    known = frozenset(accepted)
+    for keyword in given:
+        if keyword not in known:
+            raise _unknown_keyword_error(call, keyword, known, hooks=hooks)
+
+
+def _call_text(cls: type, args: tuple[Any, ...]) -> str:
+    """How a call is shown in an error: ``PersistentCache('name')``."""
+    return f"{cls.__name__}({args[0]!r})" if args else f"{cls.__name__}()"
 
 
 class CacheWrap(dict[Any, Any]):
@@ -190,11 +208,7 @@ class CacheWrap(dict[Any, Any]):
         # Checked before any __init__ runs, so a misspelt hook (``lodaer=``) is
         # reported with what was meant and never leaves a half-registered cache.
         if kwargs:
-            accepted = _accepted_keywords(cls)
-            if accepted is not None:
-                for keyword in kwargs:
-                    if keyword not in accepted:
-                        raise _unknown_keyword_error(cls, args, keyword, accepted)
+            check_keywords(_call_text(cls, args), kwargs, _accepted_keywords(cls))
         return super().__new__(cls)
 
     def __init__(
@@ -218,6 +232,9 @@ class CacheWrap(dict[Any, Any]):
         self._name = validate_cache_name(cache_name)
         self._manager = cache_manager or _registry.get_or_create(_registry.DEFAULT_MANAGER_NAME)
         self._lock = threading.RLock()
+        given = (loader, saver, builder, deleter, validator, pre_processor, post_processor)
+        for hook, function in zip(HOOK_NAMES, given, strict=True):
+            check_hook(self._name, hook, function)
         self.loader = loader
         self.saver = saver
         self.builder = builder
