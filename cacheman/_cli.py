@@ -49,6 +49,7 @@ from ._store_api import Edge, Store
 from .cacher import CacheManager
 from .errors import (
     CacheManError,
+    CorruptCacheError,
     InsecureCacheError,
     InvalidCacheNameError,
     SignatureMismatchError,
@@ -414,6 +415,7 @@ class _Summary:
     meta: dict[str, Any]
     problem: str | None = None
     refused: bool = False
+    unreadable: bool = False  # intact, but it does not load here
     #: None for a cache derived from nothing; else whether a parent moved on since its build.
     stale: bool | None = None
 
@@ -467,7 +469,13 @@ def _summarise(store: Store, name: str) -> tuple[_Summary, dict[Any, Any] | None
         summary.problem = "; ".join(verdict.problems)
         summary.refused = verdict.refused
         return summary, None
-    contents = store.load(name) or {}
+    try:
+        contents = store.load(name) or {}
+    except CorruptCacheError as error:
+        # Intact bytes that do not unpickle in this interpreter (a class of the program
+        # that saved them cannot be imported here): reported, left in place.
+        summary.problem, summary.unreadable = str(error), True
+        return summary, None
     summary.entries = len(contents)
     return summary, contents
 
@@ -537,7 +545,14 @@ def _status(*, refused: bool, damaged: bool) -> int:
     return PROBLEM if damaged else OK
 
 
+def _read_only(store: Store) -> None:
+    """Make ``store`` change nothing while it loads (a store without the switch never does)."""
+    if hasattr(store, "keep_aside_damaged"):
+        store.keep_aside_damaged = False
+
+
 def _list(session: _Session) -> int:
+    _read_only(session.store)
     names = _saved_names(session)
     summaries = []
     graph = _persisted_graph(session.store)
@@ -569,6 +584,7 @@ def _list(session: _Session) -> int:
         entries = str(summary.entries)
         if summary.entries is None:
             entries = "refused" if summary.refused else "damaged"
+            entries = "unreadable" if summary.unreadable else entries
         rows.append(
             (
                 summary.name,
@@ -582,18 +598,21 @@ def _list(session: _Session) -> int:
     session.emit(_table(rows, right=(False, True, True, False, False, False)))
     for summary in summaries:
         if summary.problem:
-            advice = "" if summary.refused else " (run: verify --fix)"
+            advice = "" if summary.refused or summary.unreadable else " (run: verify --fix)"
             print(f"cacheman: {summary.problem}{advice}", file=sys.stderr)
     return status
 
 
 def _show(session: _Session) -> int:
+    _read_only(session.store)
     name = session.args.name
     _require_saved(session, [name])
     with Progress(f"show {name}"):
         summary, contents = _summarise(session.store, name)
     if summary.refused:
         raise _Stop(str(summary.problem), REFUSED)
+    if contents is None and summary.unreadable:
+        raise _Stop(f"{summary.problem}; it was left in place", PROBLEM)
     if contents is None:
         raise _Stop(f"{summary.problem}; run 'verify --fix {name}' to move it aside", PROBLEM)
     if session.args.keys:

@@ -683,3 +683,35 @@ def test_a_progress_line_is_drawn_on_a_terminal_and_erased(saved: CacheManager) 
     assert text.endswith("\r"), "and erased"
     piped = cacheman(saved, "verify", CACHEMAN_PROGRESS_AFTER="0")
     assert "\r" not in piped.stderr, "never drawn when stderr is not a terminal"
+
+
+def test_list_and_show_leave_in_place_a_cache_whose_classes_cannot_be_imported_here(
+    tmp_path: Path,
+) -> None:
+    # The program that saved it could import its module; the command, run elsewhere, cannot.
+    program = tmp_path / "program"
+    program.mkdir()
+    (program / "shapes.py").write_text(
+        "class Point:\n    def __init__(self, x):\n        self.x = x\n"
+    )
+    base = tmp_path / "base"
+    script = (
+        "import sys; from shapes import Point; from cacheman import CacheManager; "
+        f"m = CacheManager('drawing', {str(base)!r}); "
+        "c = m.register_custom_cache('points', autosync=False); c['a'] = Point(1); c.save()"
+    )
+    saved = run_python("-c", script, cwd=program)
+    assert saved.returncode == 0, saved.stderr
+    files = sorted(path.name for path in (base / "drawing").iterdir())
+    where = ["--manager", "drawing", "--dir", str(base)]
+    listed = run_python("-m", "cacheman", *where, "list", cwd=tmp_path)
+    assert listed.returncode == PROBLEM
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("points")]
+    assert row.split()[1] == "unreadable"
+    assert "No module named 'shapes'" in listed.stderr
+    assert "verify --fix" not in listed.stderr, "nothing to fix: the file is intact"
+    shown = run_python("-m", "cacheman", *where, "show", "points", cwd=tmp_path)
+    assert shown.returncode == PROBLEM
+    assert "it was left in place" in shown.stderr
+    assert sorted(path.name for path in (base / "drawing").iterdir()) == files, "nothing moved"
+    assert run_python("-m", "cacheman", *where, "show", "points", cwd=program).returncode == OK
