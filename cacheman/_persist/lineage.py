@@ -33,6 +33,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import _log
 from .._generations import STALE as STALE_FIELD
 from .._generations import is_stale, parent_generations
 
@@ -132,14 +133,18 @@ class Derived(Protocol):
         """Build anew from parents brought up to date (see :func:`settle`)."""
 
 
-def settle(cache: Derived, store: Store, *, invalidated: bool = False) -> Verdict:
+def settle(
+    cache: Derived, store: Store, *, invalidated: bool = False, saving: bool = False
+) -> Verdict:
     """Ask :func:`decide` about ``cache``'s copy in memory, and act on the answer.
 
-    Called with the cache's lock held, before a save is planned, after an
-    invalidation here or elsewhere, and by ``refresh()``.  A cache that is not
-    derived, or whose contents were given rather than built or loaded (nothing
-    to judge), is left alone unless ``invalidated``.  Costs one metadata read
-    per parent and one for the cache.
+    Called with the cache's lock held, before a save is planned (``saving``),
+    after an invalidation here (``invalidated``) or elsewhere, and by
+    ``refresh()``.  A cache that is not derived, or whose contents were given
+    rather than built or loaded (nothing to judge), is left alone unless
+    ``invalidated``.  Costs one metadata read per parent and one for the cache.
+    A rebuild this process did not ask for is a WARNING naming the parents that
+    moved on.
     """
     parents = cache._parents()
     held = cache._built_from
@@ -151,10 +156,13 @@ def settle(cache: Derived, store: Store, *, invalidated: bool = False) -> Verdic
         cache._adopt_parents(current)
     elif verdict is Verdict.REBUILT_ELSEWHERE:
         logger.info(
-            "cache %r: another process rebuilt it from its parents; loading that", cache.name
+            "cache %r: another process rebuilt it from its parents as they are now; loading that",
+            cache.name,
         )
         cache._load_rebuilt()
     else:
-        logger.info("cache %r: a parent moved on since it was built; rebuilding it", cache.name)
+        if not invalidated and held is not None:  # (an invalidation here is its own reason)
+            moved = [p for p, g in current.items() if p in held and held[p] != g]
+            _log.reset_by_parents(cache.name, moved, instead_of_save=saving)
         cache._rebuild(held, invalidated=invalidated)
     return verdict
