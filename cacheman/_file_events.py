@@ -127,6 +127,12 @@ class EventLog:
         with self._lock:
             if not self._callbacks:
                 self._inode, self._size = self._identity()
+                if self._inode is None and self.path.parent.is_dir():
+                    # Created now (empty), so that a log replaced before this process
+                    # first looks is told from one that appeared.
+                    with contextlib.suppress(OSError):
+                        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | _OPEN_FLAGS, 0o600))
+                    self._inode, self._size = self._identity()
                 self._offset = self._size
             self._callbacks.append(callback)
         _watcher.add(self)
