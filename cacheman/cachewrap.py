@@ -1050,8 +1050,17 @@ class PersistentCache(CacheWrap):
         with self._lock:
             store = self._manager.store
             settle(self, store)
-            if self._stale or generation_of(store.read_meta(self._name)) != self._generation_held:
+            if self._stale or self._moved_on_elsewhere():
                 self.refresh()
+
+    def _moved_on_elsewhere(self) -> bool:
+        """Whether the store has a generation of this cache other than the one held here.
+
+        (None there means nothing is saved, or the saved copy was deleted: then the
+        contents in memory are the best there is, and are kept.)
+        """
+        stored = generation_of(self._manager.store.read_meta(self._name))
+        return stored is not None and stored != self._generation_held
 
     def _catch_up(self, derived: bool, wait: float) -> None:
         """Another process invalidated this cache or a parent: settle lineage, take in its changes.
@@ -1079,7 +1088,7 @@ class PersistentCache(CacheWrap):
             return
         try:
             store = self._manager.store
-            if generation_of(store.read_meta(self._name)) != self._generation_held:
+            if self._moved_on_elsewhere():
                 self._catch_up(False, wait)
             elif settle(self, store) is not Verdict.FRESH:
                 self._save_now("rule")

@@ -380,3 +380,20 @@ def test_two_processes_holding_the_derived_cache_build_it_once_per_invalidation(
     for manager in place.managers:
         _registry.discard(manager)
         manager.store.close()  # type: ignore[attr-defined]
+
+
+def test_a_parent_whose_saved_copy_was_deleted_elsewhere_keeps_what_it_holds(
+    place: Place,
+) -> None:
+    seed_raw(place)
+    manager = place.manager()
+    raw = manager.register_custom_cache("raw", autosync=False)
+    features = manager.register_custom_cache(
+        "features", builder=lambda name: {"f": raw["v"] * 10}, autosync=False
+    )
+    manager.register_dependent_cache("raw", "features")
+    # Another program deletes raw's saved copy (and, downstream, features').
+    place.manager().delete_saved_cache_content("raw")
+    features.invalidate_and_rebuild()  # nothing in the store to bring raw up to date from
+    assert raw == {"v": 1}
+    assert features == {"f": 10}
