@@ -261,10 +261,8 @@ class BackgroundSaver:
     # -- the two ways to save (cache lock held) ------------------------------------
 
     def _start_child(self, cache: SaveTarget, mode: Mode) -> None:
-        # Owed no more before the lineage check: a rebuild it starts deletes the saved
-        # copy, which awaits this saver, which must not start this save again.
-        self.owed = None
-        cache._check_lineage()
+        if not self._lineage_checked(cache, mode):
+            return
         plan = cache._save_plan("save" if mode == "caller" else "rule")
         if plan is None:
             return
@@ -286,11 +284,29 @@ class BackgroundSaver:
         self.scheduler.call_at(self, job.deadline, self._on_due)
 
     def _save_in_process(self, cache: SaveTarget, mode: Mode) -> None:
-        self.owed = None
-        cache._check_lineage()
+        if not self._lineage_checked(cache, mode):
+            return
         plan = cache._save_plan("save" if mode == "caller" else "rule")
         if plan is not None:
             self._run_in_process(plan)
+
+    def _lineage_checked(self, cache: SaveTarget, mode: Mode) -> bool:
+        """Before planning: the cache's lineage check (a rebuild, if its parents moved on).
+
+        Owed no more before it runs: a rebuild deletes the saved copy, which awaits
+        this saver, which must not start this save again.  A check that raises (a
+        builder's error) fails this save like a write that raises, except for an
+        explicit ``save()``, whose caller gets the exception.
+        """
+        self.owed = None
+        try:
+            cache._check_lineage()
+        except Exception as error:
+            if mode == "caller":
+                raise
+            self._failed(f"{type(error).__name__}: {error}", in_child=False)
+            return False
+        return True
 
     def _run_in_process(self, plan: SavePlan) -> None:
         started = _log.clock()

@@ -397,3 +397,33 @@ def test_a_parent_whose_saved_copy_was_deleted_elsewhere_keeps_what_it_holds(
     features.invalidate_and_rebuild()  # nothing in the store to bring raw up to date from
     assert raw == {"v": 1}
     assert features == {"f": 10}
+
+
+def test_a_builder_failing_in_a_background_save_fails_that_save_not_the_edit(
+    place: Place, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed_raw(place)
+    manager = place.manager()
+    if place.redis_url:
+        monkeypatch.setattr(manager.store, "_on_message", lambda payload: None)
+    else:
+        monkeypatch.setattr(manager.store._events, "poll", lambda: None)  # type: ignore[attr-defined]
+    raw = manager.register_custom_cache("raw", autosync=False)
+
+    def build(name: str) -> dict[str, int]:
+        if raw["v"] == 2:
+            raise ValueError("cannot build from raw 2")
+        return {"f": raw["v"] * 10}
+
+    features = manager.register_custom_cache(
+        "features", builder=build, time_checks=[TimeCount(600, 3)]
+    )
+    manager.register_dependent_cache("raw", "features")
+    features.save()
+    run_script(place, CHANGE_RAW)
+    with caplog.at_level(logging.WARNING, logger="cacheman"):
+        for key in range(3):
+            features[key] = key  # the third edit fires the rule; its rebuild raises
+    assert features.last_save_error == "ValueError: cannot build from raw 2"
+    assert "background save failed (ValueError: cannot build from raw 2)" in caplog.text
+    assert place.saved("features") is None  # the stale copy was not written back
