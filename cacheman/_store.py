@@ -1280,9 +1280,19 @@ class PickleStore:
 
     def read_edges(self) -> list[Edge]:
         """Every persisted dependency edge ``(parent, child)``, in the order first declared."""
-        data = _read_json(self.directory / self.edges_file, "the dependency edges")
+        path = self.directory / self.edges_file
+        data = _read_json(path, "the dependency edges")
         edges = [] if data is None else data.get("edges", [])
-        return [(str(parent), str(child)) for parent, child in edges]
+        if not _is_edge_list(edges):
+            # Valid JSON of another shape is damage too: ignored like broken JSON,
+            # and replaced by the next edge declared.
+            logger.warning(
+                "the dependency edges in %s are not a list of [parent, child] cache names; "
+                "ignoring them",
+                path,
+            )
+            return []
+        return [(parent, child) for parent, child in edges]
 
     def add_edges(self, edges: Iterable[Edge]) -> None:
         """Persist ``edges`` as well (edges already there are kept once)."""
@@ -1339,6 +1349,21 @@ def _read_json(path: Path, what: str) -> dict[str, Any] | None:
         logger.warning("%s in %s is not a JSON object; ignoring it", what, path)
         return None
     return data
+
+
+def _is_edge_list(edges: object) -> bool:
+    """Whether ``edges`` (read from JSON) is a list of ``[parent, child]`` valid cache names."""
+    if not isinstance(edges, list):
+        return False
+    for edge in edges:
+        if not (isinstance(edge, list) and len(edge) == 2):
+            return False
+        for name in edge:
+            try:
+                validate_cache_name(name)
+            except ValueError:
+                return False
+    return True
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -731,3 +731,31 @@ def test_persisted_edges_are_a_union_kept_in_order_and_forgotten_by_name(
     assert store.read_edges() == [("root", "mid"), ("mid", "leaf"), ("root", "other")]
     store.remove_edges("mid")
     assert store.read_edges() == [("root", "other")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[1, 2]",
+        '{"edges": 1}',
+        '{"edges": [1, 2]}',
+        '{"edges": [["a"]]}',
+        '{"edges": [["a", "b", "c"]]}',
+        '{"edges": [["../up", "b"]]}',
+        '{"edges": [[1, 2]]}',
+    ],
+)
+def test_an_edges_file_of_the_wrong_shape_is_ignored_with_a_warning(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    edges = manager.cache_directory / "_dependencies.json"
+    manager.cache_directory.mkdir(mode=0o700, parents=True)
+    edges.write_text(text)
+    edges.chmod(0o600)
+    root = manager.register_cache("root", {"r": 1})
+    manager.register_dependent_cache("root", "leaf")  # rewrites the file, keeping nothing of it
+    assert manager.parents_of("leaf") == ["root"]
+    assert "ignoring" in caplog.text
+    assert str(edges) in caplog.text
+    assert manager.store.read_edges() == [("root", "leaf")]
+    root.save()
