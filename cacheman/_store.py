@@ -41,6 +41,7 @@ import logging
 import os
 import pickle
 import re
+import stat
 import struct
 import tempfile
 import zlib
@@ -158,8 +159,11 @@ def _locked(path: Path) -> Iterator[None]:
     inherited descriptor would otherwise keep the lock until the child exits.
     """
     lock_path = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        _check_regular(lock_path, os.stat(lock_path), "lock file")  # before an open can wait
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, _FILE_MODE)
     try:
+        _check_regular(lock_path, os.fstat(fd), "lock file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
@@ -573,14 +577,12 @@ class PickleStore:
         created = False
         for _ in range(2):
             try:
-                fd = os.open(journal, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+                fd, info = open_regular(journal, os.O_RDWR | os.O_APPEND, "journal file")
             except FileNotFoundError:
                 self._start_journal(journal, expected or new_journal_id())
                 created = True
                 continue
             try:
-                info = os.fstat(fd)
-                check_private(journal, info, "journal file")
                 head = os.pread(fd, _JOURNAL_HEADER_SIZE, 0)
                 try:
                     header = decode_header(head)
@@ -1150,18 +1152,18 @@ class PickleStore:
     ) -> bytes | None:
         """Check the snapshot into ``report``; return the id of the journal it names."""
         try:
-            with open(path, "rb") as handle:
-                info = os.fstat(handle.fileno())
-                check_private(path, info, "cache file")
-                data = handle.read()
-        except FileNotFoundError:
-            return None
+            opened = _open_checked(path, "cache file")
         except InsecureCacheError as refused:
             report.snapshot_exists = True
             report.snapshot_ok = False
             report.problems.append(str(refused))
             report.refused = True
             return None
+        if opened is None:
+            return None
+        handle, info = opened
+        with handle:
+            data = handle.read()
         report.snapshot_exists = True
         if data and not data.startswith(MAGIC):
             report.snapshot_format = 0
@@ -1314,23 +1316,65 @@ class PickleStore:
 
 
 def _open_checked(path: Path, what: str) -> tuple[IO[bytes], os.stat_result] | None:
-    """Open ``path`` for reading if only we can write it; None if it does not exist.
+    """Open ``path`` for reading if it is a regular file only we can write; None if missing.
 
-    fstat, not stat: the file checked is the one read, whatever is renamed
-    meanwhile.  Raises :class:`~cacheman.errors.InsecureCacheError` (the file
-    closed) if another user could have written it.
+    Raises :class:`~cacheman.errors.InsecureCacheError` (nothing left open) for
+    anything else: see :func:`open_regular`.
     """
     try:
-        handle = open(path, "rb")  # noqa: SIM115 (the caller closes it)
+        fd, info = open_regular(path, os.O_RDONLY, what)
     except FileNotFoundError:
         return None
+    return os.fdopen(fd, "rb"), info
+
+
+def open_regular(path: Path, flags: int, what: str) -> tuple[int, os.stat_result]:
+    """``os.open(path, flags)`` for a file of ours: a private regular file, never a hang.
+
+    Returns the descriptor and its ``fstat``.  Raises ``FileNotFoundError`` if
+    ``path`` is missing, and :class:`~cacheman.errors.InsecureCacheError`
+    (nothing left open) for a FIFO, socket, device or directory, or a file
+    another user could have written.  A FIFO would block the open (or a read)
+    until some other program writes to it, and a device could hand out endless
+    bytes, so the path is checked before it is opened (opening some devices
+    has effects), and the open file again, with ``fstat``, since the path may
+    change in between.  ``O_NONBLOCK`` keeps even that open from waiting; it is
+    cleared once the file is known to be regular.
+    """
+    _check_regular(path, os.stat(path), what)
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        info = os.fstat(handle.fileno())
+        info = os.fstat(fd)
+        _check_regular(path, info, what)
         check_private(path, info, what)
+        os.set_blocking(fd, True)
     except BaseException:
-        handle.close()
+        os.close(fd)
         raise
-    return handle, info
+    return fd, info
+
+
+def _check_regular(path: Path, info: os.stat_result, what: str) -> None:
+    """Raise :class:`~cacheman.errors.InsecureCacheError` unless ``info`` is a regular file's."""
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = next(
+        (name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file"
+    )
+    raise InsecureCacheError(
+        f"refusing to use {what} {str(path)!r}: it is {kind}, not a regular file "
+        "(CacheMan only reads and writes regular files: reading a pipe or device could "
+        "wait forever, or never end); remove it, and find out what put it there"
+    )
+
+
+_FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:
@@ -1427,11 +1471,11 @@ def _snapshot_journal_id(path: Path) -> bytes | None:
     Read without checking the snapshot's checksum: a damaged snapshot is the
     load's business, and at worst a journal is started that the load sets aside.
     """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(HEADER_SIZE)
-    except FileNotFoundError:
+    opened = _open_checked(path, "cache file")
+    if opened is None:
         return None
+    with opened[0] as handle:
+        head = handle.read(HEADER_SIZE)
     if not head.startswith(MAGIC):
         return None
     try:

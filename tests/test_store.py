@@ -759,3 +759,65 @@ def test_an_edges_file_of_the_wrong_shape_is_ignored_with_a_warning(
     assert str(edges) in caplog.text
     assert manager.store.read_edges() == [("root", "leaf")]
     root.save()
+
+
+def _plant_fifo(path: Path) -> None:
+    os.mkfifo(path, 0o600)
+
+
+def _plant_socket(path: Path) -> None:
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.close()  # the socket file stays
+
+
+def _plant_device(path: Path) -> None:
+    path.symlink_to("/dev/zero")  # endless bytes: a read would never end
+
+
+ODD_FILES = {"FIFO (named pipe)": _plant_fifo, "socket": _plant_socket, "device": _plant_device}
+
+
+@pytest.mark.timeout(60)  # the bug was a hang: fail instead of waiting for ever
+@pytest.mark.parametrize("kind", sorted(ODD_FILES))
+@pytest.mark.parametrize(
+    "file_name", ["odd.pkl", "odd.journal", "odd.meta.json", "_dependencies.json", ".odd.pkl.lock"]
+)
+def test_a_fifo_socket_or_device_in_place_of_a_file_is_refused_never_waited_on(
+    manager: CacheManager, kind: str, file_name: str
+) -> None:
+    manager.cache_directory.mkdir(mode=0o700, parents=True)
+    ODD_FILES[kind](manager.cache_directory / file_name)
+    started = time.monotonic()
+    with pytest.raises(InsecureCacheError, match="not a regular file") as refused:
+        cache = PersistentCache("odd", cache_manager=manager)
+        manager.register_dependent_cache("odd", "derived")
+        cache["k"] = 1
+        cache.save()
+    assert time.monotonic() - started < 10
+    assert file_name in str(refused.value)
+    assert "remove it" in str(refused.value)
+    manager.deregister_all_caches()
+
+
+@pytest.mark.timeout(60)
+def test_appending_to_a_journal_that_became_a_fifo_is_a_clear_error(
+    manager: CacheManager,
+) -> None:
+    cache = PersistentCache("odd", cache_manager=manager, contents={"a": 1})
+    cache.save()
+    cache["b"] = 2
+    cache.save()  # an append: the journal exists
+    journal = manager.store.journal_path("odd")
+    journal.unlink()
+    os.mkfifo(journal, 0o600)
+    cache["c"] = 3
+    with pytest.raises(InsecureCacheError, match="journal file .*odd.journal.* FIFO"):
+        cache.save()
+    report = manager.store.verify("odd")
+    assert report.refused
+    assert "FIFO" in " ".join(report.problems)
+    journal.unlink()  # so that the fixture's teardown finds a normal cache
+    manager.deregister_all_caches()
