@@ -33,8 +33,6 @@ from cacheman import (
     RedisStore,
     SignatureMismatchError,
     UnpicklableValueError,
-    _registry,
-    cacher,
 )
 from cacheman._redis import REDIS_URL_ENV
 
@@ -661,10 +659,7 @@ def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) ->
     bound = manager.store
     assert bound._callbacks, "registering a cache subscribed the manager"  # type: ignore[attr-defined]
     manager.deregister_all_caches()
-    # The process-wide tables keep every manager for the exit flush; a program that
-    # forgot one entirely should get it collected, subscription or not.
-    _registry.discard(manager)
-    cacher._every_manager.remove(manager)
+    # A program that forgot a manager entirely gets it collected, subscription or not.
     reference = weakref.ref(manager)
     del manager
     gc.collect()
