@@ -12,7 +12,9 @@ replayed on top.  Snapshot format (version 2), all integers little-endian::
     12     8     payload length in bytes
     20     16    id of the journal that continues this snapshot
     36     4     CRC-32 of the payload, then of bytes 0-35
-    40     32    HMAC-SHA256 of the payload, then of bytes 0-35 (zeros if unsigned)
+    40     32    HMAC-SHA256 of the payload, then of bytes 0-35 (zeros if unsigned),
+                 under the cache's key (:func:`cache_signing_key`: the signing key
+                 bound to the manager's and the cache's names)
     72     ...   the payload: a pickle (protocol 5) of a plain dict
 
 Version 1 files (no journal id: bytes 20-55 are the CRC and HMAC, the payload
@@ -88,6 +90,7 @@ __all__ = [
     "PickleStore",
     "StoreUsage",
     "atomic_write",
+    "cache_signing_key",
     "keep_aside",
     "resolve_signing_key",
 ]
@@ -304,14 +307,21 @@ class PickleStore:
 
     With a ``signing_key`` every file and every journal record is signed, and
     one whose signature is missing or wrong is refused before anything in it is
-    unpickled.
+    unpickled.  Signatures bind the names of the manager (``manager``, by
+    default the directory's name) and of the cache, as a Redis store's do: a
+    signed file copied into another cache's place, or another manager's, is
+    refused like a forged one (see :func:`cache_signing_key`).
     """
 
     suffix = ".pkl"
     journal_suffix = ".journal"
 
-    def __init__(self, directory: Path, *, signing_key: bytes | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, signing_key: bytes | None = None, manager: str | None = None
+    ) -> None:
         self.directory = directory
+        self.manager = directory.name if manager is None else manager
+        self._cache_keys: dict[str, bytes] = {}
         self.signing_key = signing_key
         # name -> the end of the journal as this process last wrote or checked it:
         # an append starts its check of the tail there instead of at the start.
@@ -323,6 +333,25 @@ class PickleStore:
     def __repr__(self) -> str:
         signed = ", signed" if self.signing_key else ""
         return f"{type(self).__name__}({str(self.directory)!r}{signed})"
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The manager's signing key (None: files are not signed, and signatures not checked)."""
+        return self._signing_key
+
+    @signing_key.setter
+    def signing_key(self, key: bytes | None) -> None:
+        self._signing_key = key
+        self._cache_keys.clear()
+
+    def _key_for(self, name: str) -> bytes | None:
+        """The key that signs the files of cache ``name`` (None without a signing key)."""
+        if self._signing_key is None:
+            return None
+        key = self._cache_keys.get(name)
+        if key is None:
+            key = self._cache_keys[name] = cache_signing_key(self._signing_key, self.manager, name)
+        return key
 
     def path_for(self, name: str) -> Path:
         """Return the file that holds cache ``name``; the name can never leave the directory."""
@@ -465,14 +494,14 @@ class PickleStore:
         # streaming the pickle keeps a large cache from existing twice in memory.
         handle.write(bytes(HEADER_SIZE))
         flags = 0
-        writer = self._writer(handle)
+        writer = self._writer(name, handle)
         try:
             pickle.dump(contents, writer, PICKLE_PROTOCOL)
         except _REFUSED_BY_PICKLE:
             handle.seek(HEADER_SIZE)
             handle.truncate()
             flags |= _FLAG_CLOUDPICKLE
-            writer = self._writer(handle)
+            writer = self._writer(name, handle)
             try:
                 _cloudpickle().dump(contents, writer, PICKLE_PROTOCOL)
             except Exception as error:
@@ -488,8 +517,9 @@ class PickleStore:
         handle.seek(0)
         handle.write(fields + _TRAILER.pack(crc, signature))
 
-    def _writer(self, handle: IO[bytes]) -> _DigestingWriter:
-        mac = None if self.signing_key is None else hmac.new(self.signing_key, digestmod=sha256)
+    def _writer(self, name: str, handle: IO[bytes]) -> _DigestingWriter:
+        key = self._key_for(name)
+        mac = None if key is None else hmac.new(key, digestmod=sha256)
         return _DigestingWriter(handle, mac)
 
     def _start_journal(self, journal: Path, journal_id: bytes) -> Position:
@@ -535,7 +565,7 @@ class PickleStore:
                         created and since == NO_POSITION
                     )
                     if batch:
-                        end += self._write_record(fd, header, end, payload)
+                        end += self._write_record(name, fd, header, end, payload)
                 finally:
                     os.close(fd)
                 break
@@ -545,10 +575,10 @@ class PickleStore:
         self._known_ends[name] = position
         return AppendResult(position, in_sync)
 
-    def _write_record(self, fd: int, header: Header, end: int, payload: bytes) -> int:
+    def _write_record(self, name: str, fd: int, header: Header, end: int, payload: bytes) -> int:
         """Write one record at ``end`` (the file's end) and make it durable; return its size."""
         record = encode_record(
-            payload, journal_id=header.journal_id, offset=end, key=self.signing_key
+            payload, journal_id=header.journal_id, offset=end, key=self._key_for(name)
         )
         try:
             write_all(fd, record)
@@ -849,7 +879,7 @@ class PickleStore:
         consumer took part of a record that turned out malformed.
         """
         found = scan(
-            data, base, header, key=self.signing_key, name=name, path=journal, consume=consume
+            data, base, header, key=self._key_for(name), name=name, path=journal, consume=consume
         )
         if found.damage is None:
             return Position(header.file_id, found.end)
@@ -994,14 +1024,23 @@ class PickleStore:
                 "was unpickled. Delete the file, or load it once without the key and "
                 "save it with the key."
             )
-        mac = hmac.new(self.signing_key, payload, sha256)
-        mac.update(fields)
-        if not hmac.compare_digest(mac.digest(), signature):
+        key = self._key_for(name)
+        assert key is not None
+        if hmac.compare_digest(_snapshot_mac(key, payload, fields), signature):
+            return
+        if hmac.compare_digest(_snapshot_mac(self.signing_key, payload, fields), signature):
             raise SignatureMismatchError(
-                f"cache {name!r}: the signature of {path} does not match its contents "
-                "(tampered with, or signed with another key); nothing was unpickled. "
-                "If you changed the key, delete the file; otherwise find out who wrote it."
+                f"cache {name!r}: {path} was signed by a CacheMan 3.0 pre-release, whose "
+                "signatures did not name the manager and the cache, so a copy of another "
+                "cache's file would pass; nothing was unpickled. If you trust it, load it "
+                "once without the signing key and save it with the key (or delete it)."
             )
+        raise SignatureMismatchError(
+            f"cache {name!r}: the signature of {path} does not match its contents "
+            f"(tampered with, signed with another key, or copied from another cache: "
+            f"signatures name the manager {self.manager!r} and the cache); nothing was "
+            "unpickled. If you changed the key, delete the file; otherwise find out who wrote it."
+        )
 
     def _quarantine(
         self,
@@ -1118,7 +1157,7 @@ class PickleStore:
                 data[_JOURNAL_HEADER_SIZE:],
                 _JOURNAL_HEADER_SIZE,
                 header,
-                key=self.signing_key,
+                key=self._key_for(name),
                 name=name,
                 path=journal,
             )
@@ -1406,6 +1445,32 @@ def _is_edge_list(edges: object) -> bool:
             except ValueError:
                 return False
     return True
+
+
+_BINDING = b"cacheman pickle store: manager, cache\0"
+_NAME_LENGTH = struct.Struct("<I")
+
+
+def cache_signing_key(signing_key: bytes, manager: str, name: str) -> bytes:
+    """The key that signs the snapshot and journal of one cache: ``signing_key`` bound to names.
+
+    An HMAC-SHA256, under ``signing_key``, of the manager's and the cache's
+    names (each length-prefixed, so no two pairs of names give the same
+    input).  A file signed for one cache thus fails the check of any other,
+    in this manager or another one, while every cache still needs only the one
+    secret.  (A Redis store binds the same names through its key names.)
+    """
+    message = bytearray(_BINDING)
+    for part in (manager, name):
+        encoded = os.fsencode(part)
+        message += _NAME_LENGTH.pack(len(encoded)) + encoded
+    return hmac.new(signing_key, bytes(message), sha256).digest()
+
+
+def _snapshot_mac(key: bytes, payload: memoryview, fields: bytes) -> bytes:
+    mac = hmac.new(key, payload, sha256)
+    mac.update(fields)
+    return mac.digest()
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

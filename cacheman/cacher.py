@@ -131,7 +131,7 @@ class CacheManager:
         if store is None and os.environ.get(REDIS_URL_ENV):
             store = RedisStore(os.environ[REDIS_URL_ENV])
         self.store: Store = (
-            PickleStore(self.cache_directory, signing_key=key)
+            PickleStore(self.cache_directory, signing_key=key, manager=self.name)
             if store is None
             else store.bind(self.name, key)
         )

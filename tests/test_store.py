@@ -7,6 +7,7 @@ files are damaged on disk exactly as a crash, a bad disk or an attacker would.
 from __future__ import annotations
 
 import fcntl
+import hmac
 import logging
 import os
 import pickle
@@ -34,7 +35,7 @@ from cacheman import (
     _registry,
     get_cache_manager,
 )
-from cacheman._store import FORMAT_VERSION, HEADER_SIZE, MAGIC
+from cacheman._store import FORMAT_VERSION, HEADER_SIZE, MAGIC, PickleStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: What tests/fixtures/cacheman2_bare.pkl holds: a plain ``pickle.dump`` (protocol 2)
@@ -825,3 +826,105 @@ def test_appending_to_a_journal_that_became_a_fifo_is_a_clear_error(
     assert "FIFO" in " ".join(report.problems)
     journal.unlink()  # so that the fixture's teardown finds a normal cache
     manager.deregister_all_caches()
+
+
+# -- signatures name the manager and the cache ---------------------------------------------
+
+
+def _signed_cache(manager: CacheManager, name: str, contents: dict[str, Any]) -> None:
+    """Save ``contents`` as a snapshot, then change one key through the journal."""
+    cache = PersistentCache(name, cache_manager=manager, contents=contents)
+    cache.save()
+    cache["journalled"] = True
+    cache.save()
+    assert manager.store.journal_path(name).stat().st_size > 40  # a record was appended
+    manager.deregister_cache(name)
+
+
+def _copy_files(source: PickleStore, source_name: str, target: PickleStore, name: str) -> None:
+    target.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for copy_from, copy_to in (
+        (source.path_for(source_name), target.path_for(name)),
+        (source.journal_path(source_name), target.journal_path(name)),
+    ):
+        shutil.copyfile(copy_from, copy_to)
+        copy_to.chmod(0o600)
+
+
+def test_a_signed_cache_copied_over_another_cache_is_refused(tmp_path: Path) -> None:
+    manager = CacheManager("signer", tmp_path, signing_key=b"secret")
+    try:
+        _signed_cache(manager, "prices", {"apple": 1})
+        _signed_cache(manager, "grants", {"alice": "read"})
+        _copy_files(manager.store, "prices", manager.store, "grants")  # type: ignore[arg-type]
+        with pytest.raises(SignatureMismatchError, match="copied from another cache") as refused:
+            manager.register_cache("grants")
+        assert "cache 'grants'" in str(refused.value)
+        report = manager.store.verify("grants")  # type: ignore[attr-defined]
+        assert report.refused
+        assert manager.register_cache("prices") == {"apple": 1, "journalled": True}
+    finally:
+        manager.close()
+
+
+def test_a_signed_cache_copied_from_another_manager_is_refused(tmp_path: Path) -> None:
+    mine = CacheManager("mine", tmp_path, signing_key=b"secret")
+    theirs = CacheManager("theirs", tmp_path, signing_key=b"secret")
+    try:
+        _signed_cache(theirs, "grants", {"mallory": "admin"})
+        _signed_cache(mine, "grants", {"alice": "read"})
+        _copy_files(theirs.store, "grants", mine.store, "grants")  # type: ignore[arg-type]
+        with pytest.raises(SignatureMismatchError, match="manager 'mine'"):
+            mine.register_cache("grants")
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_a_signed_journal_copied_alone_is_refused(tmp_path: Path) -> None:
+    from cacheman._journal import SET
+
+    manager = CacheManager("journals", tmp_path, signing_key=b"secret")
+    store: PickleStore = manager.store  # type: ignore[assignment]
+    try:
+        store.append("source", [(SET, "role", "admin")])  # a journal, no snapshot
+        target = store.journal_path("target")
+        shutil.copyfile(store.journal_path("source"), target)
+        target.chmod(0o600)
+        with pytest.raises(SignatureMismatchError, match="another cache"):
+            manager.register_cache("target")
+    finally:
+        manager.close()
+
+
+def test_a_file_signed_by_a_pre_release_is_refused_with_the_way_to_adopt_it(
+    tmp_path: Path,
+) -> None:
+    manager = CacheManager("legacy", tmp_path)
+    store: PickleStore = manager.store  # type: ignore[assignment]
+    PersistentCache("old", cache_manager=manager, contents={"k": 1}).save()
+    manager.close()
+    # What a pre-release wrote: the HMAC under the bare key, no names.
+    path = store.path_for("old")
+    data = bytearray(path.read_bytes())
+    fields, payload = bytes(data[:36]), bytes(data[HEADER_SIZE:])
+    fields = fields[:10] + struct.pack("<H", 1) + fields[12:]  # the signed flag
+    crc = zlib.crc32(fields, zlib.crc32(payload))
+    mac = hmac.new(b"secret", payload, "sha256")
+    mac.update(fields)
+    path.write_bytes(fields + struct.pack("<I32s", crc, mac.digest()) + payload)
+    keyed = CacheManager("legacy", tmp_path, signing_key=b"secret")
+    with pytest.raises(SignatureMismatchError, match="pre-release") as refused:
+        keyed.register_cache("old")
+    assert "load it once without the signing key and save it with the key" in str(refused.value)
+    keyed.close()
+    # The documented way: load without the key, save with it.
+    unkeyed = CacheManager("legacy", tmp_path)
+    contents = dict(unkeyed.register_cache("old"))
+    unkeyed.close()
+    keyed = CacheManager("legacy", tmp_path, signing_key=b"secret")
+    keyed.register_cache("old", contents).save()
+    keyed.close()
+    again = CacheManager("legacy", tmp_path, signing_key=b"secret")
+    assert again.register_cache("old") == {"k": 1}
+    again.close()
