@@ -83,14 +83,6 @@ def validate_cache_name(name: object, *, what: str = "cache") -> str:
         raise InvalidCacheNameError(
             f"invalid {what} name {name!r}: it must be a non-empty file name"
         )
-    if name.startswith("."):
-        # The directory's dot-files are the store's own (locks, temporary files),
-        # and every listing skips them: such a cache would be saved but invisible
-        # to ``list``, ``verify`` and ``saved_cache_names()``.
-        raise InvalidCacheNameError(
-            f"invalid {what} name {name!r}: it may not start with '.' (dot-files in a "
-            "cache directory are CacheMan's own, and listings skip them); drop the dot"
-        )
     bad = [c for c in _FORBIDDEN_IN_NAME if c in name]
     if bad:
         raise InvalidCacheNameError(
@@ -100,6 +92,14 @@ def validate_cache_name(name: object, *, what: str = "cache") -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise InvalidCacheNameError(
             f"invalid {what} name {name!r}: it may not contain control characters"
+        )
+    if name.startswith("."):
+        # The directory's dot-files are the store's own (locks, temporary files),
+        # and every listing skips them: such a cache would be saved but invisible
+        # to ``list``, ``verify`` and ``saved_cache_names()``.
+        raise InvalidCacheNameError(
+            f"invalid {what} name {name!r}: it may not start with '.' (dot-files in a "
+            "cache directory are CacheMan's own, and listings skip them); drop the dot"
         )
     try:
         encoded = os.fsencode(name)
