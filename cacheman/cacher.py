@@ -214,6 +214,8 @@ class CacheManager:
         try:
             if not self._closed and self._may_need_saving():
                 _kept_for_exit.append(self)
+                for cache in list(self._caches.values()):
+                    cache._revived()
         except Exception:  # at interpreter shutdown, module globals may be gone already
             pass
 

@@ -429,6 +429,13 @@ class CacheWrap(dict[Any, Any]):
         """
         return self._resolved("saver") is not None
 
+    def _revived(self) -> None:
+        """Its manager, found unreachable, was kept for the exit flush (see ``_may_need_saving``).
+
+        The collector may have cleared the weak references to this cache
+        already: take again those that matter.
+        """
+
     def _bump_generation(self) -> None:
         """This cache was invalidated: its derived caches, in any process, must rebuild."""
 
@@ -657,6 +664,8 @@ class CacheSteps(Protocol):
     def _released(self) -> None: ...
 
     def _may_need_saving(self) -> bool: ...
+
+    def _revived(self) -> None: ...
 
     def _bump_generation(self) -> None: ...
 
@@ -1229,6 +1238,10 @@ class PersistentCache(CacheWrap):
             return False
         changes = self._changes
         return changes.pending() or bool(changes.changed_in_place(self))
+
+    def _revived(self) -> None:
+        # A process forked later must still forget these changes (they are ours).
+        _live[id(self)] = self
 
     def _forget_inherited(self) -> None:
         """In a process forked by the user: the parent's changes are the parent's to save."""

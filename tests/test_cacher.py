@@ -688,8 +688,10 @@ def test_a_dropped_manager_with_nothing_unsaved_is_freed(tmp_path: Path) -> None
     import gc
     import weakref
 
+    from test_autosync import VirtualClock  # no scheduler thread: no deadline races
+
     manager = CacheManager("dropped_clean", tmp_path)
-    auto = manager.register_cache("auto")
+    auto = manager.register_custom_cache("auto", clock=VirtualClock())
     auto["k"] = (1, "immutable")
     auto.save()
     plain = manager.register_custom_cache("plain", autosync=False, contents={"n": 1})
