@@ -323,3 +323,25 @@ def test_a_dropped_manager_kept_for_the_exit_flush_is_saved_by_its_own_process_o
     assert done.stdout.strip() == "saved"
     # ...and the parent's own exit saved its edit.
     assert CacheManager("kept", tmp_path).store.load("c") == {"k": "the parent's pending edit"}
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".journal"])
+def test_a_fifo_planted_in_place_of_a_cache_file_never_holds_up_sigterm(
+    tmp_path: Path, suffix: str
+) -> None:
+    plant = (
+        "manager.cache_directory.mkdir(mode=0o700, parents=True, exist_ok=True)\n"
+        f"os.mkfifo(str(manager.cache_directory / 'edits') + {suffix!r}, 0o600)"
+    )
+    process = start(tmp_path, after=plant)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)  # it hung for ever (the flush opened the FIFO)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    status, _out, err = finish(process)
+    assert time.monotonic() - started < 20
+    assert status == -signal.SIGTERM, err
+    assert "FIFO (named pipe), not a regular file" in err  # the failed save is logged
