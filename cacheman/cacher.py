@@ -644,6 +644,7 @@ class CacheManager:
             cache._delete_saved_self()
 
     def __enter__(self) -> Self:
+        self._check_open()
         return self
 
     def __exit__(

@@ -625,6 +625,7 @@ def test_close_twice_does_nothing_more(tmp_path: Path) -> None:
         lambda m, c: c.load(),
         lambda m, c: c.invalidate(),
         lambda m, c: PersistentCache("other", cache_manager=m),
+        lambda m, c: m.__enter__(),
     ],
 )
 def test_a_closed_manager_refuses_to_be_used_with_a_clear_error(tmp_path: Path, use: Any) -> None:
