@@ -92,6 +92,7 @@ __all__ = [
     "atomic_write",
     "cache_signing_key",
     "keep_aside",
+    "open_regular",
     "resolve_signing_key",
 ]
 
@@ -1374,13 +1375,16 @@ def _open_checked(path: Path, what: str) -> tuple[IO[bytes], os.stat_result] | N
     return os.fdopen(fd, "rb"), info
 
 
-def open_regular(path: Path, flags: int, what: str) -> tuple[int, os.stat_result]:
+def open_regular(
+    path: Path, flags: int, what: str, *, private: bool = True
+) -> tuple[int, os.stat_result]:
     """``os.open(path, flags)`` for a file of ours: a private regular file, never a hang.
 
     Returns the descriptor and its ``fstat``.  Raises ``FileNotFoundError`` if
     ``path`` is missing, and :class:`~cacheman.errors.InsecureCacheError`
-    (nothing left open) for a FIFO, socket, device or directory, or a file
-    another user could have written.  A FIFO would block the open (or a read)
+    (nothing left open) for a FIFO, socket, device or directory, or (unless
+    ``private`` is false: a file that is never unpickled) a file another user
+    could have written.  A FIFO would block the open (or a read)
     until some other program writes to it, and a device could hand out endless
     bytes, so the path is checked before it is opened (opening some devices
     has effects), and the open file again, with ``fstat``, since the path may
@@ -1392,7 +1396,8 @@ def open_regular(path: Path, flags: int, what: str) -> tuple[int, os.stat_result
     try:
         info = os.fstat(fd)
         _check_regular(path, info, what)
-        check_private(path, info, what)
+        if private:
+            check_private(path, info, what)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
