@@ -187,7 +187,8 @@ class CacheManager:
 
         If a save raises, the exception propagates and the manager stays open,
         every cache still registered: nothing unsaved is dropped (fix the cause
-        and close again).
+        and close again).  Stop other threads' use of the caches first: what
+        they change after a cache's save is not saved.
 
         >>> import tempfile
         >>> manager = CacheManager("doc_close", tempfile.mkdtemp())
@@ -196,11 +197,16 @@ class CacheManager:
         >>> CacheManager("doc_close", manager.cache_directory.parent).retrieve_cache("squares")
         {3: 9}
         """
+        if self._closed:
+            return
+        # Not under the manager's lock: a save takes the cache's lock, and a thread
+        # holding a cache's lock may be waiting for the manager's (a load asks for
+        # the cache's parents).
+        for cache in self._all_in_order():
+            cache._save_changes_now()
         with self._lock:
             if self._closed:
-                return
-            for cache in self._all_in_order():
-                cache._save_changes_now()
+                return  # another thread closed it meanwhile
             self._closed = True
             for cache in list(self._caches.values()):
                 self.detach(cache)
