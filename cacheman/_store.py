@@ -1409,7 +1409,7 @@ def _check_regular(path: Path, info: os.stat_result, what: str) -> None:
     """Raise :class:`~cacheman.errors.InsecureCacheError` unless ``info`` is a regular file's."""
     if stat.S_ISREG(info.st_mode):
         return
-    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "of another kind")
     raise InsecureCacheError(
         f"refusing to use {what} {str(path)!r}: it is {kind}, not a regular file "
         "(CacheMan only reads and writes regular files: reading a pipe or device could "
