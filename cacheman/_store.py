@@ -1388,8 +1388,9 @@ def open_regular(
     until some other program writes to it, and a device could hand out endless
     bytes, so the path is checked before it is opened (opening some devices
     has effects), and the open file again, with ``fstat``, since the path may
-    change in between.  ``O_NONBLOCK`` keeps even that open from waiting; it is
-    cleared once the file is known to be regular.
+    change in between.  ``O_NONBLOCK`` keeps even that open from waiting; it
+    stays set, as it has no effect on a regular file (two system calls saved on
+    every journal append).
     """
     _check_regular(path, os.stat(path), what)
     fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -1398,7 +1399,6 @@ def open_regular(
         _check_regular(path, info, what)
         if private:
             check_private(path, info, what)
-        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
