@@ -127,7 +127,7 @@ class EventLog:
         with self._lock:
             if not self._callbacks:
                 self._inode, self._size = self._identity()
-                if self._inode is None and self.path.parent.is_dir():
+                if self._inode is None and _private_directory(self.path.parent):
                     # Created now (empty), so that a log replaced before this process
                     # first looks is told from one that appeared.
                     with contextlib.suppress(OSError):
@@ -203,6 +203,15 @@ class EventLog:
             if isinstance(name, str) and isinstance(generation, str):
                 events.append((name, generation))
         return events
+
+
+def _private_directory(directory: Path) -> bool:
+    """Whether ``directory`` exists, is ours and only we can write it (else nothing is made)."""
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 class _Watcher:
