@@ -17,6 +17,7 @@ p99 <= 1 s.  The exit status is 1 if it is missed.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import subprocess
 import sys
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20 trials instead of 100")
     options = parser.parse_args(argv)
+    # Each trial's rebuild logs a WARNING ("reset because its parent 'raw' changed").
+    logging.getLogger("cacheman").setLevel(logging.ERROR)
     count = 20 if options.quick else 100
     with tempfile.TemporaryDirectory() as directory:
         latencies = sorted(trials(Path(directory), count))
