@@ -38,7 +38,7 @@ from typing import Any
 
 from ._graph import DependencyGraph
 from ._registry import DEFAULT_MANAGER_NAME
-from ._store_api import Edge, Store
+from ._store_api import Edge, Store, supports_usage, supports_verify
 from .cacher import CacheManager
 from .errors import (
     CacheManError,
@@ -335,10 +335,9 @@ def _check(store: Store, name: str, *, fix: bool = False) -> _Verdict:
 
     A store without a ``verify`` gives an ``unchecked`` verdict.
     """
-    verify = getattr(store, "verify", None)
-    if verify is None:
+    if not supports_verify(store):
         return _Verdict(name, checked=False)
-    return _verify_with(verify, name, fix=fix)
+    return _verify_with(store.verify, name, fix=fix)
 
 
 def _verify_with(verify: Callable[..., Any], name: str, *, fix: bool) -> _Verdict:
@@ -394,9 +393,8 @@ def _summarise(store: Store, name: str) -> tuple[_Summary, dict[Any, Any] | None
     meta = store.read_meta(name) or {}
     size: int | None = None
     modified: float | None = None
-    usage = getattr(store, "usage", None)
-    if usage is not None:
-        size, modified = usage(name)
+    if supports_usage(store):
+        size, modified = store.usage(name)
     saved_at = meta.get("saved_at")
     last_save = float(saved_at) if isinstance(saved_at, (int, float)) else modified
     generation = meta.get("generation")
@@ -579,9 +577,8 @@ def _delete(session: _Session) -> int:
     edges = store.read_edges()
     _require_saved(session, names, also=[node for edge in edges for node in edge])
     manager = session.manager
-    usage = getattr(store, "usage", None)
     sizes: dict[str, int | None] = {
-        name: None if usage is None else usage(name)[0] for name in names
+        name: store.usage(name)[0] if supports_usage(store) else None for name in names
     }
     dry_run = session.args.dry_run
     if not dry_run and not session.args.yes:

@@ -27,7 +27,7 @@ from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
-from ._store_api import JournalStore, Store, StoreFactory
+from ._store_api import JournalStore, Store, StoreFactory, supports_events
 from .autosync import AutoSyncCache
 from .cachewrap import HOOK_NAMES, CacheSteps, CacheWrap, NonPersistentCache, PersistentCache
 from .errors import CacheNotRegisteredError, DependencyCycleError
@@ -38,9 +38,17 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from ._store_api import BuilderLocking, EventStore, UsageReporting, Verifying
+
     def _both_keep_journals(a: PickleStore, b: RedisStore) -> tuple[JournalStore, JournalStore]:
         """(Never called: mypy checks that both stores implement the journal interface.)"""
         return a, b
+
+    def _optional_capabilities(
+        a: PickleStore, b: RedisStore
+    ) -> tuple[Verifying, UsageReporting, EventStore, BuilderLocking]:
+        """(Never called: mypy checks the optional capabilities each store declares.)"""
+        return a, a, b, b
 
 
 __all__ = ["CacheManager", "get_cache_manager"]
@@ -134,7 +142,7 @@ class CacheManager:
         self._lock = threading.RLock()
         _registry.add(self)
         _every_manager.append(self)
-        self._subscribed = not hasattr(self.store, "subscribe")  # nothing to subscribe to
+        self._subscribed = not supports_events(self.store)  # nothing to subscribe to
 
     def __repr__(self) -> str:
         where = str(self.cache_directory)
@@ -619,8 +627,8 @@ class CacheManager:
                 for cache in caches:
                     cache._mark_stale()
                 return
-            wrote = getattr(self.store, "wrote_generation", None)
-            if wrote is not None and wrote(cache_name, generation):
+            store = self.store
+            if supports_events(store) and store.wrote_generation(cache_name, generation):
                 return
             self._merge_persisted_edges(again=True)
             reached: list[tuple[str, CacheSteps | None]] = [

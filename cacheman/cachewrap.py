@@ -23,7 +23,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from . import _background, _lifecycle, _registry
 from ._background import SavePlan, SaveReason
@@ -31,6 +31,7 @@ from ._changes import ChangeSet, Taken
 from ._generations import generation_of, is_stale, next_generation, parent_generations
 from ._journal import DEL, SET, Change, apply_changes
 from ._paths import validate_cache_name
+from ._store_api import supports_builder_lock, supports_journal, supports_keep_aside
 from .errors import CacheManError
 
 if TYPE_CHECKING:
@@ -568,8 +569,7 @@ class CacheWrap(dict[Any, Any]):
 
     def _loader_failed(self, error: Exception) -> None:
         storage = None if self.loader is not None else self._default_storage()
-        keep_aside = getattr(storage, "keep_aside", None)
-        kept = None if keep_aside is None else keep_aside(self._name)
+        kept = storage.keep_aside(self._name) if supports_keep_aside(storage) else None
         where = (
             f"it was kept as {kept}"
             if kept is not None
@@ -842,7 +842,7 @@ class PersistentCache(CacheWrap):
         if self.saver is not None or self.pre_processor is not None:
             return None
         storage = self._default_storage()
-        return cast("JournalStore", storage) if hasattr(storage, "append") else None
+        return storage if supports_journal(storage) else None
 
     def _parents(self) -> list[str]:
         return self._manager.parents_of(self._name)
@@ -919,13 +919,13 @@ class PersistentCache(CacheWrap):
         with a warning and a build here too: the lock saves work, it is not
         needed for correctness.
         """
-        lock = getattr(self._manager.store, "builder_lock", None)
-        if lock is None or self.builder is None or self._building:
+        store = self._manager.store
+        if not supports_builder_lock(store) or self.builder is None or self._building:
             yield False
             return
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(lock(self._name, BUILDER_LOCK_SECONDS))
+                held.enter_context(store.builder_lock(self._name, BUILDER_LOCK_SECONDS))
             except TimeoutError as error:
                 logger.warning("cache %r: %s; building it here too", self._name, error)
                 yield False
