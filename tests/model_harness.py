@@ -785,14 +785,17 @@ class Violation:
 class Report:
     seed: int
     kind: str
-    steps: int
+    operations: int  # commands and signals sent to workers, and edits by their threads
+    processes: int
+    checks: int  # keys and derived caches compared with what the history allows
     violations: list[Violation]
     history: str
 
     def summary(self) -> str:
         return (
-            f"model check on the {self.kind} store, seed {self.seed}: {self.steps} operations "
-            f"checked, {len(self.violations)} violations"
+            f"model check on the {self.kind} store, seed {self.seed}: {self.operations} "
+            f"operations by {self.processes} processes, {self.checks} checks, "
+            f"{len(self.violations)} violations"
         )
 
 
@@ -814,15 +817,43 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 
 class Checker:
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.c = coordinator
+    def __init__(
+        self,
+        events: list[dict[str, Any]],
+        snapshots: list[dict[str, Any]],
+        records: dict[int, list[dict[str, Any]]],
+    ) -> None:
+        self.events = events
+        self.snapshots = snapshots
+        self.records = records
         self.violations: list[Violation] = []
         self.steps: list[Step] = []
         self.life_end: dict[int, int] = {}  # proc -> when it was reaped
         self.exit_ack: dict[int, tuple[int, int]] = {}  # proc -> acknowledged (start, end)
         self.exit_maybe: dict[int, tuple[int, int]] = {}  # proc -> an end that may have saved
-        self.records: dict[int, list[dict[str, Any]]] = {}
         self.checked = 0
+
+    @classmethod
+    def of(cls, coordinator: Coordinator) -> Checker:
+        """The checker of a run: the coordinator's events and snapshots, the workers' logs."""
+        procs = sorted({e["proc"] for e in coordinator.events if e["ev"] == "spawn"})
+        records = {p: read_log(coordinator.workdir / f"worker-{p}.log") for p in procs}
+        return cls(coordinator.events, coordinator.snapshots, records)
+
+    def operations(self) -> int:
+        """Commands and signals sent, and edits made by writer threads."""
+        commands = {e["op"]: e["cmd"]["name"] for e in self.events if e["ev"] == "sent"}
+        signals = sum(
+            1 for e in self.events if e["ev"] == "end" and e["how"] in ("sigterm", "sigkill")
+        )
+        thread_edits = sum(
+            1
+            for step in self.steps
+            if step.kind == "prod"
+            and not step.record.get("dirty")
+            and commands.get(step.record["op"]) == "threaded"
+        )
+        return len(commands) + signals + thread_edits
 
     def violation(
         self,
@@ -838,13 +869,11 @@ class Checker:
 
     def load(self) -> None:
         errors_by_proc: dict[int, bool] = defaultdict(bool)
-        for event in self.c.events:
+        for event in self.events:
             if event["ev"] == "violation":
                 procs = () if event["proc"] is None else (event["proc"],)
                 self.violation("process", f"worker {event['proc']}: {event['what']}", procs=procs)
-        for proc in sorted({e["proc"] for e in self.c.events if e["ev"] == "spawn"}):
-            records = read_log(self.c.workdir / f"worker-{proc}.log")
-            self.records[proc] = records
+        for proc, records in sorted(self.records.items()):
             open_steps: dict[str, Step] = {}
             for record in records:
                 ev = record["ev"]
@@ -876,8 +905,7 @@ class Checker:
                     self.violation(
                         "logged error", f"worker {proc}: {_short(record['msg'])}", procs=(proc,)
                     )
-            self.checked += len(records)
-        for event in self.c.events:
+        for event in self.events:
             if event["ev"] != "end":
                 continue
             proc, t = event["proc"], event["t"]
@@ -970,12 +998,12 @@ class Checker:
 
     def check_keys(self) -> None:
         by_key = self.versions()
-        for snapshot in self.c.snapshots:
+        for snapshot in self.snapshots:
             when = snapshot["t"]
             for cache in ("data", "raw"):
                 held = snapshot[cache]
                 keys = set(KEYS) if cache == "data" else {"version"}
-                keys |= set(held)
+                keys |= set(held) | {key for (c, key) in by_key if c == cache}
                 for key in sorted(keys):
                     self.checked += 1
                     self.check_key(
@@ -1045,7 +1073,7 @@ class Checker:
                     )
             return None
 
-        for snapshot in self.c.snapshots:
+        for snapshot in self.snapshots:
             built_from = snapshot["features"]
             if built_from is None:
                 continue
@@ -1064,6 +1092,7 @@ class Checker:
             built_from = step.after.get("built_from")
             if built_from is None:
                 continue  # empty: nothing built, nothing stale
+            self.checked += 1
             why = stale(built_from, step.start)
             if why:
                 self.violation(
@@ -1079,7 +1108,7 @@ class Checker:
             return "never"
         if t <= NEVER or t >= FOREVER:
             return "-" if t <= NEVER else "+inf"
-        origin = self.c.events[0]["t"] if self.c.events else 0
+        origin = self.events[0]["t"] if self.events else 0
         return f"{(t - origin) / 1e6:.1f}ms"
 
     def run(self) -> list[Violation]:
@@ -1118,7 +1147,7 @@ class Checker:
         derived = "features" in keys
         when = violation.when
         # Every process's saves and ends since the store read before: one of them wrote it.
-        before = max((s["t"] for s in self.c.snapshots if s["t"] < when), default=NEVER)
+        before = max((s["t"] for s in self.snapshots if s["t"] < when), default=NEVER)
         events: list[tuple[int, str]] = []
         for step in self.steps:
             mine = [f"{k}={c}" for k, c in step.prods if k in keys]
@@ -1140,14 +1169,14 @@ class Checker:
                         when = record["t"]
                         text = f"worker {proc} built features from {record['built_from']}"
                         events.append((when, f"{self.rel(when)} {text}"))
-        for event in self.c.events:
+        for event in self.events:
             if event["ev"] == "end" and (
                 derived or event["proc"] in writers or event["t"] >= before
             ):
                 text = f"worker {event['proc']} ended ({event['how']}, status {event['rc']})"
                 events.append((event["t"], f"{self.rel(event['t'])} {text}"))
         last: dict[str, Any] = {}
-        for snapshot in self.c.snapshots:
+        for snapshot in self.snapshots:
             for key in sorted(keys):
                 if key == "features":
                     seen = snapshot["features"]
@@ -1177,9 +1206,17 @@ def run_model(
         for worker in list(coordinator.procs.values()):
             with contextlib.suppress(Exception):
                 coordinator.kill(worker, signal.SIGKILL, why="cleanup")
-    checker = Checker(coordinator)
+    checker = Checker.of(coordinator)
     violations = checker.run()
-    return Report(seed, place.kind, checker.checked, violations, checker.history())
+    return Report(
+        seed,
+        place.kind,
+        checker.operations(),
+        len(checker.records),
+        checker.checked,
+        violations,
+        checker.history(),
+    )
 
 
 if __name__ == "__main__":
