@@ -95,6 +95,7 @@ reads) and the violations found.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import json
@@ -816,6 +817,49 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+class _KeyIndex:
+    """The versions of one key, indexed for the questions a store read asks (O(log n) each)."""
+
+    def __init__(self, versions: list[Version]) -> None:
+        acked = sorted(
+            (v for v in versions if v.acked_at is not None and v.land_from is not None),
+            key=lambda v: v.acked_at or 0,
+        )
+        self.acked_times = [v.acked_at or 0 for v in acked]
+        # For each prefix of the acknowledged versions: the one that landed last at the earliest.
+        self.newest: list[Version] = []
+        for version in acked:
+            best = self.newest[-1] if self.newest else version
+            if (version.land_from or NEVER) >= (best.land_from or NEVER):
+                best = version
+            self.newest.append(best)
+        groups: dict[str, list[Version]] = defaultdict(list)
+        for version in versions:
+            if version.land_from is not None:
+                groups[version.content].append(version)
+        # content -> (the times its versions could first land, sorted; the latest they could
+        # last land, for each prefix)
+        self.by_content: dict[str, tuple[list[int], list[int]]] = {}
+        for content, group in groups.items():
+            group.sort(key=lambda v: v.land_from or 0)
+            latest, maxima = NEVER, []
+            for version in group:
+                latest = max(latest, version.land_until or NEVER)
+                maxima.append(latest)
+            self.by_content[content] = ([v.land_from or 0 for v in group], maxima)
+
+    def newest_acked(self, when: int) -> Version | None:
+        """Of the versions acknowledged before ``when``, the one whose landing began last."""
+        count = bisect.bisect_left(self.acked_times, when)
+        return self.newest[count - 1] if count else None
+
+    def latest(self, content: str, when: int) -> int | None:
+        """The latest a version with ``content`` that could land before ``when`` could land."""
+        starts, maxima = self.by_content.get(content, ([], []))
+        count = bisect.bisect_left(starts, when)
+        return maxima[count - 1] if count else None
+
+
 class Checker:
     def __init__(
         self,
@@ -997,33 +1041,39 @@ class Checker:
     # -- the rules ---------------------------------------------------------------------------
 
     def check_keys(self) -> None:
-        by_key = self.versions()
+        indexes = {key: _KeyIndex(versions) for key, versions in self.versions().items()}
+        empty = _KeyIndex([])
+        reported: set[tuple[Any, ...]] = set()
         for snapshot in self.snapshots:
             when = snapshot["t"]
             for cache in ("data", "raw"):
                 held = snapshot[cache]
                 keys = set(KEYS) if cache == "data" else {"version"}
-                keys |= set(held) | {key for (c, key) in by_key if c == cache}
+                keys |= set(held) | {key for (c, key) in indexes if c == cache}
                 for key in sorted(keys):
                     self.checked += 1
-                    self.check_key(
-                        cache, key, held.get(key, ABSENT), when, by_key.get((cache, key), [])
-                    )
+                    found = held.get(key, ABSENT)
+                    index = indexes.get((cache, key), empty)
+                    self.check_key(cache, key, found, when, index, reported)
 
     def check_key(
-        self, cache: str, key: str, found: str, when: int, versions: list[Version]
+        self,
+        cache: str,
+        key: str,
+        found: str,
+        when: int,
+        index: _KeyIndex,
+        reported: set[tuple[Any, ...]],
     ) -> None:
-        acked = [v for v in versions if v.acked_at is not None and v.acked_at < when]
-        bound = max((v.land_from or NEVER for v in acked), default=None)
-        explainers = [
-            v
-            for v in versions
-            if v.content == found and v.land_from is not None and v.land_from < when
-        ]
-        latest = max((v.land_until or NEVER for v in explainers), default=None)
+        """Rules 1 and 2 for one key in one store read (each violation reported once)."""
+        newest = index.newest_acked(when)
+        latest = index.latest(found, when)
         shown = "missing" if found == ABSENT else f"= {found!r}"
-        if bound is not None and (latest is None or latest <= bound):
-            newest = max(acked, key=lambda v: v.land_from or NEVER)
+        bound = None if newest is None else newest.land_from
+        if newest is not None and bound is not None and (latest is None or latest <= bound):
+            if ("lost", cache, key, found, id(newest)) in reported:
+                return
+            reported.add(("lost", cache, key, found, id(newest)))
             could = (
                 "never could have" if latest is None else f"could last have ({self.rel(latest)})"
             )
@@ -1037,6 +1087,9 @@ class Checker:
                 when=when,
             )
         elif latest is None and found != ABSENT:
+            if ("unchanged", cache, key, found) in reported:
+                return
+            reported.add(("unchanged", cache, key, found))
             self.violation(
                 "value written that its process never changed",
                 f"{cache}[{key!r}] {shown} at {self.rel(when)}: no process had changed it to that "
@@ -1073,13 +1126,15 @@ class Checker:
                     )
             return None
 
+        reported: set[str] = set()
         for snapshot in self.snapshots:
             built_from = snapshot["features"]
             if built_from is None:
                 continue
             self.checked += 1
             why = stale(built_from, snapshot["t"])
-            if why:
+            if why and built_from not in reported:  # once per stale copy, not per read of it
+                reported.add(built_from)
                 self.violation(
                     "stale derived cache (saved)",
                     f"at {self.rel(snapshot['t'])}: {why}",
