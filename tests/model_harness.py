@@ -58,9 +58,12 @@ never saw); keys it does not hold must survive it.  A ``save()`` running while
 other threads edit may or may not hold their edits (either is right); the next
 acknowledgement does.  Nothing else acknowledges:
 SIGKILL, an exit or SIGTERM that failed, an operation cut short by a kill.
-``data`` and ``raw`` never save on their own (no autosync), so a change can
-*land* in the store only during an acknowledging operation of its process that
-overlaps the time the change was pending (one cut short by SIGKILL included).
+A change can *land* in the store from the moment it is made (``data`` and
+``raw`` do not autosync, but an invalidation event from another process makes
+a process save what it has pending before it reloads) until it is written by
+an acknowledged save or replaced by a later change of its process, or during a
+save that overlapped that time (one cut short by SIGKILL included).  Once
+written, it is clean: its process must not write it again.
 
 What the checker fails on
 -------------------------
@@ -640,11 +643,12 @@ class Coordinator:
         workers = list(self.procs.values())
         # The ends of a process happen while it is idle (exit, SIGTERM) or busy (SIGKILL).
         roll = rng.random()
-        if roll < 0.04:
-            self.exit(rng.choice(workers))
-            return
         if roll < 0.07:
-            self.kill(rng.choice(workers), signal.SIGTERM, why="sigterm")
+            if roll < 0.04:
+                self.exit(rng.choice(workers))
+            else:
+                self.kill(rng.choice(workers), signal.SIGTERM, why="sigterm")
+            self.snapshot()
             return
         chosen = [w for w in workers if rng.random() < 0.75] or [rng.choice(workers)]
         for worker in chosen:
@@ -1023,17 +1027,19 @@ class Checker:
                                 if complete and (successor is None or successor.start > (end or 0)):
                                     acked = (start, end)
                                 break
-                    land_from = land_until = None
+                    # It can land from the moment it is made (a background save: an
+                    # invalidation event from another process makes this one save what it
+                    # has pending before it reloads) until it is written by an acknowledged
+                    # save or replaced; a save that overlapped that time may end later.
+                    land_until = acked[1] if acked is not None else gone
                     for start, end, _complete in proc_acks:
                         if start >= gone or (end is not None and end < version.start):
                             continue
                         if acked is not None and start > acked[0]:
                             break  # written by then: later saves do not write it again
-                        land_from = start if land_from is None else land_from
-                        land_until = max(land_until or NEVER, end if end is not None else death)
-                    if land_from is not None:
-                        version.land_from = max(land_from, version.start)
-                        version.land_until = land_until
+                        land_until = max(land_until, end if end is not None else death)
+                    version.land_from = version.start
+                    version.land_until = land_until
                     if acked is not None:
                         version.acked_at = acked[1]
         return by_key
