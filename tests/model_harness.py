@@ -28,7 +28,8 @@ it, a burst of writer threads editing ``data`` while the main thread saves or
 refreshes, and the ends of a process: a normal exit, SIGTERM, SIGKILL (sent in
 the middle of an operation).  After each round, while no operation runs, the
 coordinator reads the store directly (a *snapshot*); at the end it stops every
-worker normally and reads the store a last time.
+worker normally, reads the store, and starts one more worker, as the next run of
+a program would, which registers ``features`` (what it holds is checked too).
 
 Every value written is unique (``[token]`` or ``(token,)``, and a change in place
 appends a fresh token), so a value found in the store names the write it came
@@ -632,6 +633,19 @@ class Coordinator:
                 else:
                     self.kill(worker, signal.SIGKILL, why="sigkill")
             self.snapshot()
+        self.next_run()
+
+    def next_run(self) -> None:
+        """What the next program sees: a new process registers the derived cache, then ends."""
+        worker = self.spawn()
+        self.admit(wait=True)
+        if worker.proc not in self.procs:
+            return  # it did not start: already a violation
+        self.send(worker, {"name": "register_derived"})
+        self.collect([worker])
+        if worker.proc in self.procs:
+            self.exit(worker)
+        self.snapshot()
 
     def round(self) -> None:
         rng = self.rng
@@ -1263,8 +1277,8 @@ def run_model(
     coordinator = Coordinator(place, seed, workdir, workers=workers)
     try:
         coordinator.run(rounds=rounds, seconds=seconds)
-    finally:
-        for worker in list(coordinator.procs.values()):
+    finally:  # a run that broke off leaves no process behind
+        for worker in [*coordinator.procs.values(), *coordinator.starting.values()]:
             with contextlib.suppress(Exception):
                 coordinator.kill(worker, signal.SIGKILL, why="cleanup")
     checker = Checker.of(coordinator)
