@@ -57,8 +57,9 @@ detects it), so every one of these acknowledges it, ``refresh()`` included.
 are not acknowledged (a process that was behind need not win over changes it
 never saw); keys it does not hold must survive it.  A ``save()`` running while
 other threads edit may or may not hold their edits (either is right); the next
-acknowledgement does.  Nothing else acknowledges:
-SIGKILL, an exit or SIGTERM that failed, an operation cut short by a kill.
+acknowledgement does.  Nothing else acknowledges: SIGKILL, an exit or SIGTERM
+that failed, an operation cut short by a kill.
+
 A change can *land* in the store from the moment it is made (``data`` and
 ``raw`` do not autosync, but an invalidation event from another process makes
 a process save what it has pending before it reloads) until it is written by
@@ -74,10 +75,10 @@ For each snapshot (time T) and each key of ``data`` and ``raw``:
    possible landing is the latest among those acknowledged before T.  What the
    store holds must be a change that could have landed after that moment (W
    itself, or a later or concurrent change or deletion, ``clear()`` included).
-2. *Written back unchanged.*  A value (or an absence) that no process changed
-   at a time it could have landed: for example a value a process only read,
-   written back over a newer one.  (This is rule 1 when a newer write was
-   acknowledged, and its own rule otherwise.)
+2. *Written back unchanged.*  A value that no process had made by then.  A
+   value written back by a process that only held it (read it, loaded it, or
+   saved it already) shows up under rule 1: it can have landed only before the
+   newer write that was acknowledged.
 
 For ``features`` (each snapshot, and the in-memory contents right after a
 worker registered it or called ``features.refresh()``):
@@ -93,8 +94,10 @@ And for every operation:
    a worker that hung (no reply in 60 s), or a process that ended otherwise than
    asked (status 0 after ``exit``, death by SIGTERM after SIGTERM).
 
-The counts reported are the steps checked (operations, thread edits, store
-reads) and the violations found.
+The report counts the operations (commands and signals sent, edits made by
+writer threads), the processes, the checks (a key or a derived cache compared
+with what the history allows) and the violations (each reported once, with the
+history that led to the first of each kind).
 """
 
 from __future__ import annotations
@@ -884,10 +887,12 @@ class Checker:
         events: list[dict[str, Any]],
         snapshots: list[dict[str, Any]],
         records: dict[int, list[dict[str, Any]]],
+        stderr: dict[int, str] | None = None,
     ) -> None:
         self.events = events
         self.snapshots = snapshots
         self.records = records
+        self.stderr = stderr or {}
         self.violations: list[Violation] = []
         self.steps: list[Step] = []
         self.life_end: dict[int, int] = {}  # proc -> when it was reaped
@@ -900,7 +905,11 @@ class Checker:
         """The checker of a run: the coordinator's events and snapshots, the workers' logs."""
         procs = sorted({e["proc"] for e in coordinator.events if e["ev"] == "spawn"})
         records = {p: read_log(coordinator.workdir / f"worker-{p}.log") for p in procs}
-        return cls(coordinator.events, coordinator.snapshots, records)
+        stderr = {}
+        for proc in procs:
+            with contextlib.suppress(FileNotFoundError):
+                stderr[proc] = (coordinator.workdir / f"worker-{proc}.stderr").read_text()
+        return cls(coordinator.events, coordinator.snapshots, records, stderr)
 
     def operations(self) -> int:
         """Commands and signals sent, and edits made by writer threads."""
@@ -935,6 +944,11 @@ class Checker:
             if event["ev"] == "violation":
                 procs = () if event["proc"] is None else (event["proc"],)
                 self.violation("process", f"worker {event['proc']}: {event['what']}", procs=procs)
+        for proc, text in sorted(self.stderr.items()):
+            if "Traceback" in text:  # "Exception ignored in ...", a crash at exit
+                errors_by_proc[proc] = True
+                where = text[text.index("Traceback") :]
+                self.violation("exception", f"worker {proc}, on stderr:\n{_short(where)}")
         for proc, records in sorted(self.records.items()):
             open_steps: dict[str, Step] = {}
             for record in records:
