@@ -23,6 +23,7 @@ protocol                  implemented by      used by
 :class:`Verifying`        PickleStore         ``cacheman verify`` and ``list``
 :class:`UsageReporting`   PickleStore         ``cacheman list`` and ``delete`` (sizes)
 :class:`KeepsAside`       CSV file storage    a loader that raised: where the data was kept
+:class:`DamageSwitch`     PickleStore         ``cacheman list``/``show``: loads that move nothing
 ========================  ==================  ===========================================
 
 ``tests/test_store_contract.py`` runs one contract suite against every store.
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuilderLocking",
+    "DamageSwitch",
     "Edge",
     "EventCallback",
     "EventStore",
@@ -51,6 +53,7 @@ __all__ = [
     "UsageReporting",
     "Verifying",
     "supports_builder_lock",
+    "supports_damage_switch",
     "supports_events",
     "supports_journal",
     "supports_keep_aside",
@@ -186,6 +189,15 @@ class KeepsAside(Protocol):
         """Move the unreadable data of ``name`` aside; return where it went (None: nothing)."""
 
 
+@runtime_checkable
+class DamageSwitch(Protocol):
+    """A store that can be told to leave damaged data in place when a load finds it."""
+
+    #: True (the default): a load moves damaged data aside; False: it leaves it, reads
+    #: what it can and changes nothing (the command line's ``list`` and ``show``).
+    keep_aside_damaged: bool
+
+
 # (type of store, protocol) -> whether it implements it.  An isinstance check against
 # a runtime protocol looks up every member (about 50 us on CPython 3.11), and saves
 # ask on every call; the methods of a store are its class's, so the answer is kept.
@@ -239,3 +251,8 @@ def supports_usage(store: object) -> TypeGuard[UsageReporting]:
 def supports_keep_aside(storage: object) -> TypeGuard[KeepsAside]:
     """Whether ``storage`` implements :class:`KeepsAside`."""
     return _implements(storage, KeepsAside)
+
+
+def supports_damage_switch(store: object) -> TypeGuard[DamageSwitch]:
+    """Whether ``store`` implements :class:`DamageSwitch`."""
+    return _implements(store, DamageSwitch)

@@ -23,6 +23,7 @@ from cacheman._store import PickleStore
 from cacheman._store_api import (
     Store,
     supports_builder_lock,
+    supports_damage_switch,
     supports_events,
     supports_journal,
     supports_usage,
@@ -87,11 +88,14 @@ def test_declared_capabilities(store: Store, kind: str) -> None:
         "builder_lock": supports_builder_lock(store),
         "verify": supports_verify(store),
         "usage": supports_usage(store),
+        "damage_switch": supports_damage_switch(store),
     }
     if kind.startswith("redis"):
         expected = {"journal": 1, "events": 1, "builder_lock": 1, "verify": 0, "usage": 0}
+        expected["damage_switch"] = 0
     else:
         expected = {"journal": 1, "events": 0, "builder_lock": 0, "verify": 1, "usage": 1}
+        expected["damage_switch"] = 1
     assert declared == {name: bool(flag) for name, flag in expected.items()}
     assert isinstance(store, Store)
 
