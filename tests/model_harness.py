@@ -340,7 +340,13 @@ _FEATURE_RULES: list[Any] = []
 
 
 def worker_main(config_text: str) -> None:
-    from cacheman import TimeCount
+    from cacheman import TimeCount, cachewrap
+
+    # A worker killed while it builds holds the builder lock (Redis) until the lock
+    # expires, 300 s by default: the others would wait that long to register the
+    # derived cache.  Builds here take milliseconds.
+    if hasattr(cachewrap, "BUILDER_LOCK_SECONDS"):
+        cachewrap.BUILDER_LOCK_SECONDS = 10.0
 
     _FEATURE_RULES[:] = [TimeCount(0.2, 1000), TimeCount(0.5, 1)]
     config = json.loads(config_text)
@@ -419,6 +425,7 @@ class Coordinator:
         self.workers = workers
         self.procs: dict[int, Proc] = {}  # ready
         self.starting: dict[int, Proc] = {}  # started, not ready yet
+        self.ending: dict[int, tuple[Proc, str, int, float]] = {}  # asked to end, not reaped
         self.next_proc = itertools.count()
         self.next_op = itertools.count()
         self.tokens = itertools.count()
@@ -427,6 +434,7 @@ class Coordinator:
         self.selector = selectors.DefaultSelector()
         self.derived_registered: set[int] = set()
         self.ops_sent = 0
+        self.broken = False
 
     # -- processes ----------------------------------------------------------------------
 
@@ -538,6 +546,7 @@ class Coordinator:
                 }
             )
             self.kill(worker, signal.SIGKILL, why="hung")
+            self.broken = True  # one hang is reported; the run stops rather than pile up more
 
     def _died(self, worker: Proc, why: str) -> None:
         self._reap(worker, "died", None)
@@ -563,25 +572,38 @@ class Coordinator:
         return rc
 
     def kill(self, worker: Proc, signum: int, *, why: str) -> None:
+        """Send ``signum`` and wait for the end (SIGKILL: at once; the clean-up)."""
         sent = now()
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.popen.pid, signum)
-        rc = self._reap(worker, why, sent)
-        expected = -signum
-        if why == "sigterm" and rc != expected:
-            self.events.append(
-                {"ev": "violation", "proc": worker.proc, "what": f"SIGTERM ended it with {rc}"}
-            )
+        self._reap(worker, why, sent)
 
-    def exit(self, worker: Proc) -> None:
+    def end(self, worker: Proc, how: str) -> None:
+        """Ask a worker to end (``"exit"`` or ``"sigterm"``); it is reaped later.
+
+        The others go on meanwhile; the acknowledgement counts from the moment the
+        end is seen (later than it happened: that only widens what is allowed).
+        """
         sent = now()
-        self.send(worker, {"name": "exit"})
-        line = self._readline(worker.popen, REPLY_TIMEOUT)
-        rc = self._reap(worker, "exit", sent)
-        if not line or rc != 0:
-            self.events.append(
-                {"ev": "violation", "proc": worker.proc, "what": f"exit ended it with status {rc}"}
-            )
+        if how == "exit":
+            self.send(worker, {"name": "exit"})
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.popen.pid, signal.SIGTERM)
+        self.procs.pop(worker.proc, None)
+        self.ending[worker.proc] = (worker, how, sent, time.monotonic())
+
+    def reap_ended(self, *, wait: bool) -> None:
+        """Record the workers that ended as asked (``wait``: wait for every one)."""
+        for proc, (worker, how, sent, asked) in list(self.ending.items()):
+            if not wait and worker.popen.poll() is None and time.monotonic() < asked + 60:
+                continue
+            del self.ending[proc]
+            rc = self._reap(worker, how, sent)
+            if rc != (0 if how == "exit" else -signal.SIGTERM):
+                self.events.append(
+                    {"ev": "violation", "proc": proc, "what": f"{how} ended it with status {rc}"}
+                )
 
     # -- the random operations -------------------------------------------------------------
 
@@ -624,7 +646,7 @@ class Coordinator:
             while True:
                 if rounds is not None and done >= rounds:
                     break
-                if end is not None and time.monotonic() >= end:
+                if (end is not None and time.monotonic() >= end) or self.broken:
                     break
                 self.round()
                 done += 1
@@ -632,9 +654,10 @@ class Coordinator:
             self.admit(wait=True)  # every worker ends normally, for the last read of the store
             for worker in list(self.procs.values()):
                 if worker.busy is None:
-                    self.exit(worker)
+                    self.end(worker, "exit")
                 else:
                     self.kill(worker, signal.SIGKILL, why="sigkill")
+            self.reap_ended(wait=True)
             self.snapshot()
         self.next_run()
 
@@ -647,13 +670,15 @@ class Coordinator:
         self.send(worker, {"name": "register_derived"})
         self.collect([worker])
         if worker.proc in self.procs:
-            self.exit(worker)
+            self.end(worker, "exit")
+        self.reap_ended(wait=True)
         self.snapshot()
 
     def round(self) -> None:
         rng = self.rng
         # A worker that ended is replaced at once; the new one joins when it is ready
         # (starting an interpreter takes a while), and the others go on meanwhile.
+        self.reap_ended(wait=False)
         while len(self.procs) + len(self.starting) < self.workers:
             self.spawn()
         self.admit(wait=not self.procs)
@@ -661,10 +686,7 @@ class Coordinator:
         # The ends of a process happen while it is idle (exit, SIGTERM) or busy (SIGKILL).
         roll = rng.random()
         if roll < 0.07:
-            if roll < 0.04:
-                self.exit(rng.choice(workers))
-            else:
-                self.kill(rng.choice(workers), signal.SIGTERM, why="sigterm")
+            self.end(rng.choice(workers), "exit" if roll < 0.04 else "sigterm")
             self.snapshot()
             return
         chosen = [w for w in workers if rng.random() < 0.75] or [rng.choice(workers)]
@@ -1292,7 +1314,8 @@ def run_model(
     try:
         coordinator.run(rounds=rounds, seconds=seconds)
     finally:  # a run that broke off leaves no process behind
-        for worker in [*coordinator.procs.values(), *coordinator.starting.values()]:
+        ending = [each[0] for each in coordinator.ending.values()]
+        for worker in [*coordinator.procs.values(), *coordinator.starting.values(), *ending]:
             with contextlib.suppress(Exception):
                 coordinator.kill(worker, signal.SIGKILL, why="cleanup")
     checker = Checker.of(coordinator)
