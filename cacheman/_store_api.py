@@ -24,6 +24,7 @@ protocol                  implemented by      used by
 :class:`UsageReporting`   PickleStore         ``cacheman list`` and ``delete`` (sizes)
 :class:`KeepsAside`       CSV file storage    a loader that raised: where the data was kept
 :class:`DamageSwitch`     PickleStore         ``cacheman list``/``show``: loads that move nothing
+:class:`ClosableStore`    RedisStore          ``CacheManager.close()``: connections, listener
 ========================  ==================  ===========================================
 
 ``tests/test_store_contract.py`` runs one contract suite against every store.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuilderLocking",
+    "ClosableStore",
     "DamageSwitch",
     "Edge",
     "EventCallback",
@@ -134,6 +136,14 @@ class StoreFactory(Protocol):
 
     def bind(self, manager_name: str, signing_key: bytes | None) -> Store:
         """The store of the manager called ``manager_name``, signing with ``signing_key``."""
+
+
+@runtime_checkable
+class ClosableStore(Protocol):
+    """A store holding resources of its own (connections, a listener thread) until closed."""
+
+    def close(self) -> None:
+        """Let go of them; the store may be used again afterwards (it reconnects)."""
 
 
 #: ``callback(name, generation)``: ``name`` got a new generation in some process;
