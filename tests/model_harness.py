@@ -8,10 +8,12 @@ How a run goes
 A *coordinator* (the test process) keeps a few *worker* processes alive (fresh
 interpreters, ``subprocess``), all using one manager over one store: a directory
 of pickle files, or a database of a real ``redis-server``.  Each worker holds
-three caches:
+four caches:
 
 - ``data``: a :class:`~cacheman.cachewrap.PersistentCache` (``autosync=False``)
   over a small universe of keys, so that processes collide on keys all the time;
+- ``auto``: the same, as an :class:`~cacheman.autosync.AutoSyncCache` whose rules
+  save it in the background (a forked child) within a second of an edit;
 - ``raw``: a persistent cache with one key, ``version``; invalidating it is
   ``raw["version"] = token; raw.save(); raw.invalidate()``;
 - ``features`` (once a worker registered it): an autosync cache derived from
@@ -60,16 +62,17 @@ other threads edit may or may not hold their edits (either is right); the next
 acknowledgement does.  Nothing else acknowledges: SIGKILL, an exit or SIGTERM
 that failed, an operation cut short by a kill.
 
-A change can *land* in the store from the moment it is made (``data`` and
-``raw`` do not autosync, but an invalidation event from another process makes
-a process save what it has pending before it reloads) until it is written by
+A change can *land* in the store from the moment it is made (``auto`` saves in
+the background; ``data`` and ``raw`` do not autosync, but an invalidation event
+from another process makes a process save what it has pending before it
+reloads) until it is written by
 an acknowledged save or replaced by a later change of its process, or during a
 save that overlapped that time (one cut short by SIGKILL included).  Once
 written, it is clean: its process must not write it again.
 
 What the checker fails on
 -------------------------
-For each snapshot (time T) and each key of ``data`` and ``raw``:
+For each snapshot (time T) and each key of ``data``, ``auto`` and ``raw``:
 
 1. *Lost acknowledged write.*  Let W be the acknowledged change whose earliest
    possible landing is the latest among those acknowledged before T.  What the
@@ -126,6 +129,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 #: The keys of ``data``: few, so that processes collide on them.
 KEYS = tuple(f"k{i:02d}" for i in range(16))
+#: The caches whose keys the checker follows (``features`` is checked for staleness).
+CHECKED = ("data", "auto", "raw")
 #: The content of a key that is not there.
 ABSENT = "-"
 #: Seconds a worker may take to answer an operation (or to end) before it is called hung.
@@ -196,6 +201,7 @@ class Worker:
         self.manager = CacheManager(config["manager"], config["base"], store=store)
         self.builds = itertools.count()
         self.data = self.manager.register_custom_cache("data", autosync=False)
+        self.auto = self.manager.register_custom_cache("auto", time_checks=_AUTO_RULES)
         self.raw = self.manager.register_custom_cache("raw", autosync=False)
         self.features: Any = None
 
@@ -216,29 +222,29 @@ class Worker:
         self.log.emit(ev="post", sid=sid, **after)
 
     def cache(self, name: str) -> Any:
-        return {"data": self.data, "raw": self.raw}[name]
+        return {"data": self.data, "auto": self.auto, "raw": self.raw}[name]
 
-    def edit(self, op: int, edit: list[Any]) -> None:
-        """One edit of ``data``.
+    def edit(self, op: int, edit: list[Any], name: str = "data") -> None:
+        """One edit of ``data`` (or ``auto``).
 
         ``["set", key, "L" or "T", token]``, ``["del", key]`` or
         ``["inplace", key, token, touch]``.
         """
         what, key = edit[0], edit[1]
-        cache = self.data
+        cache = self.cache(name)
         if what == "set":
             value: Any = [edit[3]] if edit[2] == "L" else (edit[3],)
-            with self.step(op, "prod", cache="data", prods=[[key, canon(value)]]):
+            with self.step(op, "prod", cache=name, prods=[[key, canon(value)]]):
                 cache[key] = value
         elif what == "del":
             if key in cache:
-                with self.step(op, "prod", cache="data", prods=[[key, ABSENT]]):
+                with self.step(op, "prod", cache=name, prods=[[key, ABSENT]]):
                     del cache[key]
         elif what == "inplace":
             value = dict.get(cache, key)
             if isinstance(value, list):
                 content = canon([*value, edit[2]])
-                with self.step(op, "prod", cache="data", prods=[[key, content]], touch=edit[3]):
+                with self.step(op, "prod", cache=name, prods=[[key, content]], touch=edit[3]):
                     value.append(edit[2])
                     if edit[3]:
                         cache.touch(key)
@@ -248,7 +254,7 @@ class Worker:
     def run(self, op: int, command: dict[str, Any]) -> None:
         name = command["name"]
         if name == "edit":
-            self.edit(op, command["edit"])
+            self.edit(op, command["edit"], command.get("cache", "data"))
         elif name == "read":
             for key in command["keys"]:
                 canon(self.data.get(key))  # a read: nothing may be written because of it
@@ -337,6 +343,8 @@ class Worker:
 
 #: The autosync rules of ``features``: a change older than 0.2 s is saved in the background.
 _FEATURE_RULES: list[Any] = []
+#: The autosync rules of ``auto``: a burst of 5 changes, or one older than 0.3 s.
+_AUTO_RULES: list[Any] = []
 
 
 def worker_main(config_text: str) -> None:
@@ -349,6 +357,7 @@ def worker_main(config_text: str) -> None:
         cachewrap.BUILDER_LOCK_SECONDS = 10.0
 
     _FEATURE_RULES[:] = [TimeCount(0.2, 1000), TimeCount(0.5, 1)]
+    _AUTO_RULES[:] = [TimeCount(0.3, 5), TimeCount(1.0, 1)]
     config = json.loads(config_text)
     worker = Worker(config)
     worker.log.emit(ev="ready")
@@ -624,7 +633,7 @@ class Coordinator:
     def snapshot(self) -> None:
         taken = now()
         record: dict[str, Any] = {"t": taken}
-        for name in ("data", "raw", "features"):
+        for name in ("data", "auto", "raw", "features"):
             try:
                 contents = self.place.read(name)
             except Exception as error:  # a store the next process could not read either
@@ -703,8 +712,12 @@ class Coordinator:
         self.snapshot()
 
 
+def _cache(rng: random.Random) -> str:
+    return rng.choice(("data", "data", "auto"))
+
+
 def _op_edit(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any]:
-    return {"name": "edit", "edit": c.random_edit(w.proc, rng)}
+    return {"name": "edit", "edit": c.random_edit(w.proc, rng), "cache": _cache(rng)}
 
 
 def _op_read(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any]:
@@ -712,7 +725,7 @@ def _op_read(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any]:
 
 
 def _op_save(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any]:
-    return {"name": "save", "cache": "data"}
+    return {"name": "save", "cache": _cache(rng)}
 
 
 def _op_dirty_save(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any]:
@@ -720,7 +733,7 @@ def _op_dirty_save(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any
 
 
 def _op_refresh(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any]:
-    return {"name": "refresh", "cache": "data"}
+    return {"name": "refresh", "cache": _cache(rng)}
 
 
 def _op_clear(c: Coordinator, w: Proc, rng: random.Random) -> dict[str, Any]:
@@ -820,6 +833,7 @@ class Violation:
     keys: tuple[str, ...] = ()
     procs: tuple[int, ...] = ()
     when: int | None = None
+    cache: str | None = None  # the cache of ``keys``, for a key's violation
 
     def __str__(self) -> str:
         return f"{self.what}: {self.detail}"
@@ -955,8 +969,9 @@ class Checker:
         keys: tuple[str, ...] = (),
         procs: tuple[int, ...] = (),
         when: int | None = None,
+        cache: str | None = None,
     ) -> None:
-        self.violations.append(Violation(what, detail, keys, procs, when))
+        self.violations.append(Violation(what, detail, keys, procs, when, cache))
 
     # -- reading the history ---------------------------------------------------------------
 
@@ -1042,10 +1057,10 @@ class Checker:
                     end = self.life_end.get(step.proc)  # cut short: it may have landed until then
                 acks[(step.proc, step.cache or "")].append((step.start, end, step.end is not None))
         for proc, (start, end) in self.exit_ack.items():
-            for cache in ("data", "raw"):
+            for cache in CHECKED:
                 acks[(proc, cache)].append((start, end, True))
         for proc, (start, end) in self.exit_maybe.items():
-            for cache in ("data", "raw"):
+            for cache in CHECKED:
                 acks[(proc, cache)].append((start, end, False))
         for each in acks.values():
             each.sort(key=lambda a: a[0])
@@ -1102,9 +1117,9 @@ class Checker:
         reported: set[tuple[Any, ...]] = set()
         for snapshot in self.snapshots:
             when = snapshot["t"]
-            for cache in ("data", "raw"):
-                held = snapshot[cache]
-                keys = set(KEYS) if cache == "data" else {"version"}
+            for cache in CHECKED:
+                held = snapshot.get(cache, {})
+                keys = {"version"} if cache == "raw" else set(KEYS)
                 keys |= set(held) | {key for (c, key) in indexes if c == cache}
                 for key in sorted(keys):
                     self.checked += 1
@@ -1139,6 +1154,7 @@ class Checker:
                 f"{newest.proc}, acknowledged at {self.rel(newest.acked_at)}) was written after "
                 f"what is there {could} landed",
                 keys=(key,),
+                cache=cache,
                 procs=(newest.proc,),
                 when=when,
             )
@@ -1151,6 +1167,7 @@ class Checker:
                 f"{cache}[{key!r}] {shown} at {self.rel(when)}: no process had changed it to that "
                 "at a time it could have landed",
                 keys=(key,),
+                cache=cache,
                 when=when,
             )
 
@@ -1254,14 +1271,21 @@ class Checker:
     def _lead_up(self, violation: Violation, span: int) -> list[str]:
         assert violation.when is not None
         keys = set(violation.keys)
-        writers = {s.proc for s in self.steps if any(k in keys for k, _ in s.prods)}
+        cache = violation.cache
+
+        def on_keys(step: Step) -> list[str]:
+            if cache is not None and step.cache != cache:
+                return []
+            return [f"{k}={c}" for k, c in step.prods if k in keys]
+
+        writers = {s.proc for s in self.steps if on_keys(s)}
         derived = "features" in keys
         when = violation.when
         # Every process's saves and ends since the store read before: one of them wrote it.
         before = max((s["t"] for s in self.snapshots if s["t"] < when), default=NEVER)
         events: list[tuple[int, str]] = []
         for step in self.steps:
-            mine = [f"{k}={c}" for k, c in step.prods if k in keys]
+            mine = on_keys(step)
             if derived:
                 wanted = step.kind in ("inv", "view")
             else:
@@ -1277,9 +1301,9 @@ class Checker:
             for proc, records in self.records.items():
                 for record in records:
                     if record["ev"] == "build":
-                        when = record["t"]
+                        built = record["t"]
                         text = f"worker {proc} built features from {record['built_from']}"
-                        events.append((when, f"{self.rel(when)} {text}"))
+                        events.append((built, f"{self.rel(built)} {text}"))
         for event in self.events:
             if event["ev"] == "end" and (
                 derived or event["proc"] in writers or event["t"] >= before
@@ -1292,7 +1316,7 @@ class Checker:
                 if key == "features":
                     seen = snapshot["features"]
                 else:
-                    seen = snapshot["data"].get(key, snapshot["raw"].get(key, ABSENT))
+                    seen = snapshot.get(cache or "data", {}).get(key, ABSENT)
                 if key not in last or last[key] != seen:
                     last[key] = seen
                     events.append((snapshot["t"], f"{self.rel(snapshot['t'])} store: {key}={seen}"))
