@@ -9,11 +9,14 @@ threads ask).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import inspect
 import logging
 import os
+import pickle
 import threading
 import types
 import weakref
@@ -21,14 +24,16 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from . import _lifecycle
-from ._memokey import args_digest, code_parts, encode, value_digest
+from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
+from ._memokey import args_digest, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
 from .autosync import AutoSyncCache
+from .errors import CacheManError
 
 if TYPE_CHECKING:
     from .cacher import CacheManager
 
-__all__ = ["MemoCache", "MemoStats", "Memoized", "memoize"]
+__all__ = ["AsyncMemoized", "MemoCache", "MemoStats", "Memoized", "memoize"]
 
 logger = logging.getLogger("cacheman")
 
@@ -36,7 +41,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Bumped when the fingerprint's recipe changes, so old fingerprints never match.
-_FINGERPRINT_RECIPE = b"cacheman-memoize-1"
+_FINGERPRINT_RECIPE = b"cacheman-memoize-2"
 
 
 class MemoStats(NamedTuple):
@@ -60,14 +65,15 @@ class MemoCache(AutoSyncCache):
     """The AutoSyncCache behind a memoized function: keys are call digests, values results.
 
     On top of an AutoSyncCache it counts completed saves, and writes the
-    function's fingerprint to the cache's metadata after the first save that
-    follows a deletion of the saved copy (a reset deletes the metadata too).
+    function's fingerprint (and its parts, which name what a later change
+    touched) to the cache's metadata after the first save that follows a
+    deletion of the saved copy (a reset deletes the metadata too).
     """
 
     def __init__(
         self,
         *args: Any,
-        fingerprint: Callable[[], str],
+        fingerprint: Callable[[], dict[str, Any]],
         **kwargs: Any,
     ) -> None:
         self.saves = 0
@@ -93,7 +99,7 @@ class MemoCache(AutoSyncCache):
         if not self._fingerprint_saved:
             # After the contents, never before: a crash in between leaves contents
             # without a fingerprint, which the next run treats as stale (the safe side).
-            self.manager.store.update_meta(self.name, fingerprint=self._fingerprint())
+            self.manager.store.update_meta(self.name, **self._fingerprint())
             self._fingerprint_saved = True
         self.saves += 1  # last: a save counts once all of it is written
 
@@ -158,9 +164,15 @@ class Memoized(Generic[P, R]):
         self._version = version
         self._check_code = check_code
         self._depends_on = tuple(_checked_dependency(self, each) for each in depends_on)
-        self._code_digest: bytes | None = None
-        if check_code:
-            self._code()  # now: a function without Python code is refused at decoration
+        #: The parts of the code's fingerprint, walked at the first call (not here: the
+        #: helpers a function calls may be defined below it in its module).
+        self._code_parts: dict[str, str] | None = None
+        if check_code and function_behind(function) is None:
+            raise TypeError(
+                f"memoize {self.name!r}: {function!r} has no Python code to "
+                "fingerprint; pass check_code=False (and bump version= when it changes)"
+            )
+        self._unpicklable_warned: set[type] = set()
         # The signature is read once here; the hot path only compares a length.
         try:
             self._signature: inspect.Signature | None = inspect.signature(function)
@@ -185,6 +197,7 @@ class Memoized(Generic[P, R]):
         self._hits = 0
         self._misses = 0
         self._new_locks()
+        _claim(self)
         _live.add(self)
 
     def _new_locks(self) -> None:
@@ -192,7 +205,7 @@ class Memoized(Generic[P, R]):
         self._open_lock = threading.Lock()
         # A forked child inherits the in-flight computations of threads it does not
         # have: waiting on them would wait forever, so it starts with none.
-        self._calls: dict[bytes, _Call] = {}
+        self._calls: dict[bytes, Any] = {}  # _Call, or _AsyncCall for an async function
         self._calls_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -302,6 +315,8 @@ class Memoized(Generic[P, R]):
     def _miss(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
+        if not self.manager.holds(cache):
+            cache = self._reopen(cache)
         with self._calls_lock:
             call = self._calls.get(key)
             if call is None:
@@ -327,7 +342,7 @@ class Memoized(Generic[P, R]):
             raise
         else:
             call.result = result
-            cache.store(key, result, epoch)
+            self._keep(cache, key, result, epoch)
         finally:
             # Stored before the call is dropped, so a later caller finds one or the other.
             with self._calls_lock:
@@ -344,6 +359,46 @@ class Memoized(Generic[P, R]):
             raise call.error
         self._hits += 1
         return call.result  # type: ignore[no-any-return]
+
+    def _keep(self, cache: MemoCache, key: bytes, result: object, epoch: int) -> None:
+        """Store a computed result, unless it cannot be saved or its cache was reset meanwhile."""
+        if not _surely_picklable(result) and not _picklable(result):
+            # Stored, it would make every save of the cache fail: all results lost.
+            if type(result) not in self._unpicklable_warned:
+                self._unpicklable_warned.add(type(result))
+                logger.warning(
+                    "memoize %r: a result of type %s.%s can be pickled neither by pickle nor "
+                    "by cloudpickle; it is returned but not stored (the other results are "
+                    "saved). Return a picklable value to cache it.",
+                    self.name,
+                    type(result).__module__,
+                    type(result).__qualname__,
+                )
+            return
+        if not self.manager.holds(cache):
+            # Deregistered while computing: store where the results are saved now.
+            if cache.epoch != epoch:
+                return
+            cache = self._reopen(cache)
+            epoch = cache.epoch
+        cache.store(key, result, epoch)
+
+    def _reopen(self, stale: MemoCache) -> MemoCache:
+        """The cache was deregistered: register it again (or raise if the manager is closed).
+
+        A memoized function never computes into a cache its manager no longer
+        saves: its results would be lost at exit.
+        """
+        if getattr(self.manager, "closed", False):
+            raise MemoCacheClosedError(
+                f"memoize {self.name!r}: manager {self.manager.name!r} is closed; "
+                "decorate the function with an open manager's memoize"
+            )
+        with self._open_lock:
+            if self._cache is stale:
+                self._cache = None
+        logger.debug("memoize %r: its cache was deregistered; registering it again", self.name)
+        return self._open()
 
     # -- the cache and its fingerprint ---------------------------------------------
 
@@ -368,34 +423,32 @@ class Memoized(Generic[P, R]):
     def fingerprint(self) -> str:
         """A digest of the code (unless ``check_code=False``), ``version`` and the dependencies.
 
-        A dependency counts by its own fingerprint (a memoized function) or by
-        the ``generation`` in its metadata (a cache, changed whenever it is
-        invalidated).
+        The code counts with what it reaches of the user's own code: the
+        functions and methods it calls, the classes it uses, the module
+        constants it reads, its closure cells and default arguments (see
+        :mod:`cacheman._memo.fingerprint`).  A dependency counts by its own
+        fingerprint (a memoized function) or by the ``generation`` in its
+        metadata (a cache, changed whenever it is invalidated).
         """
-        parts = [_FINGERPRINT_RECIPE]
-        if self._check_code:
-            parts.append(self._code())
-        encode(self._version, parts)
+        return _combined(self._fingerprint_parts())
+
+    def _fingerprint_parts(self) -> dict[str, str]:
+        """What the fingerprint is made of, each part named (for the log of a reset)."""
+        if self._code_parts is None:
+            self._code_parts = fingerprint_parts(self._function) if self._check_code else {}
+        parts = dict(self._code_parts)
+        parts["version"] = _part_digest(self._version)
         for dependency in self._depends_on:
             if isinstance(dependency, Memoized):
-                encode(("function", dependency.name, dependency.fingerprint), parts)
+                parts[f"depends_on {dependency.name}"] = dependency.fingerprint
             else:
                 meta = self.manager.store.read_meta(dependency) or {}
-                encode(("cache", dependency, meta.get("generation")), parts)
-        return hashlib.blake2b(b"".join(parts), digest_size=16).hexdigest()
+                parts[f"depends_on {dependency}"] = _part_digest(meta.get("generation"))
+        return parts
 
-    def _code(self) -> bytes:
-        if self._code_digest is None:
-            code = getattr(self._function, "__code__", None)
-            if code is None:
-                raise TypeError(
-                    f"memoize {self.name!r}: {self._function!r} has no Python code to "
-                    "fingerprint; pass check_code=False (and bump version= when it changes)"
-                )
-            parts: list[bytes] = []
-            code_parts(code, parts)
-            self._code_digest = hashlib.blake2b(b"".join(parts)).digest()
-        return self._code_digest
+    def _meta_fields(self) -> dict[str, Any]:
+        parts = self._fingerprint_parts()
+        return {"fingerprint": _combined(parts), "fingerprint_parts": parts}
 
     def _open(self) -> MemoCache:
         """Register the cache; reset it (and what derives from it) if the fingerprint changed."""
@@ -417,24 +470,206 @@ class Memoized(Generic[P, R]):
                 self.name,
                 cache_manager=self.manager,
                 contents={},
-                fingerprint=lambda: self.fingerprint,
+                fingerprint=self._meta_fields,
             )
-            fingerprint = self.fingerprint
+            parts = self._fingerprint_parts()
+            fingerprint = _combined(parts)
             store = self.manager.store
-            saved = (store.read_meta(self.name) or {}).get("fingerprint")
+            meta = store.read_meta(self.name) or {}
+            saved = meta.get("fingerprint")
             if saved == fingerprint:
                 cache._fingerprint_saved = True
                 self.manager.reload_cache(self.name)
             elif saved is not None or store.exists(self.name):
-                # The stale copy is never loaded: unpickling it may fail now that the code changed.
-                logger.info(
-                    "memoize %r: the function, its version or a dependency changed; "
-                    "resetting its cache and every cache derived from it",
+                old_parts = meta.get("fingerprint_parts")
+                if saved is None:
+                    why = "results were saved without a fingerprint"
+                elif isinstance(old_parts, dict):
+                    why = describe_changes(old_parts, parts)
+                else:
+                    why = "they were saved by an older CacheMan (another fingerprint recipe)"
+                # WARNING: results the user may have waited hours for are dropped.
+                logger.warning(
+                    "memoize %r: resetting its cache and every cache derived from it: %s",
                     self.name,
+                    why,
                 )
+                # The stale copy is never loaded: unpickling it may fail now that the code changed.
                 self.manager.invalidate_and_rebuild_cache(self.name)
             self._cache = cache
             return cache
+
+
+class AsyncMemoized(Memoized[P, R]):
+    """A memoized ``async def``: the function is awaited once per key, its result stored.
+
+    Concurrent awaits of one key, in one event loop or several (threads),
+    run the function once; the others await its outcome.  A hit returns the
+    cached result without suspending.  An exception reaches every awaiter and
+    is not cached; if the computing task is cancelled, the awaiters compute
+    for themselves.
+    """
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:  # type: ignore[override]
+        cache = self._cache
+        if kwargs or len(args) != self._arity or cache is None:
+            cache = self._cache if self._cache is not None else self._open()
+            key = self.key_of(*args, **kwargs)
+        else:
+            key = args_digest(args)
+        try:
+            result: R = cache[key]
+        except KeyError:
+            pass
+        else:
+            self._hits += 1
+            return result
+        return await self._amiss(cache, key, args, kwargs)
+
+    async def _amiss(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        if not self.manager.holds(cache):
+            cache = self._reopen(cache)
+        with self._calls_lock:
+            call = self._calls.get(key)
+            if call is None:
+                found = cache.get(key, _UNSET)
+                if found is not _UNSET:
+                    self._hits += 1
+                    return found  # type: ignore[no-any-return]
+                call = self._calls[key] = _AsyncCall()
+                self._misses += 1
+                computing = True
+            else:
+                computing = False
+        if not computing:
+            outcome = await asyncio.wrap_future(call.future)
+            if outcome is _RETRY:
+                return await self(*args, **kwargs)
+            self._hits += 1
+            return outcome  # type: ignore[no-any-return]
+        epoch = cache.epoch
+        function = self._function
+        try:
+            result: R = await function(*args, **kwargs)  # type: ignore[misc]
+        except Exception as error:
+            call.future.set_exception(error)
+            raise
+        except BaseException:
+            call.future.set_result(_RETRY)  # cancelled: the awaiters were not
+            raise
+        else:
+            self._keep(cache, key, result, epoch)
+            call.future.set_result(result)
+        finally:
+            with self._calls_lock:
+                del self._calls[key]
+        return result
+
+
+_RETRY: Any = object()  # an async computation was cancelled: its awaiters compute themselves
+
+
+class _AsyncCall:
+    """One async computation in flight: a thread-safe future its awaiters wait on, in any loop."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        # Running: an awaiter that is cancelled cannot cancel the others' outcome.
+        self.future.set_running_or_notify_cancel()
+
+
+class MemoCacheClosedError(CacheManError, RuntimeError):
+    """A memoized function was called after its manager was closed."""
+
+
+def _part_digest(value: object) -> str:
+    out: list[bytes] = []
+    encode(value, out)
+    return hashlib.blake2b(b"".join(out), digest_size=8).hexdigest()
+
+
+def _combined(parts: dict[str, str]) -> str:
+    out = [_FINGERPRINT_RECIPE]
+    encode(sorted(parts.items()), out)
+    return hashlib.blake2b(b"".join(out), digest_size=16).hexdigest()
+
+
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None), complex})
+
+
+def _surely_picklable(value: object, depth: int = 0) -> bool:
+    """A quick yes for the usual results (scalars, small containers of them); else ask pickle."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth > 2:
+        return False
+    if kind is tuple or kind is list:
+        return len(value) <= 64 and all(_surely_picklable(v, depth + 1) for v in value)  # type: ignore[arg-type,attr-defined]
+    if kind is dict:
+        return len(value) <= 64 and all(  # type: ignore[arg-type]
+            _surely_picklable(k, depth + 1) and _surely_picklable(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    return False
+
+
+def _picklable(value: object) -> bool:
+    """Whether the store can save ``value`` (it tries pickle, then cloudpickle)."""
+    try:
+        pickle.dumps(value, protocol=5)
+    except Exception:  # any failure: cloudpickle may still manage
+        pass
+    else:
+        return True
+    try:
+        import cloudpickle  # type: ignore[import-untyped]
+
+        cloudpickle.dumps(value, protocol=5)
+    except Exception:  # what the store would hit at save time
+        return False
+    return True
+
+
+# Who holds each memo name, per manager: two functions sharing a cache would reset
+# each other at every run (each sees the other's fingerprint).
+_claims: weakref.WeakValueDictionary[tuple[int, str], Memoized[..., Any]] = (
+    weakref.WeakValueDictionary()
+)
+_claims_lock = threading.Lock()
+
+
+def _identity(memoized: Memoized[..., Any]) -> str:
+    function = memoized._function
+    module = getattr(function, "__module__", None)
+    return f"{module}.{getattr(function, '__qualname__', function)}"
+
+
+def _claim(memoized: Memoized[..., Any]) -> None:
+    """Refuse a second function under a name another live function of the manager uses.
+
+    The same function decorated again (a re-run notebook cell, a reloaded
+    module, a new version of it) takes the name over.
+    """
+    slot = (id(memoized.manager), memoized.name)
+    with _claims_lock:
+        holder = _claims.get(slot)
+        if (
+            holder is not None
+            and holder.manager is memoized.manager
+            and _identity(holder) != _identity(memoized)
+        ):
+            raise ValueError(
+                f"memoize {memoized.name!r}: the name is already used by "
+                f"{_identity(holder)} in manager {memoized.manager.name!r}; give "
+                f"{_identity(memoized)} another name= (two functions sharing one cache "
+                "would reset each other's results at every run)"
+            )
+        _claims[slot] = memoized
 
 
 # Every memoized function, for the fork hook.
@@ -499,10 +734,10 @@ def memoize(
 ) -> Any:
     """The decorator behind :meth:`CacheManager.memoize`; bare ``@manager.memoize`` works too."""
     if callable(name):
-        return Memoized(manager, name)
+        return _kind(name)(manager, name)
 
     def decorate(function: Callable[P, R]) -> Memoized[P, R]:
-        return Memoized(
+        return _kind(function)(  # type: ignore[return-value]
             manager,
             function,
             name,
@@ -513,3 +748,13 @@ def memoize(
         )
 
     return decorate
+
+
+def _kind(function: Callable[..., Any]) -> type[Memoized[..., Any]]:
+    """:class:`AsyncMemoized` for an ``async def`` (its calls return coroutines), else Memoized."""
+    behind = function_behind(function)
+    if inspect.iscoroutinefunction(function) or (
+        behind is not None and inspect.iscoroutinefunction(behind)
+    ):
+        return AsyncMemoized
+    return Memoized
