@@ -953,7 +953,7 @@ def test_a_second_function_under_an_existing_name_is_refused(manager: CacheManag
     def first(x: int) -> int:
         return x
 
-    with pytest.raises(ValueError, match="'shared'.*already used by.*first"):
+    with pytest.raises(ValueError, match=r"'shared'.*already used by.*first"):
 
         @manager.memoize("shared")
         def second(x: int) -> int:
@@ -961,7 +961,7 @@ def test_a_second_function_under_an_existing_name_is_refused(manager: CacheManag
 
     # The same function decorated again (an edited, re-run cell) takes the name over.
     @manager.memoize("shared")  # type: ignore[no-redef]
-    def first(x: int) -> int:
+    def first(x: int) -> int:  # noqa: F811
         return x + 1
 
     assert first(1) == 2
@@ -980,7 +980,7 @@ def test_a_code_change_reset_is_a_warning_naming_the_changed_helper(
     assert priced(3) == 6
     priced.cache.save()
 
-    def rate() -> int:  # type: ignore[no-redef]
+    def rate() -> int:  # type: ignore[no-redef]  # noqa: F811
         return 5
 
     @manager.memoize("priced")  # type: ignore[no-redef]
@@ -1025,5 +1025,5 @@ def test_a_memoized_function_of_a_closed_manager_raises(manager: CacheManager) -
     closing(1)
     manager.deregister_all_caches()
     manager.closed = True  # type: ignore[attr-defined]  # what CacheManager.close() sets
-    with pytest.raises(MemoCacheClosedError, match="'closing'.*closed"):
+    with pytest.raises(MemoCacheClosedError, match=r"'closing'.*closed"):
         closing(2)
