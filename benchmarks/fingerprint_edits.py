@@ -183,15 +183,30 @@ def cosmetic_edits() -> list[Edit]:
         Edit("spacing", "proj/util.py", "x * 3 + 1", "x*3+1"),
         Edit("spacing", "proj/util.py", "x * 3 + 1", "(x * 3) + 1"),
         Edit("annotation", "proj/util.py", "def deep(x):", "def deep(x: int) -> int:"),
-        Edit("annotation", "proj/main.py", "def target(x, shape, pad=5):", "def target(x: int, shape: Shape, pad: int = 5) -> int:"),
-        Edit("unused import", "proj/main.py", "from proj import util\n", "import os\nfrom proj import util\n"),
+        Edit(
+            "annotation",
+            "proj/main.py",
+            "def target(x, shape, pad=5):",
+            "def target(x: int, shape: Shape, pad: int = 5) -> int:",
+        ),
+        Edit("unused import", "proj/main.py", "from proj import", "import os\nfrom proj import"),
         Edit("quotes", "proj/main.py", 'util.TABLE["b"]', "util.TABLE['b']"),
-        Edit("unrelated function", "proj/util.py", "def helper(x):", "def unused(y):\n    return y\n\n\ndef helper(x):"),
+        Edit(
+            "unrelated function",
+            "proj/util.py",
+            "def helper(x):",
+            "def unused(y):\n    return y\n\n\ndef helper(x):",
+        ),
         Edit("unrelated constant", "proj/main.py", "SCALE = 3\n", "SCALE = 3\nUNUSED = 99\n"),
         Edit("moved code", "proj/main.py", "SCALE = 3\n", "\n\n\n\nSCALE = 3\n"),
-        Edit("renamed inner local", "proj/main.py", "def inner(x):\n        return x + k", "def inner(y):\n        return y + k"),
+        Edit(
+            "renamed inner local",
+            "proj/main.py",
+            "def inner(x):\n        return x + k",
+            "def inner(y):\n        return y + k",
+        ),
         Edit("trailing comment", "proj/util.py", "return deep(x) + 2", "return deep(x) + 2  # why"),
-    ]  # fmt: skip
+    ]
     return edits
 
 
@@ -200,10 +215,12 @@ def write_package(directory: Path, edit: Edit | None = None) -> None:
     for path, text in FILES.items():
         if edit is not None and edit.path == path:
             assert edit.old in text, edit
-            text = text.replace(edit.old, edit.new, edit.count)
+            written = text.replace(edit.old, edit.new, edit.count)
+        else:
+            written = text
         target = directory / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        target.write_text(written)
 
 
 FINGERPRINT_SCRIPT = """

@@ -14,7 +14,7 @@ from cacheman._memo.fingerprint import describe_changes, fingerprint_parts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-import fingerprint_edits as suite  # noqa: E402
+import fingerprint_edits as suite
 
 # -- the mutation suite --------------------------------------------------------------------
 
@@ -87,10 +87,8 @@ def test_a_helper_defined_after_the_function_counts(tmp_path: Path) -> None:
 
 
 def test_the_standard_library_and_installed_packages_are_not_walked() -> None:
-    import pytest as installed
-
     def uses_them(x: object) -> str:
-        return json.dumps(os.path.join(str(x), "a")) + str(installed.approx(1))
+        return json.dumps(os.path.join(str(x), "a")) + str(pytest.approx(1))
 
     parts = fingerprint_parts(uses_them)
     assert [label for label in parts if "json" in label or "pytest" in label] == []
