@@ -18,13 +18,15 @@ import logging
 import os
 import pickle
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar
 
 from . import _lifecycle
 from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
+from ._memo.leases import MISSING, Held, Leases, leases_for
 from ._memokey import args_digest, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
 from .autosync import AutoSyncCache
@@ -42,6 +44,12 @@ R = TypeVar("R")
 
 #: Bumped when the fingerprint's recipe changes, so old fingerprints never match.
 _FINGERPRINT_RECIPE = b"cacheman-memoize-2"
+#: With ``lease="auto"``, a function takes leases once one of its computations took this long:
+#: a lease and a durable save cost about a millisecond, so cheaper functions just compute.
+LEASE_AUTO_SECONDS = 0.01
+#: A waiter polls a held lease from every millisecond up to every 50 ms (back-off).
+_FIRST_PAUSE = 0.001
+_LONGEST_PAUSE = 0.05
 
 
 class MemoStats(NamedTuple):
@@ -155,6 +163,8 @@ class Memoized(Generic[P, R]):
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
     ) -> None:
         functools.update_wrapper(self, function)
         self.manager = manager
@@ -163,6 +173,14 @@ class Memoized(Generic[P, R]):
         self._key = key
         self._version = version
         self._check_code = check_code
+        if lease not in (True, False, "auto"):
+            raise ValueError(f"memoize {self.name!r}: lease must be True, False or 'auto'")
+        if not lease_timeout > 0:
+            raise ValueError(f"memoize {self.name!r}: lease_timeout must be > 0 seconds")
+        self._lease = lease
+        self._lease_timeout = float(lease_timeout)
+        self._slow = False  # a computation took LEASE_AUTO_SECONDS or more (lease="auto")
+        self._leases: tuple[MemoCache, Leases | None] | None = None
         self._depends_on = tuple(_checked_dependency(self, each) for each in depends_on)
         #: The parts of the code's fingerprint, walked at the first call (not here: the
         #: helpers a function calls may be defined below it in its module).
@@ -331,9 +349,8 @@ class Memoized(Generic[P, R]):
                 computing = False
         if not computing:
             return self._wait(call, args, kwargs)
-        epoch = cache.epoch
         try:
-            result = self._function(*args, **kwargs)
+            result = self._compute(cache, key, args, kwargs)
         except Exception as error:
             call.error = error
             raise
@@ -342,13 +359,97 @@ class Memoized(Generic[P, R]):
             raise
         else:
             call.result = result
-            self._keep(cache, key, result, epoch)
         finally:
             # Stored before the call is dropped, so a later caller finds one or the other.
             with self._calls_lock:
                 del self._calls[key]
             call.running.release()
         return result
+
+    def _compute(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        """Run the function for ``key`` and store the result, under the key's lease if leased."""
+        leases = self._leases_for(cache)
+        if leases is None:
+            return self._run(cache, key, args, kwargs)
+        held = self._take_lease(leases, key)
+        try:
+            found = self._saved_elsewhere(leases, cache, key)
+            if found is not MISSING:
+                return found  # type: ignore[no-any-return]
+            result = self._run(cache, key, args, kwargs)
+            self._publish(leases, cache)
+            return result
+        finally:
+            if held is not None:
+                held.release()
+
+    def _run(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        epoch = cache.epoch
+        started = time.perf_counter()
+        result = self._function(*args, **kwargs)
+        self._timed(started)
+        self._keep(cache, key, result, epoch)
+        return result
+
+    # -- leases: one computation per key across processes ---------------------------
+
+    def _leases_for(self, cache: MemoCache) -> Leases | None:
+        """The leases to take for a miss now; None when this function goes without."""
+        if self._lease is False or (self._lease == "auto" and not self._slow):
+            return None
+        if self._leases is None or self._leases[0] is not cache:
+            self._leases = (cache, leases_for(self.manager.store, self.name, self._lease_timeout))
+        return self._leases[1]
+
+    def _timed(self, started: float) -> None:
+        if not self._slow and time.perf_counter() - started >= LEASE_AUTO_SECONDS:
+            # Slow enough that computing twice costs more than a lease and a save.
+            self._slow = True
+
+    def _take_lease(self, leases: Leases, key: bytes) -> Held | None:
+        """Wait for the lease of ``key``; None (compute anyway) after ``lease_timeout``."""
+        deadline = time.monotonic() + self._lease_timeout
+        pause = _FIRST_PAUSE
+        while True:
+            held = leases.acquire(key)
+            if held is not None:
+                return held
+            if time.monotonic() >= deadline:
+                self._lease_timed_out()
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)
+
+    def _lease_timed_out(self) -> None:
+        logger.warning(
+            "memoize %r: another process has held a key's lease for over %g s; computing it "
+            "here too (raise lease_timeout= if computations take longer)",
+            self.name,
+            self._lease_timeout,
+        )
+
+    def _saved_elsewhere(self, leases: Leases, cache: MemoCache, key: bytes) -> Any:
+        try:
+            found = leases.saved_result(cache, key)
+        except Exception as error:  # a failed look costs a computation, nothing more
+            logger.warning("memoize %r: reading others' results failed: %s", self.name, error)
+            return MISSING
+        if found is not MISSING:
+            self._misses -= 1  # counted when this thread took the computation on
+            self._hits += 1
+        return found
+
+    def _publish(self, leases: Leases, cache: MemoCache) -> None:
+        try:
+            leases.publish(cache)
+        except Exception as error:  # the result stays pending; autosync saves it later
+            logger.warning(
+                "memoize %r: saving a result for other processes failed: %s", self.name, error
+            )
 
     def _wait(self, call: _Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         with call.running:  # returns once the computing thread has released it
@@ -549,10 +650,8 @@ class AsyncMemoized(Memoized[P, R]):
                 return await self(*args, **kwargs)
             self._hits += 1
             return outcome  # type: ignore[no-any-return]
-        epoch = cache.epoch
-        function = self._function
         try:
-            result: R = await function(*args, **kwargs)  # type: ignore[misc]
+            result: R = await self._acompute(cache, key, args, kwargs)
         except Exception as error:
             call.future.set_exception(error)
             raise
@@ -560,12 +659,53 @@ class AsyncMemoized(Memoized[P, R]):
             call.future.set_result(_RETRY)  # cancelled: the awaiters were not
             raise
         else:
-            self._keep(cache, key, result, epoch)
             call.future.set_result(result)
         finally:
             with self._calls_lock:
                 del self._calls[key]
         return result
+
+    async def _acompute(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        leases = self._leases_for(cache)
+        if leases is None:
+            return await self._arun(cache, key, args, kwargs)
+        held = await self._atake_lease(leases, key)
+        try:
+            found = self._saved_elsewhere(leases, cache, key)
+            if found is not MISSING:
+                return found  # type: ignore[no-any-return]
+            result = await self._arun(cache, key, args, kwargs)
+            self._publish(leases, cache)
+            return result
+        finally:
+            if held is not None:
+                held.release()
+
+    async def _arun(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        epoch = cache.epoch
+        started = time.perf_counter()
+        result: R = await self._function(*args, **kwargs)  # type: ignore[misc]
+        self._timed(started)
+        self._keep(cache, key, result, epoch)
+        return result
+
+    async def _atake_lease(self, leases: Leases, key: bytes) -> Held | None:
+        """:meth:`Memoized._take_lease` without blocking the event loop while waiting."""
+        deadline = time.monotonic() + self._lease_timeout
+        pause = _FIRST_PAUSE
+        while True:
+            held = leases.acquire(key)
+            if held is not None:
+                return held
+            if time.monotonic() >= deadline:
+                self._lease_timed_out()
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)
 
 
 _RETRY: Any = object()  # an async computation was cancelled: its awaiters compute themselves
@@ -731,6 +871,8 @@ def memoize(
     version: object = None,
     key: Callable[..., object] | None = None,
     check_code: bool = True,
+    lease: bool | Literal["auto"] = "auto",
+    lease_timeout: float = 60.0,
 ) -> Any:
     """The decorator behind :meth:`CacheManager.memoize`; bare ``@manager.memoize`` works too."""
     if callable(name):
@@ -745,6 +887,8 @@ def memoize(
             version=version,
             key=key,
             check_code=check_code,
+            lease=lease,
+            lease_timeout=lease_timeout,
         )
 
     return decorate

@@ -18,7 +18,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _registry
 from ._generations import STALE, is_stale, parent_generations
@@ -336,6 +336,8 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
 
     def memoize(
@@ -346,6 +348,8 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
     ) -> Any:
         """Decorate a function so its results persist in a cache of this manager.
 
@@ -353,7 +357,11 @@ class CacheManager:
         resets, with every cache derived from it, when the function's code
         (unless ``check_code=False``), ``version`` or a dependency in
         ``depends_on`` (memoized functions, cache names) changes.  ``key``
-        replaces the default key of a call (a digest of its arguments).  See
+        replaces the default key of a call (a digest of its arguments).
+        ``lease`` (True, False, or ``"auto"``: once a computation took 10 ms)
+        makes one process at a time compute a key, the others waiting up to
+        ``lease_timeout`` seconds for its result.  ``async def`` functions are
+        memoized too.  See
         :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
 
         >>> manager = CacheManager("doc_memoize")
@@ -365,7 +373,14 @@ class CacheManager:
         >>> manager.deregister_all_caches()
         """
         return memoize(
-            self, name, depends_on=depends_on, version=version, key=key, check_code=check_code
+            self,
+            name,
+            depends_on=depends_on,
+            version=version,
+            key=key,
+            check_code=check_code,
+            lease=lease,
+            lease_timeout=lease_timeout,
         )
 
     def dependency_graph(self) -> DependencyGraph:
