@@ -411,8 +411,13 @@ class Memoized(Generic[P, R]):
             self._slow = True
 
     def _take_lease(self, leases: Leases, key: bytes) -> Held | None:
-        """Wait for the lease of ``key``; None (compute anyway) after ``lease_timeout``."""
-        deadline = time.monotonic() + self._lease_timeout
+        """Wait for the lease of ``key``; None (compute anyway) after twice ``lease_timeout``.
+
+        Twice: a dead holder's Redis lease expires after ``lease_timeout``, and
+        one waiter must get it then, not give up at the same moment and compute
+        beside the one that did.
+        """
+        deadline = time.monotonic() + 2 * self._lease_timeout
         pause = _FIRST_PAUSE
         while True:
             held = leases.acquire(key)
@@ -429,7 +434,7 @@ class Memoized(Generic[P, R]):
             "memoize %r: another process has held a key's lease for over %g s; computing it "
             "here too (raise lease_timeout= if computations take longer)",
             self.name,
-            self._lease_timeout,
+            2 * self._lease_timeout,
         )
 
     def _saved_elsewhere(self, leases: Leases, cache: MemoCache, key: bytes) -> Any:
@@ -597,6 +602,10 @@ class Memoized(Generic[P, R]):
                 )
                 # The stale copy is never loaded: unpickling it may fail now that the code changed.
                 self.manager.invalidate_and_rebuild_cache(self.name)
+            else:
+                # Nothing saved yet: load that nothing, so the first save appends to what
+                # other processes may save meanwhile instead of replacing it.
+                self.manager.reload_cache(self.name)
             self._cache = cache
             return cache
 
@@ -695,7 +704,7 @@ class AsyncMemoized(Memoized[P, R]):
 
     async def _atake_lease(self, leases: Leases, key: bytes) -> Held | None:
         """:meth:`Memoized._take_lease` without blocking the event loop while waiting."""
-        deadline = time.monotonic() + self._lease_timeout
+        deadline = time.monotonic() + 2 * self._lease_timeout
         pause = _FIRST_PAUSE
         while True:
             held = leases.acquire(key)

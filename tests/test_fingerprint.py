@@ -61,6 +61,7 @@ def test_a_sample_of_edits_in_fresh_interpreters(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 338 interpreters: minutes on a busy machine
 def test_the_whole_suite_in_fresh_interpreters(tmp_path: Path) -> None:
     meaningful = suite.judge(suite.meaningful_edits(), tmp_path / "m")
     cosmetic = suite.judge(suite.cosmetic_edits(), tmp_path / "c")

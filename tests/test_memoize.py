@@ -1027,3 +1027,114 @@ def test_a_memoized_function_of_a_closed_manager_raises(manager: CacheManager) -
     manager.closed = True  # type: ignore[attr-defined]  # what CacheManager.close() sets
     with pytest.raises(MemoCacheClosedError, match=r"'closing'.*closed"):
         closing(2)
+
+
+# -- one computation per key across processes ----------------------------------------------
+
+
+def _stress() -> Any:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import lease_stress
+
+    return lease_stress
+
+
+def test_processes_missing_the_same_keys_compute_each_once_despite_sigkills(
+    tmp_path: Path,
+) -> None:
+    report = _stress().run(3, 30, 2, tmp_path, deadline=240)
+    assert report.killed == 2
+    assert report.errors == []
+    assert (report.duplicates, report.lost, report.bad_reads, report.hung) == (0, 0, 0, False)
+
+
+def test_processes_on_redis_compute_each_key_once_despite_sigkills(
+    tmp_path: Path, redis_url: str
+) -> None:
+    report = _stress().run(3, 20, 1, tmp_path, redis_url=redis_url, deadline=240)
+    assert report.killed == 1
+    assert report.errors == []
+    assert (report.duplicates, report.lost, report.bad_reads, report.hung) == (0, 0, 0, False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sixteen_processes_by_a_thousand_cold_keys_with_sigkills(tmp_path: Path) -> None:
+    report = _stress().run(16, 1000, 10, tmp_path, deadline=1500)
+    assert report.killed == 10
+    assert report.errors == []
+    assert (report.duplicates, report.lost, report.bad_reads, report.hung) == (0, 0, 0, False)
+
+
+def test_a_lease_held_too_long_is_waited_for_then_computed_with_a_warning(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cacheman._memo.leases import FileLeases
+
+    calls: list[int] = []
+
+    @manager.memoize("leased", lease=True, lease_timeout=0.2)
+    def leased(x: int) -> int:
+        calls.append(x)
+        return x + 1
+
+    assert leased(1) == 2  # no one else holds it
+    held = FileLeases(manager.store, "leased").acquire(leased.key_of(2))  # type: ignore[arg-type]
+    assert held is not None  # as a hung process would
+    try:
+        assert leased(2) == 3
+    finally:
+        held.release()
+    assert calls == [1, 2]
+    assert any("held a key's lease" in r.getMessage() for r in caplog.records)
+
+
+def test_an_async_function_waits_for_a_lease_without_blocking_its_loop(
+    manager: CacheManager,
+) -> None:
+    import asyncio
+
+    from cacheman._memo.leases import FileLeases
+
+    @manager.memoize("aleased", lease=True, lease_timeout=30)
+    async def aleased(x: int) -> int:
+        return x * 5
+
+    leases = FileLeases(manager.store, "aleased")  # type: ignore[arg-type]
+
+    async def main() -> tuple[int, list[str]]:
+        held = leases.acquire(aleased.key_of(3))
+        assert held is not None
+        ticks: list[str] = []
+        waiting = asyncio.ensure_future(aleased(3))
+        for _ in range(3):  # the loop keeps running while the call waits for the lease
+            await asyncio.sleep(0)
+            ticks.append("tick")
+        assert not waiting.done()
+        held.release()
+        return await waiting, ticks
+
+    assert asyncio.run(main()) == (15, ["tick"] * 3)
+
+
+def test_lease_auto_takes_leases_once_a_computation_was_slow(
+    manager: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cacheman import _memoize
+
+    @manager.memoize("auto")
+    def auto(x: int) -> int:
+        return x
+
+    monkeypatch.setattr(_memoize, "LEASE_AUTO_SECONDS", 3600.0)
+    auto(1)
+    assert auto._leases_for(auto.cache) is None  # fast: no lease, no save per miss
+    monkeypatch.setattr(_memoize, "LEASE_AUTO_SECONDS", 0.0)
+    auto(2)
+    assert auto._leases_for(auto.cache) is not None
+    auto(3)
+    assert (manager.cache_directory / ".auto.leases").is_dir()
+    # Published at once (with the result still pending before), not at the next autosave.
+    assert manager.store.load("auto") == {auto.key_of(x): x for x in (1, 2, 3)}

@@ -33,10 +33,12 @@ locals leave it unchanged.
 
 A constant is read *by value* when it is made of numbers, strings, bytes,
 booleans, ``None``, enum members, and tuples, lists, dicts, sets and
-frozensets of those (at most :data:`MAX_CONSTANT_ITEMS` items); any other
-object counts by its type only (its class is walked if it is the user's), so
-an object whose state differs run to run (a connection, a cache) does not
-reset the results at every run.
+frozensets of those (at most :data:`MAX_CONSTANT_ITEMS` items), and it is a
+module-level name in UPPER_CASE (PEP 8's constants), a class attribute, or
+an immutable closure cell or default argument.  Any other value counts by its
+type only (its class is walked if it is the user's), so a value that differs
+from run to run (a process id or start time computed at import, a
+connection, an accumulator list) does not reset the results at every run.
 
 Not tracked (stated in the docs): calls through names built at run time
 (``getattr(obj, name)``), dispatch to methods of classes outside the modules
@@ -302,10 +304,15 @@ class _Walker:
             unique = f"{label} #{count}"
         self.parts[unique] = digest
 
-    def reference(self, label: str, thing: object, *, mutable: bool = True) -> None:
+    def reference(
+        self, label: str, thing: object, *, mutable: bool = True, by_value: bool = True
+    ) -> None:
         """Something the code reads by name: walk it if it is code, else read it as a constant.
 
-        ``mutable=False`` (closure cells, default arguments) reads lists, dicts
+        ``by_value=False`` (a module-level name not in UPPER_CASE) reads a
+        value by its type only: such values are often computed as the program
+        starts (a process id, a start time).  ``mutable=False`` (closure cells,
+        default arguments) reads lists, dicts
         and sets by type only: there they are usually accumulators the program
         fills as it runs, not constants.
         """
@@ -323,7 +330,7 @@ class _Walker:
                 if accessor is not None:
                     self.reference(label, accessor)
         else:
-            self.value(label, thing, mutable=mutable)
+            self.value(label, thing, mutable=mutable, by_value=by_value)
 
     def function(self, function: types.FunctionType) -> None:
         if not self._first_visit(function):
@@ -352,7 +359,7 @@ class _Walker:
         self._index(sys.modules.get(module_name))
         for name in info.globals:
             if name in namespace:
-                self.reference(f"global {module_name}.{name}", namespace[name])
+                self._global(module_name, name, namespace[name])
         for target, level in info.imports:
             self._imported(target, level, namespace.get("__package__"))
         for name in info.attributes:
@@ -372,7 +379,7 @@ class _Walker:
         self.attributes[name] = None
         for module in self.modules:
             if name in vars(module):
-                self.reference(f"global {module.__name__}.{name}", vars(module)[name])
+                self._global(module.__name__, name, vars(module)[name])
         for label, member in self.members.get(name, ()):
             self.reference(label, member)
 
@@ -384,7 +391,7 @@ class _Walker:
         namespace = vars(module)
         for name in list(self.attributes):
             if name in namespace:
-                self.reference(f"global {module.__name__}.{name}", namespace[name])
+                self._global(module.__name__, name, namespace[name])
 
     def _index(self, module: types.ModuleType | None) -> None:
         """Note the members of the classes ``module`` defines, for attributes read on instances."""
@@ -416,10 +423,20 @@ class _Walker:
                 label = f"member {kind.__module__}.{kind.__qualname__}.{name}"
                 self.reference(label, vars(kind)[name])
 
-    def value(self, label: str, value: object, *, mutable: bool = True) -> None:
+    def _global(self, module: str, name: str, thing: object) -> None:
+        # PEP 8 names constants in UPPER_CASE: those are read by value.
+        self.reference(f"global {module}.{name}", thing, by_value=_constant_name(name))
+
+    def value(
+        self, label: str, value: object, *, mutable: bool = True, by_value: bool = True
+    ) -> None:
         kind = type(value)
         out: list[bytes] = []
-        if (mutable or kind not in _MUTABLE) and _constant(value, [MAX_CONSTANT_ITEMS]):
+        if (
+            by_value
+            and (mutable or kind not in _MUTABLE)
+            and _constant(value, [MAX_CONSTANT_ITEMS])
+        ):
             _encode_constant(value, out)
             self._add(label, _digest(out))
             return
@@ -438,6 +455,11 @@ class _Walker:
                     self.reference(f"{label}[{index}]", member)
         elif _is_user_class(kind):
             self.klass(kind)
+
+
+def _constant_name(name: str) -> bool:
+    """``SCALE``, ``MAX_ITEMS``, ``_RATE``: a name in UPPER_CASE, a constant by convention."""
+    return name.upper() == name and name.lower() != name
 
 
 def function_behind(thing: object) -> types.FunctionType | None:

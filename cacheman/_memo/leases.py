@@ -14,7 +14,9 @@ next finds the result and does not compute.
   from where this process last was: a ``stat`` and the new bytes).
 * **Redis**: ``SET <prefix>:<cache>:lease:<key> <token> NX PX <timeout>``; it
   expires by itself ``timeout`` after a holder died, and is deleted only by its
-  holder (compare-and-delete).  Results saved by others are read with one
+  holder (compare-and-delete).  The token names the holder's host and process
+  id, so a waiter on the same machine frees the lease of a holder that died at
+  once instead of at expiry.  Results saved by others are read with one
   ``HGET`` of the key's field.
 
 A live holder that takes longer than the lease timeout is waited for no
@@ -28,6 +30,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -150,9 +153,16 @@ class RedisLeases:
 
     def acquire(self, key: bytes) -> Held | None:
         lease_key = f"{self.store.prefix}:{self.name}:lease:{key.hex()}"
-        token = secrets.token_hex(16)
-        if self.store._client().set(lease_key, token, nx=True, px=self.timeout_ms):
-            return _RedisLease(self, lease_key, token)
+        token = f"{_HOST}:{os.getpid()}:{secrets.token_hex(8)}"
+        client = self.store._client()
+        for _ in range(2):
+            if client.set(lease_key, token, nx=True, px=self.timeout_ms):
+                return _RedisLease(self, lease_key, token)
+            holder = client.get(lease_key)
+            if holder is None or not _dead_here(holder):
+                return None
+            # A process of this machine that died holding it: free it now, not at expiry.
+            client.register_script(_RELEASE)(keys=[lease_key], args=[holder])
         return None
 
     def saved_result(self, cache: PersistentCache, key: bytes) -> Any:
@@ -174,6 +184,25 @@ class RedisLeases:
 
     def publish(self, cache: PersistentCache) -> None:
         cache._save_now("rule")  # the changes this process tracked (an HSET), nothing more
+
+
+_HOST = socket.gethostname()
+
+
+def _dead_here(token: bytes | str) -> bool:
+    """Whether a lease token names a process of this machine that no longer exists."""
+    text = token.decode(errors="replace") if isinstance(token, bytes) else token
+    host, _, rest = text.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def leases_for(store: object, name: str, timeout: float) -> Leases | None:
