@@ -98,7 +98,10 @@ def run(
     log = directory / "computations.log"
     log.touch()
     root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
     started = time.monotonic()
     children = [
         subprocess.Popen(
