@@ -22,13 +22,14 @@ import time
 import types
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
 from . import _lifecycle
 from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
 from ._memo.leases import MISSING, Held, Leases, leases_for
 from ._memokey import args_digest, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
+from ._persist.bounds import bounded_class
 from .autosync import AutoSyncCache
 from .errors import CacheManError
 
@@ -165,6 +166,9 @@ class Memoized(Generic[P, R]):
         check_code: bool = True,
         lease: bool | Literal["auto"] = "auto",
         lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         functools.update_wrapper(self, function)
         self.manager = manager
@@ -178,6 +182,16 @@ class Memoized(Generic[P, R]):
         if not lease_timeout > 0:
             raise ValueError(f"memoize {self.name!r}: lease_timeout must be > 0 seconds")
         self._lease = lease
+        #: ttl, max_entries, max_bytes: given, the memo cache is bounded (see _persist.bounds)
+        self._bounds = {
+            option: value
+            for option, value in (
+                ("ttl", ttl),
+                ("max_entries", max_entries),
+                ("max_bytes", max_bytes),
+            )
+            if value is not None
+        }
         self._lease_timeout = float(lease_timeout)
         self._slow = False  # a computation took LEASE_AUTO_SECONDS or more (lease="auto")
         self._leases: tuple[MemoCache, Leases | None] | None = None
@@ -572,11 +586,16 @@ class Memoized(Generic[P, R]):
                 self.manager.register_dependent_cache(parent, self.name)
             # Registered empty first: re-registering a name saves the previous object
             # (and its fingerprint), which the comparison below must see.
-            cache = MemoCache(
-                self.name,
-                cache_manager=self.manager,
-                contents={},
-                fingerprint=self._meta_fields,
+            cache_class = bounded_class(MemoCache) if self._bounds else MemoCache
+            cache = cast(
+                "MemoCache",
+                cache_class(
+                    self.name,
+                    cache_manager=self.manager,
+                    contents={},
+                    fingerprint=self._meta_fields,
+                    **self._bounds,
+                ),
             )
             parts = self._fingerprint_parts()
             fingerprint = _combined(parts)
@@ -882,6 +901,9 @@ def memoize(
     check_code: bool = True,
     lease: bool | Literal["auto"] = "auto",
     lease_timeout: float = 60.0,
+    ttl: float | None = None,
+    max_entries: int | None = None,
+    max_bytes: int | None = None,
 ) -> Any:
     """The decorator behind :meth:`CacheManager.memoize`; bare ``@manager.memoize`` works too."""
     if callable(name):
@@ -898,6 +920,9 @@ def memoize(
             check_code=check_code,
             lease=lease,
             lease_timeout=lease_timeout,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
         )
 
     return decorate

@@ -25,6 +25,7 @@ from ._generations import STALE, is_stale, parent_generations
 from ._graph import DependencyGraph
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
+from ._persist.bounds import BOUND_OPTIONS, BoundedCache, bound_options, bounded_class
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
 from ._store_api import JournalStore, Store, StoreFactory
@@ -143,14 +144,32 @@ class CacheManager:
     # -- registering -------------------------------------------------------------
 
     def register_cache(
-        self, cache_name: str, contents: Mapping[Any, Any] | None = None
+        self,
+        cache_name: str,
+        contents: Mapping[Any, Any] | None = None,
+        *,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> AutoSyncCache:
         """Register a persistent, auto-saving cache (the manager's pickle store).
 
         Without ``contents`` the saved copy is loaded now; with ``contents``
         the cache starts with them and the next save replaces the saved copy.
+        ``ttl`` (seconds), ``max_entries`` and ``max_bytes`` make it a
+        :class:`~cacheman._persist.bounds.BoundedCache` (expiry, and
+        least-recently-used eviction); see the "Expiry and bounds" page.
         """
-        return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        if ttl is None and max_entries is None and max_bytes is None:
+            return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        return BoundedCache(
+            cache_name,
+            cache_manager=self,
+            contents=contents,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+        )
 
     def register_custom_cache(
         self,
@@ -165,7 +184,8 @@ class CacheManager:
         ``persistent=False`` gives a :class:`~cacheman.cachewrap.NonPersistentCache`
         (``autosync`` is then ignored: there is nothing to save); ``autosync=False``
         a :class:`~cacheman.cachewrap.PersistentCache` that saves only when asked
-        (``save()``, a ``with`` block, interpreter exit).
+        (``save()``, a ``with`` block, interpreter exit).  ``ttl``,
+        ``max_entries`` or ``max_bytes`` make a persistent cache bounded.
         """
         cache_class: type[CacheWrap]
         if not persistent:
@@ -174,6 +194,12 @@ class CacheManager:
             cache_class = AutoSyncCache
         else:
             cache_class = PersistentCache
+        if bound_options(kwargs) and persistent:
+            cache_class = bounded_class(AutoSyncCache if autosync else PersistentCache)
+        else:
+            for option in BOUND_OPTIONS:  # None: the same as not given
+                if kwargs.get(option, 0) is None:
+                    del kwargs[option]
         return cache_class(cache_name, cache_manager=self, contents=contents, **kwargs)
 
     def retrieve_cache(
@@ -338,6 +364,9 @@ class CacheManager:
         check_code: bool = True,
         lease: bool | Literal["auto"] = "auto",
         lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
 
     def memoize(
@@ -350,6 +379,9 @@ class CacheManager:
         check_code: bool = True,
         lease: bool | Literal["auto"] = "auto",
         lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Any:
         """Decorate a function so its results persist in a cache of this manager.
 
@@ -360,8 +392,9 @@ class CacheManager:
         replaces the default key of a call (a digest of its arguments).
         ``lease`` (True, False, or ``"auto"``: once a computation took 10 ms)
         makes one process at a time compute a key, the others waiting up to
-        ``lease_timeout`` seconds for its result.  ``async def`` functions are
-        memoized too.  See
+        ``lease_timeout`` seconds for its result.  ``ttl``, ``max_entries``
+        and ``max_bytes`` bound the results as for a cache.  ``async def``
+        functions are memoized too.  See
         :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
 
         >>> manager = CacheManager("doc_memoize")
@@ -381,6 +414,9 @@ class CacheManager:
             check_code=check_code,
             lease=lease,
             lease_timeout=lease_timeout,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
         )
 
     def dependency_graph(self) -> DependencyGraph:
