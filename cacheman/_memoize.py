@@ -45,8 +45,8 @@ R = TypeVar("R")
 
 #: Bumped when the fingerprint's recipe changes, so old fingerprints never match.
 _FINGERPRINT_RECIPE = b"cacheman-memoize-2"
-#: With ``lease="auto"``, a function takes leases once one of its computations took this long:
-#: a lease and a durable save cost about a millisecond, so cheaper functions just compute.
+#: With ``lease="auto"``, a function takes leases while its computations typically take this
+#: long: a lease and a durable save cost about a millisecond, so cheaper functions just compute.
 LEASE_AUTO_SECONDS = 0.01
 #: A waiter polls a held lease from every millisecond up to every 50 ms (back-off).
 _FIRST_PAUSE = 0.001
@@ -193,7 +193,8 @@ class Memoized(Generic[P, R]):
             if value is not None
         }
         self._lease_timeout = float(lease_timeout)
-        self._slow = False  # a computation took LEASE_AUTO_SECONDS or more (lease="auto")
+        self._slow = False  # computations typically take LEASE_AUTO_SECONDS or more
+        self._typical: float | None = None  # seconds a computation typically takes
         self._leases: tuple[MemoCache, Leases | None] | None = None
         self._depends_on = tuple(_checked_dependency(self, each) for each in depends_on)
         #: The parts of the code's fingerprint, walked at the first call (not here: the
@@ -420,9 +421,15 @@ class Memoized(Generic[P, R]):
         return self._leases[1]
 
     def _timed(self, started: float) -> None:
-        if not self._slow and time.perf_counter() - started >= LEASE_AUTO_SECONDS:
-            # Slow enough that computing twice costs more than a lease and a save.
-            self._slow = True
+        """Keep the typical computation time (a moving average): lease="auto" decides by it.
+
+        An average, so one call slowed by a pause (a GC, a busy machine) does not
+        make every later miss pay a lease and a durable save.
+        """
+        elapsed = time.perf_counter() - started
+        typical = self._typical
+        self._typical = elapsed if typical is None else typical + 0.2 * (elapsed - typical)
+        self._slow = self._typical >= LEASE_AUTO_SECONDS
 
     def _take_lease(self, leases: Leases, key: bytes) -> Held | None:
         """Wait for the lease of ``key``; None (compute anyway) after twice ``lease_timeout``.
