@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, 
 from . import _lifecycle
 from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
 from ._memo.leases import MISSING, Held, Leases, leases_for
-from ._memokey import args_digest, encode, value_digest
+from ._memokey import _plain, args_digest, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
 from ._persist.bounds import bounded_class
 from .autosync import AutoSyncCache
@@ -348,8 +348,7 @@ class Memoized(Generic[P, R]):
     def _miss(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
-        if not self.manager.holds(cache):
-            cache = self._reopen(cache)
+        # (A cache deregistered meanwhile is caught where the result is stored: _keep.)
         with self._calls_lock:
             call = self._calls.get(key)
             if call is None:
@@ -404,9 +403,12 @@ class Memoized(Generic[P, R]):
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
         epoch = cache.epoch
-        started = time.perf_counter()
-        result = self._function(*args, **kwargs)
-        self._timed(started)
+        if self._lease != "auto":
+            result = self._function(*args, **kwargs)
+        else:
+            started = time.perf_counter()
+            result = self._function(*args, **kwargs)
+            self._timed(started)
         self._keep(cache, key, result, epoch)
         return result
 
@@ -489,7 +491,7 @@ class Memoized(Generic[P, R]):
 
     def _keep(self, cache: MemoCache, key: bytes, result: object, epoch: int) -> None:
         """Store a computed result, unless it cannot be saved or its cache was reset meanwhile."""
-        if not _surely_picklable(result) and not _picklable(result):
+        if not (_plain((result,)) or _surely_picklable(result) or _picklable(result)):
             # Stored, it would make every save of the cache fail: all results lost.
             if type(result) not in self._unpicklable_warned:
                 self._unpicklable_warned.add(type(result))
@@ -665,8 +667,6 @@ class AsyncMemoized(Memoized[P, R]):
     async def _amiss(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
-        if not self.manager.holds(cache):
-            cache = self._reopen(cache)
         with self._calls_lock:
             call = self._calls.get(key)
             if call is None:
@@ -724,7 +724,8 @@ class AsyncMemoized(Memoized[P, R]):
         epoch = cache.epoch
         started = time.perf_counter()
         result: R = await self._function(*args, **kwargs)  # type: ignore[misc]
-        self._timed(started)
+        if self._lease == "auto":
+            self._timed(started)
         self._keep(cache, key, result, epoch)
         return result
 
