@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
-from . import _lifecycle
+from . import _lifecycle, _log
 from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
 from ._memo.leases import MISSING, Held, Leases, leases_for
 from ._memokey import _plain, args_digest, encode, value_digest
@@ -622,12 +622,8 @@ class Memoized(Generic[P, R]):
                     why = describe_changes(old_parts, parts)
                 else:
                     why = "they were saved by an older CacheMan (another fingerprint recipe)"
-                # WARNING: results the user may have waited hours for are dropped.
-                logger.warning(
-                    "memoize %r: resetting its cache and every cache derived from it: %s",
-                    self.name,
-                    why,
-                )
+                # WARNING (in _log): results the user may have waited hours for are dropped.
+                _log.reset_by_code(self.name, f"its code or a dependency ({why})")
                 # The stale copy is never loaded: unpickling it may fail now that the code changed.
                 self.manager.invalidate_and_rebuild_cache(self.name)
             else:

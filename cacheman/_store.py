@@ -305,6 +305,10 @@ class PickleStore:
 
     suffix = ".pkl"
     journal_suffix = ".journal"
+    #: False in a reader that must change nothing (``cacheman list`` and ``show``): a
+    #: damaged or unreadable snapshot raises CorruptCacheError instead of going aside,
+    #: and a damaged journal is read up to the damage and left as it is.
+    keep_aside_damaged = True
 
     def __init__(self, directory: Path, *, signing_key: bytes | None = None) -> None:
         self.directory = directory
@@ -876,12 +880,13 @@ class PickleStore:
         later appends continue after them.
         """
         prefix_end = NO_POSITION if header is None else Position(header.file_id, damage.offset)
-        with contextlib.nullcontext() if locked else _locked(self.path_for(name)):
+        read_only = not self.keep_aside_damaged  # then the good prefix is read, nothing changed
+        with contextlib.nullcontext() if locked or read_only else _locked(self.path_for(name)):
             try:
                 current = os.stat(journal)
             except FileNotFoundError:
                 return prefix_end
-            if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            if read_only or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
                 return prefix_end
             if damage.torn:
                 if current.st_size != size:
@@ -1017,6 +1022,8 @@ class PickleStore:
         aside too: replayed without its snapshot it would be served as if it
         were the whole cache.
         """
+        if not self.keep_aside_damaged:
+            raise CorruptCacheError(f"cache {name!r}: {path} cannot be read here ({damage})")
         journal = self.journal_path(name)
         journal_kept = None
         with contextlib.nullcontext() if locked else _locked(path):

@@ -13,6 +13,7 @@ exit flush registered here: every manager saves what its caches must keep.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -20,9 +21,10 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from . import _lifecycle, _registry
+from . import _lifecycle, _log, _registry
 from ._generations import STALE, is_stale, parent_generations
 from ._graph import DependencyGraph
+from ._hooks import check_hook
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
 from ._persist.bounds import BOUND_OPTIONS, BoundedCache, bound_options, bounded_class
@@ -30,7 +32,15 @@ from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
 from ._store_api import JournalStore, Store, StoreFactory
 from .autosync import AutoSyncCache
-from .cachewrap import HOOK_NAMES, CacheSteps, CacheWrap, NonPersistentCache, PersistentCache
+from .cachewrap import (
+    HOOK_NAMES,
+    CacheSteps,
+    CacheWrap,
+    NonPersistentCache,
+    PersistentCache,
+    _accepted_keywords,
+    check_keywords,
+)
 from .errors import CacheNotRegisteredError, DependencyCycleError
 
 if TYPE_CHECKING:
@@ -110,6 +120,14 @@ class CacheManager:
     {4: 16}
     >>> manager.deregister_all_caches()
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # A misspelt keyword (``base_cache_directry=``) gets a "did you mean".
+        if kwargs:
+            accepted = list(inspect.signature(cls.__init__).parameters)[1:]
+            call = f"{cls.__name__}({args[0]!r})" if args else f"{cls.__name__}()"
+            check_keywords(call, kwargs, accepted, hooks=False)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -200,6 +218,11 @@ class CacheManager:
             for option in BOUND_OPTIONS:  # None: the same as not given
                 if kwargs.get(option, 0) is None:
                     del kwargs[option]
+        if kwargs:
+            accepted = _accepted_keywords(cache_class)
+            if accepted is not None:
+                accepted = accepted | {"persistent", "autosync"}
+            check_keywords(f"register_custom_cache({cache_name!r})", kwargs, accepted)
         return cache_class(cache_name, cache_manager=self, contents=contents, **kwargs)
 
     def retrieve_cache(
@@ -256,6 +279,7 @@ class CacheManager:
         self, cache_name: str, hook: str, function: Callable[..., Any] | None
     ) -> CacheWrap:
         assert hook in HOOK_NAMES
+        check_hook(cache_name, hook, function)
         cache = self.retrieve_cache(cache_name)
         setattr(cache, hook, function)
         return cache
@@ -519,6 +543,36 @@ class CacheManager:
         store = self.store
         return [name for name in store.names() if store.exists(name)]
 
+    # -- short names: each is exactly its 2.x name -----------------------------------
+
+    def invalidate(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
+    ) -> CacheWrap:
+        """Reload a cache and reset every cache derived from it: :meth:`invalidate_cache`."""
+        return self.invalidate_cache(cache_name, apply_to_dependents)
+
+    def save(
+        self, cache_name: str | CacheWrap | None = None, apply_to_dependents: bool = False
+    ) -> CacheWrap | None:
+        """Save one cache (:meth:`save_cache_contents`), or every one with no name.
+
+        With no name, the same as :meth:`save_all_cache_contents` (and returns None).
+        """
+        if cache_name is None:
+            self.save_all_cache_contents()
+            return None
+        return self.save_cache_contents(cache_name, apply_to_dependents)
+
+    def reload(self, cache_name: str | CacheWrap, apply_to_dependents: bool = False) -> CacheWrap:
+        """Reload a cache from its saved copy, dropping unsaved edits: :meth:`reload_cache`."""
+        return self.reload_cache(cache_name, apply_to_dependents)
+
+    def delete(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
+    ) -> CacheWrap | None:
+        """Delete a cache's saved copy (contents stay): :meth:`delete_saved_cache_content`."""
+        return self.delete_saved_cache_content(cache_name, apply_to_dependents)
+
     # -- operations on every cache ---------------------------------------------------
 
     def save_all_cache_contents(self) -> None:
@@ -721,8 +775,9 @@ def _subscribe(manager: CacheManager, store: Any) -> None:
 
 def _save_every_manager_at_exit() -> None:
     """Save what each manager holds as the process ends (never from ``__del__``)."""
-    for manager in _every_manager:
-        manager._save_at_exit()
+    with _log.exit_flush():
+        for manager in _every_manager:
+            manager._save_at_exit()
 
 
 _lifecycle.on_exit(_save_every_manager_at_exit)

@@ -575,3 +575,27 @@ def test_misspelt_hook_keyword_names_the_hooks(manager: CacheManager) -> None:
     assert "did you mean 'loader'?" in message
     assert "loader, saver, builder, deleter, validator, pre_processor, post_processor" in message
     assert not manager.cache_registered("typo")  # nothing half-registered
+
+
+# -- the short names beside the 2.x ones -------------------------------------------------
+
+
+def test_the_short_names_do_what_their_2x_names_do(manager: CacheManager) -> None:
+    root = manager.register_cache("root")
+    edge = manager.register_cache("edge")
+    manager.register_dependent_cache("root", "edge")
+    root["a"] = 1
+    edge["b"] = 2
+    assert manager.save("root") is root
+    assert manager.store.load("root") == {"a": 1}
+    assert manager.save() is None  # no name: every cache
+    assert manager.store.load("edge") == {"b": 2}
+    root["unsaved"] = True
+    assert manager.reload("root") is root
+    assert root == {"a": 1}
+    assert manager.invalidate("root") is root
+    assert edge == {}, "downstream reset"
+    assert not manager.store.exists("edge")
+    assert manager.delete("root") is root
+    assert not manager.store.exists("root")
+    assert root == {"a": 1}, "the contents in memory stay"

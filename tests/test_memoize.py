@@ -989,7 +989,7 @@ def test_a_code_change_reset_is_a_warning_naming_the_changed_helper(
 
     caplog.clear()
     assert priced(3) == 15  # a helper seen through the closure: the old result is not served
-    [record] = [r for r in caplog.records if "resetting" in r.getMessage()]
+    [record] = [r for r in caplog.records if "reset, with every cache" in r.getMessage()]
     assert record.levelname == "WARNING"
     assert "rate changed" in record.getMessage()
 
