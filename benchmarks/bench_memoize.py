@@ -344,6 +344,7 @@ def bounded_writes_us(repeats: int, keys: int) -> dict[str, float]:
                 for i in range(keys):
                     cache[i]
                 best_read = min(best_read, (time.perf_counter() - start) / keys)
+                cache.save()  # after any background save in flight, before the directory goes
                 manager.deregister_cache(cache.name)
             results[f"c[k] = v, {label}"] = best_write * 1e6
             results[f"c[k] (hit), {label}"] = best_read * 1e6

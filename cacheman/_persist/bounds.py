@@ -29,6 +29,7 @@ who do not ask for them.
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import time
@@ -43,6 +44,8 @@ from ..autosync import AutoSyncCache
 from ..cachewrap import PersistentCache
 
 __all__ = ["BOUND_OPTIONS", "BoundedCache", "BoundedPersistentCache", "Bounds", "bounded_class"]
+
+logger = logging.getLogger("cacheman")
 
 #: The constructor keywords that make a cache bounded.
 BOUND_OPTIONS = ("ttl", "max_entries", "max_bytes")
@@ -328,10 +331,16 @@ class Bounds(PersistentCache):
         ]
         try:
             store.append(sidecar_name(self.name), records)
-        except BaseException:
+        except Exception as error:  # the cache itself is saved: only deadlines wait
             for key, record in changes.items():  # kept for the next save
                 self._bound_changes.setdefault(key, record)
-            raise
+            logger.warning(
+                "cache %r: saving the deadlines of its keys failed (%s: %s); they are "
+                "saved with the next save",
+                self.name,
+                type(error).__name__,
+                error,
+            )
 
     def _delete_saved_self(self) -> None:
         super()._delete_saved_self()
