@@ -75,8 +75,9 @@ class MemoCache(AutoSyncCache):
 
     On top of an AutoSyncCache it counts completed saves, and writes the
     function's fingerprint (and its parts, which name what a later change
-    touched) to the cache's metadata after the first save that follows a
-    deletion of the saved copy (a reset deletes the metadata too).
+    touched) to the cache's metadata when it opens an empty cache, and after
+    the first save that follows a later deletion of the saved copy (a reset
+    deletes the metadata too).
     """
 
     def __init__(
@@ -630,6 +631,12 @@ class Memoized(Generic[P, R]):
                 # Nothing saved yet: load that nothing, so the first save appends to what
                 # other processes may save meanwhile instead of replacing it.
                 self.manager.reload_cache(self.name)
+            if not cache._fingerprint_saved:
+                # Nothing is saved now (never, or just reset): the fingerprint goes first,
+                # so another process opening the cache before this one's first save lands
+                # loads it, rather than taking its results for stale ones and resetting.
+                store.update_meta(self.name, **self._meta_fields())
+                cache._fingerprint_saved = True
             self._cache = cache
             return cache
 
