@@ -296,3 +296,61 @@ def inprocess_fingerprint(directory: Path) -> str:
         sys.path.remove(str(directory))
         for name in [n for n in sys.modules if n == "proj" or n.startswith("proj.")]:
             del sys.modules[name]
+
+
+JOBLIB_SCRIPT = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from joblib import Memory
+from proj.main import target
+from proj.util import Shape
+
+location = sys.argv[2]
+
+def outputs():
+    found = {}
+    for folder, _dirs, files in os.walk(location):
+        for name in files:
+            if name == "output.pkl":
+                path = os.path.join(folder, name)
+                found[path] = os.stat(path).st_mtime_ns
+    return found
+
+before = outputs()
+Memory(location, verbose=0).cache(target)(3, Shape())
+print("recomputed" if outputs() != before else "kept")
+"""
+
+
+def joblib_recomputes(directory: Path, location: Path) -> bool:
+    """Whether ``joblib.Memory`` recomputes ``target`` for the package in ``directory``."""
+    done = subprocess.run(
+        [sys.executable, "-c", JOBLIB_SCRIPT, str(directory), str(location)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return done.stdout.strip() == "recomputed"
+
+
+def judge_joblib(edits: list[Edit], workdir: Path, workers: int = 2) -> list[Outcome]:
+    """:func:`judge` for ``joblib.Memory``: each edit against a copy of the original's cache."""
+    import shutil
+
+    base_dir, base_cache = workdir / "base", workdir / "base-cache"
+    write_package(base_dir)
+    joblib_recomputes(base_dir, base_cache)  # fills the cache from the original code
+
+    def one(numbered: tuple[int, Edit]) -> Outcome:
+        number, edit = numbered
+        directory = workdir / f"edit-{number}"
+        write_package(directory, edit)
+        cache = workdir / f"cache-{number}"
+        shutil.copytree(base_cache, cache)
+        return Outcome(edit, joblib_recomputes(directory, cache))
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, enumerate(edits)))

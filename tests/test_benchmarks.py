@@ -139,3 +139,10 @@ def test_bench_compare_reports_every_library() -> None:
     ):
         installed = importlib.util.find_spec(module) is not None
         assert ("skipped: " + module + " is not installed" in rows[library]) is not installed
+
+
+@pytest.mark.slow
+def test_bench_fingerprint_reports_both_tools() -> None:
+    table = run_quick("bench_fingerprint.py")
+    for row in ("meaningful edits: recall", "cosmetic edits: keep", "callee of a callee", "all"):
+        assert row in table
