@@ -651,6 +651,14 @@ class AsyncMemoized(Memoized[P, R]):
     for themselves.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Frameworks ask iscoroutinefunction() before awaiting a handler: say yes.
+        mark = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+        if mark is not None:
+            mark(self)
+        self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)  # 3.10-3.11
+
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:  # type: ignore[override]
         cache = self._cache
         if kwargs or len(args) != self._arity or cache is None:

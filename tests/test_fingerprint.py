@@ -116,3 +116,18 @@ def test_describe_changes_names_what_changed() -> None:
     assert describe_changes(old, new) == (
         "global m.SCALE changed, function m.new is new, function m.gone is gone"
     )
+
+
+def test_enum_members_count_by_name_and_plain_value() -> None:
+    import enum
+    import threading
+
+    class Mode(enum.Enum):
+        FAST = 1
+        LOCKED = threading.Lock()  # a value that cannot be encoded: counted by name
+
+    def pick(x: int) -> object:
+        return (x, Mode.FAST, Mode.LOCKED)
+
+    parts = fingerprint_parts(pick)  # no error
+    assert any("Mode" in label for label in parts)

@@ -806,6 +806,7 @@ def test_an_async_function_is_awaited_once_and_its_result_stored(manager: CacheM
         # The second await was "cannot reuse already awaited coroutine" before.
         return [await fetch(1), await fetch(1), await fetch(x=2), await fetch(2)]
 
+    assert asyncio.iscoroutinefunction(fetch)  # frameworks check before awaiting
     assert asyncio.run(main()) == [10, 10, 20, 20]
     assert calls == [1, 2]
     assert fetch.stats == MemoStats(hits=2, misses=2, saves=0)

@@ -256,7 +256,8 @@ def _encode_constant(value: object, out: list[bytes]) -> None:
     if isinstance(value, enum.Enum):
         out.append(f"enum {type(value).__module__}.{type(value).__qualname__}".encode())
         encode(value.name, out)
-        _encode_constant(value.value, out)
+        if _constant(value.value, [MAX_CONSTANT_ITEMS]) and not isinstance(value.value, enum.Enum):
+            _encode_constant(value.value, out)
     elif isinstance(value, dict):
         out.append(b"D%d" % len(value))
         for key, member in sorted(value.items(), key=lambda item: repr(item[0])):
