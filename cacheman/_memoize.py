@@ -565,7 +565,7 @@ class Memoized(Generic[P, R]):
     def _fingerprint_parts(self) -> dict[str, str]:
         """What the fingerprint is made of, each part named (for the log of a reset)."""
         if self._code_parts is None:
-            self._code_parts = fingerprint_parts(self._function) if self._check_code else {}
+            self._code_parts = self._walked_code() if self._check_code else {}
         parts = dict(self._code_parts)
         parts["version"] = _part_digest(self._version)
         for dependency in self._depends_on:
@@ -575,6 +575,17 @@ class Memoized(Generic[P, R]):
                 meta = self.manager.store.read_meta(dependency) or {}
                 parts[f"depends_on {dependency}"] = _part_digest(meta.get("generation"))
         return parts
+
+    def _walked_code(self) -> dict[str, str]:
+        try:
+            return fingerprint_parts(self._function)
+        except RecursionError:  # a call graph deeper than the interpreter's stack
+            logger.warning(
+                "memoize %r: its call graph is too deep to walk; only the function's own "
+                "code counts in its fingerprint (bump version= when a helper changes)",
+                self.name,
+            )
+            return fingerprint_parts(self._function, follow=False)
 
     def _meta_fields(self) -> dict[str, Any]:
         parts = self._fingerprint_parts()

@@ -483,18 +483,19 @@ def function_behind(thing: object) -> types.FunctionType | None:
     return None
 
 
-def fingerprint_parts(function: Callable[..., Any]) -> dict[str, str]:
+def fingerprint_parts(function: Callable[..., Any], *, follow: bool = True) -> dict[str, str]:
     """Each function, class member and constant ``function`` reaches, with its digest (hex).
 
     The keys name what each part is (``function pkg.mod.normalize``,
     ``global pkg.mod.SCALE``, ``function pkg.mod.f cell scale``); equal in
-    every run whose code is equal.
+    every run whose code is equal.  ``follow=False``: the function's own code only.
     """
     walker = _Walker()
     root = function_behind(function)
     if root is None:
         raise TypeError(f"{function!r} has no Python code to fingerprint")
-    walker.function(root)
+    if follow:
+        walker.function(root)
     if not walker.parts:  # the function itself is outside the user's code: keep its code
         walker.parts[f"function {root.__module__}.{root.__qualname__}"] = _code_info(
             root.__code__
