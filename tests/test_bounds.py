@@ -227,3 +227,16 @@ def test_memoize_with_max_entries_keeps_the_most_recent_results(manager: CacheMa
     for x in (1, 2, 3, 2, 4):
         few(x)
     assert sorted(few.cache.values()) == [2, 4]
+
+
+def test_a_reset_cache_starts_a_fresh_index(manager: CacheManager) -> None:
+    clock = Clock()
+    cache = bounded(manager, "reset_me", clock, max_entries=2, ttl=10)
+    cache["a"], cache["b"] = 1, 2
+    cache.save()
+    manager.invalidate_and_rebuild_cache("reset_me")
+    assert dict(cache) == {}
+    cache["c"], cache["d"] = 3, 4  # the old keys no longer count against the bound
+    assert sorted(dict(cache)) == ["c", "d"]
+    clock.now += 11
+    assert cache.expire() == 2

@@ -304,6 +304,10 @@ class Bounds(PersistentCache):
         super()._load_self()
         self._reindex()
 
+    def _reset_self(self) -> None:
+        super()._reset_self()
+        self._reindex()  # the contents were replaced behind the mutators
+
     def refresh(self) -> None:
         super().refresh()
         new = [key for key in dict.keys(self) if key not in self._deadlines]
