@@ -831,11 +831,29 @@ class _Listener(threading.Thread):
         )
         delay = _RECONNECT_FIRST
         stale = self.stale_at_start
+        refused = False
         while not self.stopping.is_set():
             try:
                 self._listen(stale)
             except connection_errors as error:
                 logger.debug("Redis event listener lost its connection: %s", error)
+            except Exception as error:
+                # The server refused us (a database index out of range, a password
+                # or ACL it rejects): no traceback out of this thread, one clear
+                # error, and the same back-off in case it is fixed meanwhile.
+                if not refused:
+                    logger.error(
+                        "manager %r: the Redis event listener cannot subscribe to %s "
+                        "(%s: %s); this process does not hear of other processes' "
+                        "invalidations until it can (check the URL: %s)",
+                        self.store.manager,
+                        self.store.channel,
+                        type(error).__name__,
+                        error,
+                        self.store.url,
+                    )
+                    refused = True
+                self.ready.set()  # subscribe() need not wait for what will not come
             # Whatever ended the subscription, events published until the next
             # one are lost: the next subscription starts with "anything is stale".
             stale = True

@@ -435,6 +435,28 @@ class CacheWrap(dict[Any, Any]):
         _background.stop_background_work()
         self._save_now("exit")
 
+    def _save_changes_now(self) -> None:
+        """Write, in this thread, what the exit flush would (the manager is closing)."""
+        self._save_now("exit")
+
+    def _released(self) -> None:
+        """The manager let go of this cache (it closed): drop timers that would keep it alive."""
+
+    def _may_need_saving(self) -> bool:
+        """Whether the exit flush might write something for this cache; no I/O.
+
+        Asked when the program drops the manager (from its finalizer): True keeps
+        the manager for the exit flush.  Here: whenever there is a saver to call.
+        """
+        return self._resolved("saver") is not None
+
+    def _revived(self) -> None:
+        """Its manager, found unreachable, was kept for the exit flush (see ``_may_need_saving``).
+
+        The collector may have cleared the weak references to this cache
+        already: take again those that matter.
+        """
+
     def _bump_generation(self) -> None:
         """This cache was invalidated: its derived caches, in any process, must rebuild."""
 
@@ -667,6 +689,14 @@ class CacheSteps(Protocol):
     def _delete_saved_self(self) -> None: ...
 
     def _save_at_exit(self) -> None: ...
+
+    def _save_changes_now(self) -> None: ...
+
+    def _released(self) -> None: ...
+
+    def _may_need_saving(self) -> bool: ...
+
+    def _revived(self) -> None: ...
 
     def _bump_generation(self) -> None: ...
 
@@ -1235,6 +1265,18 @@ class PersistentCache(CacheWrap):
             if generation_of(store.read_meta(self._name)) is None:
                 store.update_meta(self._name, generation=next_generation(None))
             self._has_generation = True
+
+    def _may_need_saving(self) -> bool:
+        # Changes the mutators recorded, or values that may have changed in place
+        # (which only a save can tell: it compares them with what was saved).
+        if self._resolved("saver") is None:
+            return False
+        changes = self._changes
+        return changes.pending() or bool(changes.changed_in_place(self))
+
+    def _revived(self) -> None:
+        # A process forked later must still forget these changes (they are ours).
+        _live[id(self)] = self
 
     def _forget_inherited(self) -> None:
         """In a process forked by the user: the parent's changes are the parent's to save."""

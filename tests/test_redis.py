@@ -33,8 +33,6 @@ from cacheman import (
     RedisStore,
     SignatureMismatchError,
     UnpicklableValueError,
-    _registry,
-    cacher,
 )
 from cacheman._redis import REDIS_URL_ENV
 
@@ -197,6 +195,7 @@ def test_save_with_pending_changes_applies_them_on_a_copy(store: RedisStore) -> 
     assert contents == {"a": 1, "b": 2}
 
 
+@pytest.mark.slow
 def test_load_during_full_saves_never_mixes_two_snapshots(store: RedisStore) -> None:
     old = {("old", i): i for i in range(30_000)}
     new = {("new", i): i for i in range(30_000)}
@@ -661,10 +660,7 @@ def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) ->
     bound = manager.store
     assert bound._callbacks, "registering a cache subscribed the manager"  # type: ignore[attr-defined]
     manager.deregister_all_caches()
-    # The process-wide tables keep every manager for the exit flush; a program that
-    # forgot one entirely should get it collected, subscription or not.
-    _registry.discard(manager)
-    cacher._every_manager.remove(manager)
+    # A program that forgot a manager entirely gets it collected, subscription or not.
     reference = weakref.ref(manager)
     del manager
     gc.collect()
@@ -733,3 +729,45 @@ def test_a_process_hearing_of_a_reset_loads_what_the_other_built(
     assert done.returncode == 0, done.stderr
     wait_until(lambda: root == {"by": "B"}, timeout=20)
     assert built == ["root"], "this process did not build it again"
+
+
+def test_closing_a_manager_stops_its_event_listener_and_unsubscribes(redis_url: str) -> None:
+    manager = CacheManager("closed_listener", store=RedisStore(redis_url))
+    cache = manager.register_cache("c")
+    cache["k"] = 1
+    bound = manager.store
+    listener = bound._listener  # type: ignore[attr-defined]
+    assert listener is not None
+    assert listener.is_alive()
+    manager.close()
+    assert not bound._callbacks  # type: ignore[attr-defined]
+    assert not listener.is_alive()
+    assert "cacheman-redis-events-closed_listener" not in [t.name for t in threading.enumerate()]
+    again = CacheManager("closed_listener", store=RedisStore(redis_url))
+    assert again.retrieve_cache("c") == {"k": 1}  # the edit was saved first
+    again.close()
+
+
+def test_a_database_index_the_server_refuses_is_logged_not_a_thread_traceback(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis_server import DATABASES
+
+    uncaught: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    store = RedisStore(redis_server.url(DATABASES))  # one past the last database
+    manager = CacheManager("bad_db", store=store)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="DB index is out of range"):
+        manager.register_cache("c")  # the program's own call fails, in its own thread
+    assert time.monotonic() - started < 4  # no wait for a subscription that cannot come
+    listener = manager.store._listener  # type: ignore[attr-defined]
+    assert listener is not None
+    assert listener.ready.is_set()
+    assert uncaught == []
+    assert "'bad_db'" in caplog.text
+    assert "cannot subscribe" in caplog.text
+    assert "DB index is out of range" in caplog.text
+    manager.close()
+    assert not listener.is_alive()
+    assert uncaught == []
