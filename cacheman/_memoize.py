@@ -31,7 +31,7 @@ from ._memokey import _plain, args_digest, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
 from ._persist.bounds import bounded_class
 from .autosync import AutoSyncCache
-from .errors import CacheManError
+from .errors import ManagerClosedError
 
 if TYPE_CHECKING:
     from .cacher import CacheManager
@@ -349,7 +349,8 @@ class Memoized(Generic[P, R]):
     def _miss(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
-        # (A cache deregistered meanwhile is caught where the result is stored: _keep.)
+        if not self.manager.holds(cache):  # deregistered, or its manager closed
+            cache = self._reopen(cache)
         with self._calls_lock:
             call = self._calls.get(key)
             if call is None:
@@ -519,8 +520,8 @@ class Memoized(Generic[P, R]):
         A memoized function never computes into a cache its manager no longer
         saves: its results would be lost at exit.
         """
-        if getattr(self.manager, "closed", False):
-            raise MemoCacheClosedError(
+        if self.manager.closed:
+            raise ManagerClosedError(
                 f"memoize {self.name!r}: manager {self.manager.name!r} is closed; "
                 "decorate the function with an open manager's memoize"
             )
@@ -689,6 +690,8 @@ class AsyncMemoized(Memoized[P, R]):
     async def _amiss(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
+        if not self.manager.holds(cache):  # deregistered, or its manager closed
+            cache = self._reopen(cache)
         with self._calls_lock:
             call = self._calls.get(key)
             if call is None:
@@ -778,10 +781,6 @@ class _AsyncCall:
         self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         # Running: an awaiter that is cancelled cannot cancel the others' outcome.
         self.future.set_running_or_notify_cancel()
-
-
-class MemoCacheClosedError(CacheManError, RuntimeError):
-    """A memoized function was called after its manager was closed."""
 
 
 def _part_digest(value: object) -> str:

@@ -1019,17 +1019,21 @@ def test_a_memoized_function_whose_cache_was_deregistered_registers_it_again(
 
 
 def test_a_memoized_function_of_a_closed_manager_raises(manager: CacheManager) -> None:
-    from cacheman._memoize import MemoCacheClosedError
+    from cacheman.errors import ManagerClosedError
+
+    calls: list[int] = []
 
     @manager.memoize("closing")
     def closing(x: int) -> int:
+        calls.append(x)
         return x
 
     closing(1)
-    manager.deregister_all_caches()
-    manager.closed = True  # type: ignore[attr-defined]  # what CacheManager.close() sets
-    with pytest.raises(MemoCacheClosedError, match=r"'closing'.*closed"):
-        closing(2)
+    manager.close()
+    assert closing(1) == 1  # a hit: the results it holds are still there to read
+    with pytest.raises(ManagerClosedError, match=r"'closing'.*closed"):
+        closing(2)  # a miss would compute into a cache nobody saves
+    assert calls == [1]
 
 
 # -- one computation per key across processes ----------------------------------------------
