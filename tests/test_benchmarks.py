@@ -23,12 +23,12 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 pytestmark = pytest.mark.bench
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, timeout: float = 180) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         check=False,
     )
     output = done.stdout + done.stderr
@@ -137,8 +137,8 @@ def test_bench_compare_reports_every_library() -> None:
         assert ("skipped: " + module + " is not installed" in rows[library]) is not installed
 
 
-@pytest.mark.slow
 def test_bench_fingerprint_reports_both_tools() -> None:
-    table = run_quick("bench_fingerprint.py")
+    # Two interpreters per edit judged, two tools: minutes on a busy machine.
+    table = run_quick("bench_fingerprint.py", timeout=900)
     for row in ("meaningful edits: recall", "cosmetic edits: keep", "callee of a callee", "all"):
         assert row in table
