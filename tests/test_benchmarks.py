@@ -23,12 +23,12 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 pytestmark = pytest.mark.bench
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, timeout: float = 180) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         check=False,
     )
     output = done.stdout + done.stderr
@@ -105,7 +105,18 @@ def test_bench_redis_reports_every_row() -> None:
 
 def test_bench_memoize_reports_every_row() -> None:
     table = run_quick("bench_memoize.py")
-    for row in ("cacheman memoize", "diskcache memoize", "cachier", "joblib.Memory"):
+    for row in (
+        "cacheman memoize",
+        "diskcache memoize",
+        "cachier",
+        "joblib.Memory",
+        "fingerprint of a 13-function call graph",
+        "async hit - sync hit",
+        "10,000 concurrent awaits of one key: calls",
+        "c[k] = v, ttl=3600",
+        "c[k] = v, max_entries",
+        "cold keys, 2 holders SIGKILLed",
+    ):
         assert row in table
 
 
@@ -124,3 +135,10 @@ def test_bench_compare_reports_every_library() -> None:
     ):
         installed = importlib.util.find_spec(module) is not None
         assert ("skipped: " + module + " is not installed" in rows[library]) is not installed
+
+
+def test_bench_fingerprint_reports_both_tools() -> None:
+    # Two interpreters per edit judged, two tools: minutes on a busy machine.
+    table = run_quick("bench_fingerprint.py", timeout=900)
+    for row in ("meaningful edits: recall", "cosmetic edits: keep", "callee of a callee", "all"):
+        assert row in table
