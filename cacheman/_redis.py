@@ -385,8 +385,9 @@ class RedisStore:
         if listener is not None:
             listener.stop()
         if self._client_now is not None and self._pid == os.getpid():
-            self._client_now.close()
-            self._client_now.connection_pool.disconnect()
+            self._client_now.close()  # a RedisCluster closes every node's pool
+            if not self.cluster:
+                self._client_now.connection_pool.disconnect()
         self._client_now = None
 
     # -- names of keys ----------------------------------------------------------------------
