@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._graph import DependencyGraph
+from ._redis import RedisStore
 from ._registry import DEFAULT_MANAGER_NAME
 from ._store_api import Edge, Store
 from .cacher import CacheManager
@@ -165,7 +166,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=GRAPH_FORMATS,
         help="dot (Graphviz, the default), mermaid, or json (as --json)",
     )
-    command("path", "print the manager's directory")
+    command("path", "print where the manager's data lives (a directory, or a Redis and key prefix)")
 
 
 # -- running a command -----------------------------------------------------------------
@@ -264,6 +265,18 @@ def _library_warnings_on_stderr() -> Iterator[None]:
 def _saved_names(session: _Session) -> list[str]:
     """The manager's saved caches; stop with status 1 if the manager has nothing at all."""
     names = session.store.names()
+    store = session.store
+    if isinstance(store, RedisStore):
+        if names or store.read_edges():
+            return names
+        others = store.managers()
+        message = (
+            f"unknown manager {session.manager.name!r}: nothing is saved in Redis at "
+            f"{store.display_url} under {store.prefix}:"
+        )
+        if others:
+            message += f"; managers in that Redis: {', '.join(others)}"
+        raise _Stop(message + _did_you_mean(session.manager.name, others), PROBLEM)
     if names or session.store.read_edges() or session.manager.cache_directory.is_dir():
         return names
     manager = session.manager
@@ -470,13 +483,13 @@ def _list(session: _Session) -> int:
         session.emit_json(
             {
                 "manager": manager.name,
-                "path": str(manager.cache_directory),
+                "path": _location(session),
                 "caches": [summary.as_json() for summary in summaries],
             }
         )
         return status
     if not summaries:
-        session.emit(f"manager {manager.name!r} has no saved caches ({manager.cache_directory})")
+        session.emit(f"manager {manager.name!r} has no saved caches ({_location(session)})")
         return OK
     rows = [("NAME", "ENTRIES", "BYTES", "LAST SAVE", "GENERATION")]
     for summary in summaries:
@@ -521,7 +534,7 @@ def _show(session: _Session) -> int:
         return OK
     rows = [
         ("cache", name),
-        ("manager", f"{session.manager.name} ({session.manager.cache_directory})"),
+        ("manager", f"{session.manager.name} ({_location(session)})"),
         ("entries", str(summary.entries)),
         ("bytes", _size(summary.size)),
         ("last save", _when(summary.last_save)),
@@ -644,7 +657,29 @@ def _graph(session: _Session) -> int:
     return OK
 
 
+def _location(session: _Session) -> str:
+    """Where the manager's data lives: its directory, or its Redis (no password) and key prefix."""
+    store = session.store
+    if isinstance(store, RedisStore):
+        return f"{store.display_url}, keys {store.prefix}:*"
+    return str(session.manager.cache_directory)
+
+
 def _path(session: _Session) -> int:
+    store = session.store
+    if isinstance(store, RedisStore):  # no directory: the data lives in Redis
+        if session.args.json:
+            session.emit_json(
+                {
+                    "manager": session.manager.name,
+                    "redis": store.display_url,
+                    "prefix": f"{store.prefix}:",
+                    "exists": bool(store.names() or store.read_edges()),
+                }
+            )
+        else:
+            session.emit(f"{store.display_url} {store.prefix}:")
+        return OK
     directory = session.manager.cache_directory
     if session.args.json:
         session.emit_json(

@@ -268,6 +268,16 @@ class RedisStore:
         **client_options: Any,
     ) -> None:
         self._redis_module = _redis_module()
+        exceptions = self._redis_module.exceptions
+        #: What redis-py raises when the data cannot be reached (as opposed to damaged).
+        self._unreachable: tuple[type[Exception], ...] = (
+            exceptions.ConnectionError,
+            exceptions.TimeoutError,
+            exceptions.ClusterDownError,
+            exceptions.RedisClusterException,
+            exceptions.TryAgainError,
+            exceptions.BusyLoadingError,
+        )
         if client_options.get("decode_responses"):
             raise ValueError("RedisStore reads bytes: decode_responses must stay False")
         if not namespace:
@@ -303,9 +313,10 @@ class RedisStore:
         # Clients (and listeners) of the process we were forked from.  They are
         # kept, never closed: their sockets are the parent's too.
         self._inherited: list[object] = []
-        # The latest generation of each cache this process saw (read, wrote or
-        # heard of): after a reconnection or a failover, the caches whose
-        # generation is not this one are announced again (see recheck_generations).
+        # The latest generation of each cache this process wrote or heard of (an
+        # event, or a re-read): after a reconnection or a failover, the caches
+        # whose generation is not this one are announced (see recheck_generations).
+        # Reads do not count: a read_meta says nothing of what the caches hold.
         self._seen_generations: dict[str, str | None] = {}
         _lifecycle.on_fork_child(_weak_fork_hook(self))
 
@@ -686,6 +697,14 @@ class RedisStore:
         except CorruptCacheError as damage:
             self._quarantine(name, damage)
             return None
+        except self._unreachable as error:
+            # An OSError, as for a file that cannot be read now: the data may be
+            # fine, and a cache that took this for damage would rebuild and write
+            # over it at its next save.
+            raise ConnectionError(
+                f"cache {name!r}: Redis at {self.display_url} cannot be reached now "
+                f"({self._redacted(error)}); nothing was loaded"
+            ) from None
 
     def _load_once(self, name: str) -> dict[Any, Any] | None:
         data, meta = self.data_key(name), self.meta_key(name)
@@ -698,6 +717,8 @@ class RedisStore:
             while True:
                 try:
                     cursor, chunk = client.hscan(data, cursor, count=_SCAN_COUNT)
+                except self._unreachable:
+                    raise
                 except self._redis_module.ResponseError as error:  # not a hash
                     raise CorruptCacheError(str(error)) from error
                 self._decode_into(name, base, chunk, contents)
@@ -905,14 +926,22 @@ class RedisStore:
                     found.add(name)
         return sorted(found)
 
+    def managers(self) -> list[str]:
+        """The managers with keys under this store's namespace, sorted (``SCAN MATCH``)."""
+        start = f"{self.namespace}:"
+        found = set()
+        for raw in self._client().scan_iter(match=_glob_escape(start) + "*", count=1000):
+            manager, colon, rest = raw.decode()[len(start) :].partition(":")
+            if manager and colon and rest:
+                found.add(manager)
+        return sorted(found)
+
     # -- metadata ------------------------------------------------------------------------------
 
     def read_meta(self, name: str) -> dict[str, Any] | None:
         """The metadata of ``name`` (JSON values, never unpickled), or None."""
         raw = self._client().hgetall(self.meta_key(name))
-        meta = _decode_meta(raw, name) if raw else None
-        self._seen_generations[name] = generation_of(meta)
-        return meta
+        return _decode_meta(raw, name) if raw else None
 
     def update_meta(self, name: str, **fields: Any) -> dict[str, Any]:
         """Set metadata fields (None removes one) in one atomic script; return the result.

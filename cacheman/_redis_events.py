@@ -9,8 +9,8 @@ included, and nothing announces that), the listener tells the store's callbacks
 ``(None, None)`` ("anything may be stale") and then re-reads every cache's
 generation, announcing each one that differs from the last this process saw.
 
-On a cluster it subscribes at one node picked at random (``PUBLISH`` reaches
-every node) and picks another after losing it.  Errors the listener cannot get
+On a cluster it subscribes at one primary picked at random (``PUBLISH``
+reaches every node) and picks another after losing it.  Errors the listener cannot get
 past (a wrong database number, a refused password) are logged once, without a
 traceback or the password, and retried with back-off: a fixed server resumes.
 """
@@ -38,6 +38,9 @@ _RECONNECT_FIRST = 0.05
 _RECONNECT_MAX = 5.0
 # How long one wait for a message lasts; on a cluster, how often the epoch is read.
 POLL = 0.5
+# After a reconnection or failover, generations are re-read every POLL for this
+# long: while a cluster settles, a write may still land on a node that loses it.
+_SETTLE = 5.0
 
 
 class Listener(threading.Thread):
@@ -52,6 +55,7 @@ class Listener(threading.Thread):
         self.stopping = threading.Event()
         #: How many times every generation was read again (after a reconnection or failover).
         self.rechecks = 0
+        self._settle_until = 0.0
         self._last_error: str | None = None
 
     def stop(self) -> None:
@@ -68,6 +72,8 @@ class Listener(threading.Thread):
         while not self.stopping.is_set():
             try:
                 self._listen(stale)
+            except redis.AuthenticationError as error:  # a ConnectionError that no retry fixes
+                self._report(error)
             except connection_errors as error:
                 logger.debug(
                     "Redis event listener lost its connection: %s", self.store._redacted(error)
@@ -95,24 +101,27 @@ class Listener(threading.Thread):
         )
 
     def _node(self) -> Any:
-        """The client to subscribe with: on a cluster, one node's, picked at random."""
+        """The client to subscribe with: on a cluster, a primary's, picked at random.
+
+        A primary rather than any node: a replica that lags or hangs would hold
+        the events back while its primary answers everything else.
+        """
         if not self.store.cluster:
             return self.client
-        nodes = self.client.get_nodes()
-        return random.choice(nodes).redis_connection
+        return random.choice(self.client.get_primaries()).redis_connection
 
     def _listen(self, stale: bool) -> None:
         node = self._node()
         pubsub = node.pubsub()
         epoch = _current_epoch(node) if self.store.cluster else None
-        next_epoch_check = time.monotonic() + POLL
+        next_tick = time.monotonic() + POLL
         try:
             pubsub.subscribe(self.store.channel)
             while not self.stopping.is_set():
                 message = pubsub.get_message(timeout=POLL)
-                if epoch is not None and time.monotonic() >= next_epoch_check:
-                    next_epoch_check = time.monotonic() + POLL
-                    now = _current_epoch(node)
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + POLL
+                    now = None if epoch is None else _current_epoch(node)
                     if now != epoch:
                         epoch = now
                         logger.info(
@@ -122,6 +131,8 @@ class Listener(threading.Thread):
                             now,
                         )
                         self._recheck()
+                    elif time.monotonic() < self._settle_until:
+                        self.store.recheck_generations()
                 if message is None:
                     continue
                 if message["type"] == "subscribe":
@@ -143,6 +154,7 @@ class Listener(threading.Thread):
         self.store._notify(None, None)
         self.store.recheck_generations()
         self.rechecks += 1
+        self._settle_until = time.monotonic() + _SETTLE
 
 
 def _current_epoch(node: Any) -> int:

@@ -190,6 +190,8 @@ READER = """
 import json, sys
 from cacheman import CacheManager, RedisStore
 from cacheman._generations import generation_of
+import logging
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 manager = CacheManager(sys.argv[2], store=RedisStore(sys.argv[1]))
 raw = manager.register_custom_cache("raw", autosync=False)
 feat = manager.register_custom_cache(
@@ -212,13 +214,16 @@ for line in sys.stdin:
 class Reader:
     """A long-running process holding ``raw`` and ``feat`` (derived from it), asked over a pipe."""
 
-    def __init__(self, url: str, manager: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", READER, url, manager],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+    def __init__(self, url: str, manager: str, log: Path) -> None:
+        self.log = log
+        with open(log, "w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", READER, url, manager],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == "ready"
 
@@ -260,7 +265,7 @@ def test_failover_loses_only_unreplicated_writes_and_nothing_serves_stale_derive
             raw.save()
             acknowledged.append(f"k{i}")
         manager.invalidate_cache("raw")
-        reader = Reader(cluster.url(), name)
+        reader = Reader(cluster.url(), name, tmp_path / "reader.log")
         before = reader.ask()
         assert before["built_from"] == before["raw_now"] == raw.generation
 
@@ -296,22 +301,27 @@ def test_failover_loses_only_unreplicated_writes_and_nothing_serves_stale_derive
         os.kill(replica.process.pid, signal.SIGCONT)
         cluster.wait_until_ok(60)  # the replica is promoted
         promoted = time.monotonic() - killed
-        primary_node.start()  # the machine comes back: as a replica of the new master
-        cluster.wait_until_ok(60)
         fresh = RedisStore(f"redis+cluster://127.0.0.1:{replica_port}", manager=name)
+        writer = RedisStore(fresh.url, manager=name, wait_for_replicas=wait, replica_timeout=0.5)
 
-        # Writes succeed again (a new key, so that nothing pending hides a failure).
-        def writes() -> bool:
+        def writes() -> bool:  # a new key, so that nothing pending hides a failure
             try:
-                fresh.append("raw", [("set", "after", 1)])
+                writer.append("raw", [("set", "after", 1)])
             except Exception:
                 return False
             return True
 
+        if wait:  # the new primary has no replica until the old one comes back
+            primary_node.start()
         wait_until(writes, timeout=60)
         writable = time.monotonic() - killed
+        writer.close()
+        if not wait:
+            primary_node.start()  # the machine comes back: as a replica of the new master
+        cluster.wait_until_ok(60)
 
         saved = fresh.load("raw") or {}
+        reports = []
         lost = [key for key in acknowledged if key not in saved]
         record_property("acknowledged_writes_lost", len(lost))
         record_property("seconds_until_promoted", round(promoted, 2))
@@ -326,11 +336,18 @@ def test_failover_loses_only_unreplicated_writes_and_nothing_serves_stale_derive
             assert lost == unreplicated  # acknowledged by the primary alone, and gone
 
         # No event told the reader; it re-read every generation after the failover.
-        wait_until(
-            lambda: (report := reader.ask())["rechecks"] > before["rechecks"]
-            and report["built_from"] == survived,
-            timeout=30,
-        )
+        def caught_up() -> bool:
+            reports.append(reader.ask())
+            return bool(
+                reports[-1]["rechecks"] > before["rechecks"]
+                and reports[-1]["built_from"] == survived
+            )
+
+        try:
+            wait_until(caught_up, timeout=30)
+        except AssertionError:
+            log = reader.log.read_text()[-3000:]
+            raise AssertionError(f"the reader never caught up: {reports[-3:]}\n{log}") from None
         reader.ask("save")  # and what it saves is built from the surviving parent
         assert fresh.read_meta("feat")["parents"]["raw"] == survived
         assert not [p for p in fresh.verify("feat").problems if p.startswith("stale")]
