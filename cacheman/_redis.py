@@ -1115,9 +1115,12 @@ class RedisStore:
         For when events may have been lost (a reconnection, a failover): each
         such cache is passed to the subscribed callbacks as if its event had
         just arrived.  Costs a ``SCAN`` of the manager's keys and one ``HGET``
-        per cache, pipelined.
+        per cache (found, or heard of before), pipelined.
         """
-        names = self.names()
+        # The names heard of too: on a cluster in the middle of a failover, a SCAN
+        # with the client's old map of the slots misses the keys of the failed
+        # master without an error, while a read of one key finds its new master.
+        names = sorted(set(self.names()) | set(self._seen_generations))
         client = self._client()
         with client.pipeline(transaction=False) as pipe:
             for name in names:

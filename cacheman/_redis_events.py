@@ -152,8 +152,13 @@ class Listener(threading.Thread):
     def _recheck(self) -> None:
         """Anything may be stale: say so, then announce every generation that moved."""
         self.store._notify(None, None)
-        self.store.recheck_generations()
+        moved = self.store.recheck_generations()
         self.rechecks += 1
+        logger.info(
+            "manager %r: re-read every generation; moved meanwhile: %s",
+            self.store.manager,
+            ", ".join(moved) or "none",
+        )
         self._settle_until = time.monotonic() + _SETTLE
 
 

@@ -96,7 +96,6 @@ class RedisServer:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
 
-
     def kill(self) -> None:
         """SIGKILL the server, as a machine that dies would stop it."""
         process, self.process = self.process, None
@@ -112,9 +111,7 @@ class RedisCluster:
     timeout (1 s), so a killed master's replica is promoted within seconds.
     """
 
-    def __init__(
-        self, directory: Path, executable: str = "redis-server", masters: int = 3
-    ) -> None:
+    def __init__(self, directory: Path, executable: str = "redis-server", masters: int = 3) -> None:
         self.directory = directory
         self.executable = executable
         self.masters = masters
@@ -164,12 +161,13 @@ class RedisCluster:
         every replica is in sync with its master."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self._all_ok():
+            if self.is_ok():
                 return
             time.sleep(0.05)
         raise RuntimeError(f"the Redis Cluster did not become ready; see {self.directory}")
 
-    def _all_ok(self) -> bool:
+    def is_ok(self) -> bool:
+        """Whether every live node is ``ok`` and agrees on the masters, replicas in sync."""
         views = set()
         for node in self.nodes:
             if node.process is None:

@@ -792,7 +792,8 @@ def test_verify_checks_signatures_framing_and_lineage_without_unpickling(
     marker = tmp_path / "unpickled"
     raw.hset(signed.data_key("good"), pickle.dumps("planted"), pickle.dumps(Planted(marker)))
     report = signed.verify("good")
-    assert report.refused and "unsigned, forged" in report.problems[0]
+    assert report.refused
+    assert "unsigned, forged" in report.problems[0]
     assert not marker.exists()
     # Damage (not a pickle) is found, and fixed by moving it aside as a load would.
     unsigned = RedisStore(redis_url, manager="w")
@@ -800,7 +801,8 @@ def test_verify_checks_signatures_framing_and_lineage_without_unpickling(
     raw.hset(unsigned.data_key("broken"), pickle.dumps("b"), b"garbage")
     assert unsigned.verify("broken").problems == ["1 entry is damaged"]
     fixed = unsigned.verify("broken", fix=True)
-    assert fixed.fixed and unsigned.verify("broken").problems == []
+    assert fixed.fixed
+    assert unsigned.verify("broken").problems == []
     # Lineage: a derived cache built from a parent generation that moved on is stale.
     unsigned.update_meta("parent", generation="p:2")
     unsigned.save("child", {"x": 1})
@@ -817,9 +819,10 @@ def test_verify_checks_signatures_framing_and_lineage_without_unpickling(
 def test_usage_counts_the_bytes_redis_spends_on_a_cache(store: RedisStore) -> None:
     assert store.usage("none") == (0, None)
     store.save("small", {i: i for i in range(10)})
-    store.save("big", {i: "x" * 1000 for i in range(1000)})
+    store.save("big", dict.fromkeys(range(1000), "x" * 1000))
     small, big = store.usage("small"), store.usage("big")
-    assert 0 < small.size < 10_000 < 1_000_000 < big.size
+    assert 0 < small.size < 10_000
+    assert big.size > 1_000_000
     assert big.modified == store.read_meta("big")["saved_at"]
 
 
@@ -849,7 +852,8 @@ def test_the_command_line_says_where_redis_data_lives_and_which_managers_it_hold
     status, out, _ = _cli(["--manager", "clitest", "show", "numbers"], capsys)
     assert status == 0
     assert f"clitest ({redis_url}, keys cacheman:clitest:*)" in out
-    assert "bytes" in out and " - " not in out.split("bytes")[1].splitlines()[0]
+    assert "bytes" in out
+    assert " - " not in out.split("bytes")[1].splitlines()[0]
     status, out, _ = _cli(["--manager", "clitest", "verify"], capsys)
     assert (status, out.splitlines()[0]) == (0, "ok        numbers")
     status, _, err = _cli(["--manager", "clitesd", "list"], capsys)
@@ -908,7 +912,8 @@ def test_acl_user_and_password_work_and_are_never_shown(
     with pytest.raises(ConnectionError) as failed:
         wrong.load("c")
     shown.append(str(failed.value))
-    assert "cannot be reached" in shown[-1] and "***" in shown[-1]
+    assert "cannot be reached" in shown[-1]
+    assert "***" in shown[-1]
     # The password of the default user, in the URL: the command line never prints it.
     monkeypatch.setenv(REDIS_URL_ENV, f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
     RedisStore(os.environ[REDIS_URL_ENV], manager="cli").save("x", {1: 2})
@@ -923,7 +928,8 @@ def test_acl_user_and_password_work_and_are_never_shown(
     wait_until(lambda: "cannot listen" in caplog.text)
     shown.append(caplog.text)
     for text in shown:
-        assert PASSWORD not in text and ALICE_PASSWORD not in text, text
+        assert PASSWORD not in text, text
+        assert ALICE_PASSWORD not in text, text
     assert f"redis://:***@127.0.0.1:{port}/0 cacheman:cli:" in "".join(shown)
     for each in (outside, wrong):
         each.close()

@@ -1,4 +1,4 @@
-"""The Redis store on a real 6-node Redis Cluster (3 masters, 3 replicas): contract, slots, failover.
+"""The Redis store on a real 6-node Redis Cluster (3 masters, 3 replicas): contract, failover.
 
 The cluster runs on 127.0.0.1 (free ports, a private directory) and is stopped
 by pid.  The store contract tests of tests/test_redis.py run here again, with
@@ -22,9 +22,6 @@ import pytest
 from helpers import wait_until
 from redis_server import RedisCluster, find_redis_server
 
-from cacheman import CacheManager, RedisStore, _registry
-from cacheman._generations import generation_of, next_generation
-
 # The contract and event tests of the single-node store, collected again here.
 from test_redis import (  # noqa: F401
     test_a_generation_change_reaches_another_process,
@@ -39,6 +36,9 @@ from test_redis import (  # noqa: F401
     test_save_with_pending_changes_applies_them_on_a_copy,
     test_unpicklable_value_leaves_saved_copy,
 )
+
+from cacheman import CacheManager, RedisStore, _registry
+from cacheman._generations import generation_of, next_generation
 
 
 def _start_cluster(directory: Path) -> RedisCluster:
@@ -228,7 +228,8 @@ class Reader:
         assert self.process.stdout.readline().strip() == "ready"
 
     def ask(self, command: str = "report") -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
         return dict(json.loads(self.process.stdout.readline()))
@@ -326,8 +327,10 @@ def test_failover_loses_only_unreplicated_writes_and_nothing_serves_stale_derive
         record_property("acknowledged_writes_lost", len(lost))
         record_property("seconds_until_promoted", round(promoted, 2))
         record_property("seconds_until_writable", round(writable, 2))
-        print(f"wait_for_replicas={wait}: {len(lost)} of {len(acknowledged)} acknowledged "
-              f"writes lost; promoted after {promoted:.1f} s, writable after {writable:.1f} s")
+        print(
+            f"wait_for_replicas={wait}: {len(lost)} of {len(acknowledged)} acknowledged "
+            f"writes lost; promoted after {promoted:.1f} s, writable after {writable:.1f} s"
+        )
         survived = generation_of(fresh.read_meta("raw"))
         assert survived != lost_generation
         if wait:
