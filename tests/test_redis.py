@@ -936,3 +936,68 @@ def test_acl_user_and_password_work_and_are_never_shown(
     manager.deregister_all_caches()
     _registry.discard(manager)
     manager.store.close()  # type: ignore[attr-defined]
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Any:
+    """A redis-server listening with TLS only, its certificate signed by a throw-away CA."""
+    import shutil
+
+    from redis_server import RedisServer
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificates for the TLS test")
+    directory = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
+    from redis_server import _free_port
+
+    tls_port = _free_port()
+    server = RedisServer(
+        directory,
+        redis_server.executable,
+        extra_args=[
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(directory / "server.crt"),
+            "--tls-key-file", str(directory / "server.key"),
+            "--tls-ca-cert-file", str(directory / "ca.crt"),
+            "--tls-auth-clients", "no",
+            "--requirepass", PASSWORD,
+        ],
+    )  # fmt: skip
+    server.start()
+    server.tls_port = tls_port  # type: ignore[attr-defined]
+    server.ca = directory / "ca.crt"  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def test_rediss_urls_connect_with_tls(tls_server: Any, tmp_path: Path) -> None:
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_server.tls_port}/0"
+    store = RedisStore(url, manager="tls", ssl_ca_certs=str(tls_server.ca))
+    store.save("c", {"over": "tls"})
+    assert store.load("c") == {"over": "tls"}
+    assert repr(store) == (
+        f"RedisStore('rediss://:***@127.0.0.1:{tls_server.tls_port}/0', namespace='cacheman', "
+        "manager='tls')"
+    )
+    # Without the CA the certificate is refused: TLS is checked, not only spoken.
+    untrusting = RedisStore(url, manager="tls")
+    with pytest.raises(ConnectionError, match="certificate verify failed") as refused:
+        untrusting.load("c")
+    assert PASSWORD not in str(refused.value)
+    store.close()
+    untrusting.close()
