@@ -742,7 +742,8 @@ class RedisStore:
         kept = self.cache_key(name, f"corrupt:{stamp}")
         client = self._client()
         with client.pipeline(transaction=True) as pipe:
-            pipe.renamenx(self.data_key(name), kept)
+            # execute_command: a cluster pipeline refuses its .renamenx() (multi-key).
+            pipe.execute_command("RENAMENX", self.data_key(name), kept)
             pipe.hdel(self.meta_key(name), _SNAPSHOT)
             with contextlib.suppress(self._redis_module.ResponseError):
                 pipe.execute()

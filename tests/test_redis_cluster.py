@@ -369,3 +369,18 @@ def test_failover_loses_only_unreplicated_writes_and_nothing_serves_stale_derive
 
 def _ports(cluster: RedisCluster) -> list[int]:
     return [node.port for node in cluster.nodes if node.process is not None]
+
+
+def test_damaged_entries_are_kept_aside_in_their_slot_and_verify_finds_them(
+    store: RedisStore,
+) -> None:
+    import pickle
+
+    store.save("c", {"a": 1})
+    store._client().hset(store.data_key("c"), pickle.dumps("b"), b"garbage")
+    assert store.verify("c").problems == ["1 entry is damaged"]
+    assert store.load("c") is None  # moved aside: the cache is rebuilt
+    kept = [key.decode() for key in store._client().scan_iter(match="cacheman:m:{c}:corrupt:*")]
+    assert len(kept) == 1
+    assert store.usage("c").size > 0  # the metadata is still there
+    assert store.verify("c").problems == []
