@@ -1001,3 +1001,20 @@ def test_rediss_urls_connect_with_tls(tls_server: Any, tmp_path: Path) -> None:
     assert PASSWORD not in str(refused.value)
     store.close()
     untrusting.close()
+
+
+def test_wait_for_replicas_without_a_replica_refuses_to_acknowledge(
+    redis_url: str, raw: Any
+) -> None:
+    store = RedisStore(redis_url, manager="w", wait_for_replicas=1, replica_timeout=0.05)
+    assert repr(store).endswith("manager='w', wait_for_replicas=1)")
+    with pytest.raises(TimeoutError, match=r"cache 'c': .* only 0 of 1 replica"):
+        store.save("c", {"a": 1})
+    with pytest.raises(TimeoutError, match="cache 'c'"):
+        store.append("c", [("set", "b", 2)])
+    with pytest.raises(TimeoutError, match="cache 'c'"):
+        store.update_meta("c", generation="g:1")
+    # Each reached the primary all the same (WAIT cannot undo a write): only unacknowledged.
+    assert RedisStore(redis_url, manager="w").load("c") == {"a": 1, "b": 2}
+    assert json.loads(raw.hget(store.meta_key("c"), "generation")) == "g:1"
+    store.close()
