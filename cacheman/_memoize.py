@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
-from . import _lifecycle
+from . import _lifecycle, _log
 from ._memokey import args_digest, code_parts, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
 from .autosync import AutoSyncCache
@@ -427,10 +427,8 @@ class Memoized(Generic[P, R]):
                 self.manager.reload_cache(self.name)
             elif saved is not None or store.exists(self.name):
                 # The stale copy is never loaded: unpickling it may fail now that the code changed.
-                logger.info(
-                    "memoize %r: the function, its version or a dependency changed; "
-                    "resetting its cache and every cache derived from it",
-                    self.name,
+                _log.reset_by_code(
+                    self.name, "the memoized function's code, version or a dependency"
                 )
                 self.manager.invalidate_and_rebuild_cache(self.name)
             self._cache = cache

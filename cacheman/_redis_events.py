@@ -93,7 +93,7 @@ class Listener(threading.Thread):
         self._last_error = text
         logger.log(
             level,
-            "manager %r: the Redis event listener cannot listen at %s (%s); other processes' "
+            "manager %r: the Redis event listener cannot subscribe at %s (%s); other processes' "
             "invalidations are not heard until it can. Retrying.",
             self.store.manager,
             self.store.display_url,

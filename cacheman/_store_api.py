@@ -14,12 +14,12 @@ only the keys they changed, and several processes can write one cache.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from ._journal import AppendResult, Change, SaveResult
 
-__all__ = ["Edge", "JournalStore", "Store", "StoreFactory"]
+__all__ = ["ClosableStore", "Edge", "JournalStore", "Store", "StoreFactory"]
 
 #: A dependency edge: ``(parent, child)``, *child is derived from parent*.
 Edge = tuple[str, str]
@@ -92,3 +92,11 @@ class StoreFactory(Protocol):
 
     def bind(self, manager_name: str, signing_key: bytes | None) -> Store:
         """The store of the manager called ``manager_name``, signing with ``signing_key``."""
+
+
+@runtime_checkable
+class ClosableStore(Protocol):
+    """A store holding resources of its own (connections, a listener thread) until closed."""
+
+    def close(self) -> None:
+        """Let go of them; the store may be used again afterwards (it reconnects)."""

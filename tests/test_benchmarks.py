@@ -8,6 +8,7 @@ and reports every row, not which verdict it reached.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -115,3 +116,21 @@ def test_bench_memoize_reports_every_row() -> None:
     table = run_quick("bench_memoize.py")
     for row in ("cacheman memoize", "diskcache memoize", "cachier", "joblib.Memory"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_bench_compare_reports_every_library() -> None:
+    # cachetools and shelve always run (shelve is the standard library's; cachetools is in
+    # the test extra); the other peers are reported as skipped when not installed.
+    table = run_quick("bench_compare.py")
+    rows = {line.split("  ")[0].strip(): line for line in table.splitlines()}
+    for library in ("cacheman", "shelve (stdlib)", "cachetools"):
+        assert library in rows
+        assert "skipped" not in rows[library], rows[library]
+    for library, module in (
+        ("diskcache", "diskcache"),
+        ("joblib.Memory", "joblib"),
+        ("cachier", "cachier"),
+    ):
+        installed = importlib.util.find_spec(module) is not None
+        assert ("skipped: " + module + " is not installed" in rows[library]) is not installed

@@ -33,8 +33,6 @@ from cacheman import (
     RedisStore,
     SignatureMismatchError,
     UnpicklableValueError,
-    _registry,
-    cacher,
 )
 from cacheman._redis import REDIS_URL_ENV
 
@@ -661,10 +659,7 @@ def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) ->
     bound = manager.store
     assert bound._callbacks, "registering a cache subscribed the manager"  # type: ignore[attr-defined]
     manager.deregister_all_caches()
-    # The process-wide tables keep every manager for the exit flush; a program that
-    # forgot one entirely should get it collected, subscription or not.
-    _registry.discard(manager)
-    cacher._every_manager.remove(manager)
+    # A program that forgot a manager entirely gets it collected, subscription or not.
     reference = weakref.ref(manager)
     del manager
     gc.collect()
@@ -735,6 +730,48 @@ def test_a_process_hearing_of_a_reset_loads_what_the_other_built(
     assert built == ["root"], "this process did not build it again"
 
 
+def test_closing_a_manager_stops_its_event_listener_and_unsubscribes(redis_url: str) -> None:
+    manager = CacheManager("closed_listener", store=RedisStore(redis_url))
+    cache = manager.register_cache("c")
+    cache["k"] = 1
+    bound = manager.store
+    listener = bound._listener  # type: ignore[attr-defined]
+    assert listener is not None
+    assert listener.is_alive()
+    manager.close()
+    assert not bound._callbacks  # type: ignore[attr-defined]
+    assert not listener.is_alive()
+    assert "cacheman-redis-events-closed_listener" not in [t.name for t in threading.enumerate()]
+    again = CacheManager("closed_listener", store=RedisStore(redis_url))
+    assert again.retrieve_cache("c") == {"k": 1}  # the edit was saved first
+    again.close()
+
+
+def test_a_database_index_the_server_refuses_is_logged_not_a_thread_traceback(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis_server import DATABASES
+
+    uncaught: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    store = RedisStore(redis_server.url(DATABASES))  # one past the last database
+    manager = CacheManager("bad_db", store=store)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="DB index is out of range"):
+        manager.register_cache("c")  # the program's own call fails, in its own thread
+    assert time.monotonic() - started < 4  # no wait for a subscription that cannot come
+    listener = manager.store._listener  # type: ignore[attr-defined]
+    assert listener is not None
+    assert listener.ready.is_set()
+    assert uncaught == []
+    assert "'bad_db'" in caplog.text
+    assert "cannot subscribe" in caplog.text
+    assert "DB index is out of range" in caplog.text
+    manager.close()
+    assert not listener.is_alive()
+    assert uncaught == []
+
+
 # -- after a lost event: every generation read again -------------------------------------------
 
 
@@ -768,7 +805,7 @@ def test_a_bad_database_number_is_one_clean_logged_error_in_the_events_thread(
             store.subscribe(lambda name, generation: None, wait=10)
             listener = store._listener
             assert listener is not None
-            wait_until(lambda: "cannot listen" in caplog.text)
+            wait_until(lambda: "cannot subscribe" in caplog.text)
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1, caplog.text  # once, not once per retry
         assert "DB index is out of range" in errors[0].getMessage()
@@ -925,7 +962,7 @@ def test_acl_user_and_password_work_and_are_never_shown(
     shown += list(capsys.readouterr())
     # The listener's errors too: subscribe with the wrong password.
     wrong.subscribe(lambda name, generation: None)
-    wait_until(lambda: "cannot listen" in caplog.text)
+    wait_until(lambda: "cannot subscribe" in caplog.text)
     shown.append(caplog.text)
     for text in shown:
         assert PASSWORD not in text, text
@@ -933,9 +970,7 @@ def test_acl_user_and_password_work_and_are_never_shown(
     assert f"redis://:***@127.0.0.1:{port}/0 cacheman:cli:" in "".join(shown)
     for each in (outside, wrong):
         each.close()
-    manager.deregister_all_caches()
-    _registry.discard(manager)
-    manager.store.close()  # type: ignore[attr-defined]
+    manager.close()
 
 
 # -- TLS -------------------------------------------------------------------------------------------

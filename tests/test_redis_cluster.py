@@ -37,7 +37,7 @@ from test_redis import (  # noqa: F401
     test_unpicklable_value_leaves_saved_copy,
 )
 
-from cacheman import CacheManager, RedisStore, _registry
+from cacheman import CacheManager, RedisStore
 from cacheman._generations import generation_of, next_generation
 
 
@@ -81,10 +81,7 @@ def store_manager(cluster: RedisCluster, tmp_path: Path) -> Iterator[CacheManage
         f"test-{uuid.uuid4().hex[:8]}", tmp_path, store=RedisStore(cluster.url())
     )
     yield manager
-    manager.deregister_all_caches()
-    _registry.discard(manager)
-    assert isinstance(manager.store, RedisStore)
-    manager.store.close()
+    manager.close()
 
 
 def _slot(key: str) -> int:
@@ -139,8 +136,7 @@ def test_a_manager_on_the_cluster_resets_a_derived_cache_another_process_invalid
         theirs.save()
         other.invalidate_cache("root")
     finally:
-        other.deregister_all_caches()
-        _registry.discard(other)
+        other.close()
     wait_until(lambda: child == {"from": 2}, timeout=20)
 
 
@@ -355,8 +351,7 @@ def test_failover_loses_only_unreplicated_writes_and_nothing_serves_stale_derive
         assert fresh.read_meta("feat")["parents"]["raw"] == survived
         assert not [p for p in fresh.verify("feat").problems if p.startswith("stale")]
         fresh.close()
-        manager.deregister_all_caches()
-        _registry.discard(manager)
+        manager.close()
     finally:
         if reader is not None:
             reader.close()
