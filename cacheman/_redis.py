@@ -256,6 +256,10 @@ class RedisStore:
     RedisStore('redis://127.0.0.1:6379/0', namespace='cacheman')
     """
 
+    #: False makes loads change nothing, as the command line's ``list`` and ``show``
+    #: want: damaged or unreadable contents raise CorruptCacheError instead of going aside.
+    keep_aside_damaged = True
+
     def __init__(
         self,
         url: str,
@@ -695,6 +699,10 @@ class RedisStore:
         try:
             return self._load_once(name)
         except CorruptCacheError as damage:
+            if not self.keep_aside_damaged:
+                raise CorruptCacheError(
+                    f"cache {name!r}: {self.data_key(name)} cannot be read here ({damage})"
+                ) from None
             self._quarantine(name, damage)
             return None
         except self._unreachable as error:

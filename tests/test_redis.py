@@ -1053,3 +1053,23 @@ def test_wait_for_replicas_without_a_replica_refuses_to_acknowledge(
     assert RedisStore(redis_url, manager="w").load("c") == {"a": 1, "b": 2}
     assert json.loads(raw.hget(store.meta_key("c"), "generation")) == "g:1"
     store.close()
+
+
+def test_list_and_show_on_redis_leave_damaged_contents_in_place(
+    redis_url: str,
+    raw: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(REDIS_URL_ENV, redis_url)
+    store = RedisStore(redis_url, manager="damaged")
+    store.save("c", {"a": 1})
+    raw.hset(store.data_key("c"), pickle.dumps("b"), b"garbage")
+    for command in (["list"], ["show", "c"]):
+        status, _, _ = _cli(["--manager", "damaged", *command], capsys)
+        assert status == 1
+        assert raw.hlen(store.data_key("c")) == 2, f"{command} moved the damaged hash aside"
+    status, out, _ = _cli(["--manager", "damaged", "verify", "--fix"], capsys)
+    assert (status, out.split()[:2]) == (0, ["fixed", "c:"]), out
+    assert raw.hlen(store.data_key("c")) == 0  # verify --fix is what moves it aside
+    store.close()
