@@ -897,6 +897,14 @@ def test_the_command_line_says_where_redis_data_lives_and_which_managers_it_hold
     assert status == 1
     assert "managers in that Redis: clitest" in err
     assert "did you mean 'clitest'" in err
+    status, out, _ = _cli(["--json", "list"], capsys)  # no --manager: every manager
+    assert status == 0
+    assert {
+        "name": "clitest",
+        "store": "redis",
+        "path": f"{redis_url} cacheman:clitest:",
+        "caches": 1,
+    } in json.loads(out)["managers"]
     store.close()
 
 
