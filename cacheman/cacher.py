@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _log, _registry
 from ._generations import STALE, is_stale, parent_generations
@@ -34,6 +34,7 @@ from ._graph import DependencyGraph
 from ._hooks import check_hook
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
+from ._persist.bounds import BOUND_OPTIONS, BoundedCache, bound_options, bounded_class
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
 from ._store_api import ClosableStore, JournalStore, Store, StoreFactory
@@ -250,14 +251,32 @@ class CacheManager:
     # -- registering -------------------------------------------------------------
 
     def register_cache(
-        self, cache_name: str, contents: Mapping[Any, Any] | None = None
+        self,
+        cache_name: str,
+        contents: Mapping[Any, Any] | None = None,
+        *,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> AutoSyncCache:
         """Register a persistent, auto-saving cache (the manager's pickle store).
 
         Without ``contents`` the saved copy is loaded now; with ``contents``
         the cache starts with them and the next save replaces the saved copy.
+        ``ttl`` (seconds), ``max_entries`` and ``max_bytes`` make it a
+        :class:`~cacheman._persist.bounds.BoundedCache` (expiry, and
+        least-recently-used eviction); see the "Expiry and bounds" page.
         """
-        return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        if ttl is None and max_entries is None and max_bytes is None:
+            return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        return BoundedCache(
+            cache_name,
+            cache_manager=self,
+            contents=contents,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+        )
 
     def register_custom_cache(
         self,
@@ -272,26 +291,27 @@ class CacheManager:
         ``persistent=False`` gives a :class:`~cacheman.cachewrap.NonPersistentCache`
         (``autosync`` is then ignored: there is nothing to save); ``autosync=False``
         a :class:`~cacheman.cachewrap.PersistentCache` that saves only when asked
-        (``save()``, a ``with`` block, interpreter exit).
+        (``save()``, a ``with`` block, interpreter exit).  ``ttl``,
+        ``max_entries`` or ``max_bytes`` make a persistent cache bounded.
         """
         cache_class: type[CacheWrap]
-        if kwargs:
-            accepted = _accepted_keywords(
-                AutoSyncCache
-                if persistent and autosync
-                else PersistentCache
-                if persistent
-                else NonPersistentCache
-            )
-            if accepted is not None:
-                accepted = accepted | {"persistent", "autosync"}
-            check_keywords(f"register_custom_cache({cache_name!r})", kwargs, accepted)
         if not persistent:
             cache_class = NonPersistentCache
         elif autosync:
             cache_class = AutoSyncCache
         else:
             cache_class = PersistentCache
+        if bound_options(kwargs) and persistent:
+            cache_class = bounded_class(AutoSyncCache if autosync else PersistentCache)
+        else:
+            for option in BOUND_OPTIONS:  # None: the same as not given
+                if kwargs.get(option, 0) is None:
+                    del kwargs[option]
+        if kwargs:
+            accepted = _accepted_keywords(cache_class)
+            if accepted is not None:
+                accepted = accepted | {"persistent", "autosync"}
+            check_keywords(f"register_custom_cache({cache_name!r})", kwargs, accepted)
         return cache_class(cache_name, cache_manager=self, contents=contents, **kwargs)
 
     def retrieve_cache(
@@ -458,6 +478,11 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
 
     def memoize(
@@ -468,6 +493,11 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Any:
         """Decorate a function so its results persist in a cache of this manager.
 
@@ -475,7 +505,12 @@ class CacheManager:
         resets, with every cache derived from it, when the function's code
         (unless ``check_code=False``), ``version`` or a dependency in
         ``depends_on`` (memoized functions, cache names) changes.  ``key``
-        replaces the default key of a call (a digest of its arguments).  See
+        replaces the default key of a call (a digest of its arguments).
+        ``lease`` (True, False, or ``"auto"``: once a computation took 10 ms)
+        makes one process at a time compute a key, the others waiting up to
+        ``lease_timeout`` seconds for its result.  ``ttl``, ``max_entries``
+        and ``max_bytes`` bound the results as for a cache.  ``async def``
+        functions are memoized too.  See
         :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
 
         >>> manager = CacheManager("doc_memoize")
@@ -487,7 +522,17 @@ class CacheManager:
         >>> manager.deregister_all_caches()
         """
         return memoize(
-            self, name, depends_on=depends_on, version=version, key=key, check_code=check_code
+            self,
+            name,
+            depends_on=depends_on,
+            version=version,
+            key=key,
+            check_code=check_code,
+            lease=lease,
+            lease_timeout=lease_timeout,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
         )
 
     def dependency_graph(self) -> DependencyGraph:

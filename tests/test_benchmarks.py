@@ -19,13 +19,16 @@ import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
+# Out of the default lane (`python -m pytest -m bench` runs them; .ci/run does).
+pytestmark = pytest.mark.bench
 
-def run_quick(script: str) -> str:
+
+def run_quick(script: str, timeout: float = 180) -> str:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         check=False,
     )
     output = done.stdout + done.stderr
@@ -36,7 +39,6 @@ def run_quick(script: str) -> str:
     return done.stdout
 
 
-@pytest.mark.slow
 def test_bench_core_reports_every_row() -> None:
     table = run_quick("bench_core.py")
     for row in (
@@ -55,14 +57,12 @@ def test_bench_core_reports_every_row() -> None:
         assert row in table
 
 
-@pytest.mark.slow
 def test_bench_autosync_reports_every_row() -> None:
     table = run_quick("bench_autosync.py")
     for row in ("autosync c[k] = v (bookkeeping)", "bare os.fork()", "longest pause"):
         assert row in table
 
 
-@pytest.mark.slow
 def test_bench_processes_reports_every_row() -> None:
     table = run_quick("bench_processes.py")
     for row in ("c[k] = v, AutoSyncCache", "c[k] = v, PersistentCache"):
@@ -71,7 +71,6 @@ def test_bench_processes_reports_every_row() -> None:
     assert "4 processes x 1,000 keys into one cache  4,000 / 4,000 kept" in table
 
 
-@pytest.mark.slow
 def test_bench_journal_reports_every_row() -> None:
     table = run_quick("bench_journal.py")
     for row in (
@@ -84,7 +83,6 @@ def test_bench_journal_reports_every_row() -> None:
     assert "vs bare write + fdatasync" in table
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("redis-server") is None and not os.environ.get("CI"),
     reason="redis-server is not installed (Debian package redis-server); CI runs this",
@@ -111,14 +109,23 @@ def test_bench_redis_reports_every_row() -> None:
         assert row in table
 
 
-@pytest.mark.slow
 def test_bench_memoize_reports_every_row() -> None:
     table = run_quick("bench_memoize.py")
-    for row in ("cacheman memoize", "diskcache memoize", "cachier", "joblib.Memory"):
+    for row in (
+        "cacheman memoize",
+        "diskcache memoize",
+        "cachier",
+        "joblib.Memory",
+        "fingerprint of a 13-function call graph",
+        "async hit - sync hit",
+        "10,000 concurrent awaits of one key: calls",
+        "c[k] = v, ttl=3600",
+        "c[k] = v, max_entries",
+        "cold keys, 2 holders SIGKILLed",
+    ):
         assert row in table
 
 
-@pytest.mark.slow
 def test_bench_compare_reports_every_library() -> None:
     # cachetools and shelve always run (shelve is the standard library's; cachetools is in
     # the test extra); the other peers are reported as skipped when not installed.
@@ -134,3 +141,10 @@ def test_bench_compare_reports_every_library() -> None:
     ):
         installed = importlib.util.find_spec(module) is not None
         assert ("skipped: " + module + " is not installed" in rows[library]) is not installed
+
+
+def test_bench_fingerprint_reports_both_tools() -> None:
+    # Two interpreters per edit judged, two tools: minutes on a busy machine.
+    table = run_quick("bench_fingerprint.py", timeout=900)
+    for row in ("meaningful edits: recall", "cosmetic edits: keep", "callee of a callee", "all"):
+        assert row in table

@@ -516,8 +516,8 @@ def test_usage_errors_exit_2(saved: CacheManager, argv: list[str]) -> None:
 
 def test_the_console_script_runs_main(saved: CacheManager) -> None:
     # What the generated `cacheman` script does: import the entry point, exit with its result.
-    declared = re.search(r'^cacheman = "(.+):(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
-    assert declared is not None, "pyproject.toml declares the cacheman script"
+    declared = re.search(r"^\s+cacheman = (.+):(.+)$", (ROOT / "setup.cfg").read_text(), re.M)
+    assert declared is not None, "setup.cfg declares the cacheman script"
     module, function = declared.groups()
     script = f"import sys; sys.argv[0] = 'cacheman'; from {module} import {function}; "
     script += f"sys.exit({function}())"

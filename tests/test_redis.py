@@ -195,6 +195,7 @@ def test_save_with_pending_changes_applies_them_on_a_copy(store: RedisStore) -> 
     assert contents == {"a": 1, "b": 2}
 
 
+@pytest.mark.slow
 def test_load_during_full_saves_never_mixes_two_snapshots(store: RedisStore) -> None:
     old = {("old", i): i for i in range(30_000)}
     new = {("new", i): i for i in range(30_000)}
