@@ -43,9 +43,10 @@ from ._generations import generation_of, is_stale, next_generation, parent_gener
 from ._graph import DependencyGraph
 from ._paths import default_base_directory
 from ._progress import Progress
+from ._redis import REDIS_URL_ENV, RedisStore
 from ._registry import DEFAULT_MANAGER_NAME
 from ._store import PickleStore
-from ._store_api import Edge, Store
+from ._store_api import Edge, Store, supports_damage_switch, supports_usage, supports_verify
 from .cacher import CacheManager
 from .errors import (
     CacheManError,
@@ -204,7 +205,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=GRAPH_FORMATS,
         help="dot (Graphviz, the default), mermaid, or json (as --json)",
     )
-    command("path", "print the manager's directory")
+    command("path", "print where the manager's data lives (a directory, or a Redis and key prefix)")
 
 
 # -- running a command -----------------------------------------------------------------
@@ -306,6 +307,18 @@ def _library_warnings_on_stderr() -> Iterator[None]:
 def _saved_names(session: _Session) -> list[str]:
     """The manager's saved caches; stop with status 1 if the manager has nothing at all."""
     names = session.store.names()
+    store = session.store
+    if isinstance(store, RedisStore):
+        if names or store.read_edges():
+            return names
+        others = store.managers()
+        message = (
+            f"unknown manager {session.manager.name!r}: nothing is saved in Redis at "
+            f"{store.display_url} under {store.prefix}:"
+        )
+        if others:
+            message += f"; managers in that Redis: {', '.join(others)}"
+        raise _Stop(message + _did_you_mean(session.manager.name, others), PROBLEM)
     if names or session.store.read_edges() or session.manager.cache_directory.is_dir():
         return names
     manager = session.manager
@@ -377,10 +390,9 @@ def _check(store: Store, name: str, *, fix: bool = False) -> _Verdict:
 
     A store without a ``verify`` gives an ``unchecked`` verdict.
     """
-    verify = getattr(store, "verify", None)
-    if verify is None:
+    if not supports_verify(store):
         return _Verdict(name, checked=False)
-    return _verify_with(verify, name, fix=fix)
+    return _verify_with(store.verify, name, fix=fix)
 
 
 def _verify_with(verify: Callable[..., Any], name: str, *, fix: bool) -> _Verdict:
@@ -455,9 +467,8 @@ def _summarise(store: Store, name: str) -> tuple[_Summary, dict[Any, Any] | None
     meta = store.read_meta(name) or {}
     size: int | None = None
     modified: float | None = None
-    usage = getattr(store, "usage", None)
-    if usage is not None:
-        size, modified = usage(name)
+    if supports_usage(store):
+        size, modified = store.usage(name)
     saved_at = meta.get("saved_at")
     last_save = float(saved_at) if isinstance(saved_at, (int, float)) else modified
     generation = meta.get("generation")
@@ -547,7 +558,7 @@ def _status(*, refused: bool, damaged: bool) -> int:
 
 def _read_only(store: Store) -> None:
     """Make ``store`` change nothing while it loads (a store without the switch never does)."""
-    if hasattr(store, "keep_aside_damaged"):
+    if supports_damage_switch(store):
         store.keep_aside_damaged = False
 
 
@@ -571,13 +582,13 @@ def _list(session: _Session) -> int:
         session.emit_json(
             {
                 "manager": manager.name,
-                "path": str(manager.cache_directory),
+                "path": _location(session),
                 "caches": [summary.as_json() for summary in summaries],
             }
         )
         return status
     if not summaries:
-        session.emit(f"manager {manager.name!r} has no saved caches ({manager.cache_directory})")
+        session.emit(f"manager {manager.name!r} has no saved caches ({_location(session)})")
         return OK
     rows = [("NAME", "ENTRIES", "BYTES", "LAST SAVE", "GENERATION", "STATE")]
     for summary in summaries:
@@ -631,7 +642,7 @@ def _show(session: _Session) -> int:
         return OK
     rows = [
         ("cache", name),
-        ("manager", f"{session.manager.name} ({session.manager.cache_directory})"),
+        ("manager", f"{session.manager.name} ({_location(session)})"),
         ("entries", str(summary.entries)),
         ("bytes", _size(summary.size)),
         ("last save", _when(summary.last_save)),
@@ -718,9 +729,8 @@ def _delete(session: _Session) -> int:
     edges = store.read_edges()
     _require_saved(session, names, also=[node for edge in edges for node in edge])
     manager = session.manager
-    usage = getattr(store, "usage", None)
     sizes: dict[str, int | None] = {
-        name: None if usage is None else usage(name)[0] for name in names
+        name: store.usage(name)[0] if supports_usage(store) else None for name in names
     }
     dry_run = session.args.dry_run
     if not dry_run and not session.args.yes:
@@ -827,7 +837,29 @@ def _graph(session: _Session) -> int:
     return OK
 
 
+def _location(session: _Session) -> str:
+    """Where the manager's data lives: its directory, or its Redis (no password) and key prefix."""
+    store = session.store
+    if isinstance(store, RedisStore):
+        return f"{store.display_url}, keys {store.prefix}:*"
+    return str(session.manager.cache_directory)
+
+
 def _path(session: _Session) -> int:
+    store = session.store
+    if isinstance(store, RedisStore):  # no directory: the data lives in Redis
+        if session.args.json:
+            session.emit_json(
+                {
+                    "manager": session.manager.name,
+                    "redis": store.display_url,
+                    "prefix": f"{store.prefix}:",
+                    "exists": bool(store.names() or store.read_edges()),
+                }
+            )
+        else:
+            session.emit(f"{store.display_url} {store.prefix}:")
+        return OK
     directory = session.manager.cache_directory
     if session.args.json:
         session.emit_json(
@@ -882,7 +914,25 @@ def _file_managers(args: argparse.Namespace) -> list[ManagerRow]:
     return rows
 
 
-MANAGER_SOURCES: list[ManagerSource] = [_file_managers]
+def _redis_managers(args: argparse.Namespace) -> list[ManagerRow]:
+    """The managers in the Redis of ``$CACHEMAN_REDIS_URL`` (none when it is not set)."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        return []
+    store = RedisStore(url)
+    try:
+        rows = []
+        for name in store.managers():
+            bound = store.bind(name, None)
+            where = f"{store.display_url} {bound.prefix}:"
+            rows.append(ManagerRow(name, "redis", where, len(bound.names())))
+            bound.close()
+        return rows
+    finally:
+        store.close()
+
+
+MANAGER_SOURCES: list[ManagerSource] = [_file_managers, _redis_managers]
 
 
 def add_manager_source(source: ManagerSource) -> None:

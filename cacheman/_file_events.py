@@ -49,7 +49,7 @@ LOG_BYTES = 512 * 1024
 #: How many of this process's latest events are remembered, to tell them from others'.
 OWN_EVENTS = 1024
 
-EventCallback = Callable[["str | None", "str | None"], None]
+EventCallback = Callable[["str | None", "str | None"], object]
 
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ._store_api import supports_usage
+
 __all__ = [
     "SLOW_SAVE_SECONDS",
     "changed_parents",
@@ -54,11 +56,10 @@ def saved_size(store: object, name: str) -> int | None:
 
     Only called when the message is going to be emitted: it costs a ``stat`` per file.
     """
-    usage = getattr(store, "usage", None)
-    if usage is None:
+    if not supports_usage(store):
         return None
     try:
-        return int(usage(name)[0])
+        return int(store.usage(name)[0])
     except Exception:  # a size is only a detail of a log line
         return None
 

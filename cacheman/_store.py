@@ -1326,25 +1326,25 @@ class PickleStore:
                     meta[field] = value
             _write_json(path, meta)
             generation = meta.get("generation")
-            if isinstance(generation, str) and generation != old and (old or "parents" in fields):
-                # A first generation given to a cache that was merely saved invalidates
-                # nothing anyone holds: not announced (other processes would reload for
-                # nothing).  A reset or a build records its parents with it: announced.
+            if isinstance(generation, str) and generation != old:
                 # Under the lock: events of one cache reach the log in the order written.
                 self._events.publish(name, generation)
         return meta
 
     # -- invalidation events (see cacheman._file_events) ------------------------------
 
-    def subscribe(self, callback: Callable[[str | None, str | None], None]) -> None:
+    def subscribe(
+        self, callback: Callable[[str | None, str | None], object], *, wait: float = 5.0
+    ) -> None:
         """Call ``callback(name, generation)`` when another process gives a cache a new generation.
 
         Within :data:`~cacheman._file_events.WATCH_INTERVAL` seconds, on the
         process's watcher thread; ``(None, None)`` when events may have been missed.
+        (``wait`` is the Redis store's: here the subscription is in place at once.)
         """
         self._events.subscribe(callback)
 
-    def unsubscribe(self, callback: Callable[[str | None, str | None], None]) -> None:
+    def unsubscribe(self, callback: Callable[[str | None, str | None], object]) -> None:
         """Stop calling ``callback``."""
         self._events.unsubscribe(callback)
 

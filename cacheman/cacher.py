@@ -26,7 +26,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _log, _registry
 from ._generations import STALE
@@ -34,9 +34,10 @@ from ._graph import DependencyGraph
 from ._hooks import check_hook
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
+from ._persist.bounds import BOUND_OPTIONS, BoundedCache, bound_options, bounded_class
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
-from ._store_api import ClosableStore, EventStore, JournalStore, Store, StoreFactory
+from ._store_api import ClosableStore, JournalStore, Store, StoreFactory, supports_events
 from .autosync import AutoSyncCache
 from .cachewrap import (
     HOOK_NAMES,
@@ -55,12 +56,20 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from ._store_api import BuilderLocking, EventStore, UsageReporting, Verifying
+
     def _both_keep_journals(a: PickleStore, b: RedisStore) -> tuple[JournalStore, JournalStore]:
         """(Never called: mypy checks that both stores implement the journal interface.)"""
         return a, b
 
+    def _optional_capabilities(
+        a: PickleStore, b: RedisStore
+    ) -> tuple[Verifying, UsageReporting, EventStore, BuilderLocking]:
+        """(Never called: mypy checks the optional capabilities each store declares.)"""
+        return a, a, b, b
+
     def _both_send_events(a: PickleStore, b: RedisStore) -> tuple[EventStore, EventStore]:
-        """(Never called: mypy checks that both stores implement the events interface.)"""
+        """(Never called: mypy checks that both stores tell other processes' invalidations.)"""
         return a, b
 
 
@@ -168,7 +177,7 @@ class CacheManager:
         self._unsubscribe: Callable[[], object] | None = None
         _registry.add(self)
         _live_managers[next(_manager_numbers)] = self
-        self._subscribed = not isinstance(self.store, EventStore)  # nothing to subscribe to
+        self._subscribed = not supports_events(self.store)  # nothing to subscribe to
 
     def __repr__(self) -> str:
         where = str(self.cache_directory)
@@ -254,14 +263,32 @@ class CacheManager:
     # -- registering -------------------------------------------------------------
 
     def register_cache(
-        self, cache_name: str, contents: Mapping[Any, Any] | None = None
+        self,
+        cache_name: str,
+        contents: Mapping[Any, Any] | None = None,
+        *,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> AutoSyncCache:
         """Register a persistent, auto-saving cache (the manager's pickle store).
 
         Without ``contents`` the saved copy is loaded now; with ``contents``
         the cache starts with them and the next save replaces the saved copy.
+        ``ttl`` (seconds), ``max_entries`` and ``max_bytes`` make it a
+        :class:`~cacheman._persist.bounds.BoundedCache` (expiry, and
+        least-recently-used eviction); see the "Expiry and bounds" page.
         """
-        return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        if ttl is None and max_entries is None and max_bytes is None:
+            return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        return BoundedCache(
+            cache_name,
+            cache_manager=self,
+            contents=contents,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+        )
 
     def register_custom_cache(
         self,
@@ -276,26 +303,27 @@ class CacheManager:
         ``persistent=False`` gives a :class:`~cacheman.cachewrap.NonPersistentCache`
         (``autosync`` is then ignored: there is nothing to save); ``autosync=False``
         a :class:`~cacheman.cachewrap.PersistentCache` that saves only when asked
-        (``save()``, a ``with`` block, interpreter exit).
+        (``save()``, a ``with`` block, interpreter exit).  ``ttl``,
+        ``max_entries`` or ``max_bytes`` make a persistent cache bounded.
         """
         cache_class: type[CacheWrap]
-        if kwargs:
-            accepted = _accepted_keywords(
-                AutoSyncCache
-                if persistent and autosync
-                else PersistentCache
-                if persistent
-                else NonPersistentCache
-            )
-            if accepted is not None:
-                accepted = accepted | {"persistent", "autosync"}
-            check_keywords(f"register_custom_cache({cache_name!r})", kwargs, accepted)
         if not persistent:
             cache_class = NonPersistentCache
         elif autosync:
             cache_class = AutoSyncCache
         else:
             cache_class = PersistentCache
+        if bound_options(kwargs) and persistent:
+            cache_class = bounded_class(AutoSyncCache if autosync else PersistentCache)
+        else:
+            for option in BOUND_OPTIONS:  # None: the same as not given
+                if kwargs.get(option, 0) is None:
+                    del kwargs[option]
+        if kwargs:
+            accepted = _accepted_keywords(cache_class)
+            if accepted is not None:
+                accepted = accepted | {"persistent", "autosync"}
+            check_keywords(f"register_custom_cache({cache_name!r})", kwargs, accepted)
         return cache_class(cache_name, cache_manager=self, contents=contents, **kwargs)
 
     def retrieve_cache(
@@ -462,6 +490,11 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
 
     def memoize(
@@ -472,6 +505,11 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Any:
         """Decorate a function so its results persist in a cache of this manager.
 
@@ -479,7 +517,12 @@ class CacheManager:
         resets, with every cache derived from it, when the function's code
         (unless ``check_code=False``), ``version`` or a dependency in
         ``depends_on`` (memoized functions, cache names) changes.  ``key``
-        replaces the default key of a call (a digest of its arguments).  See
+        replaces the default key of a call (a digest of its arguments).
+        ``lease`` (True, False, or ``"auto"``: once a computation took 10 ms)
+        makes one process at a time compute a key, the others waiting up to
+        ``lease_timeout`` seconds for its result.  ``ttl``, ``max_entries``
+        and ``max_bytes`` bound the results as for a cache.  ``async def``
+        functions are memoized too.  See
         :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
 
         >>> manager = CacheManager("doc_memoize")
@@ -491,7 +534,17 @@ class CacheManager:
         >>> manager.deregister_all_caches()
         """
         return memoize(
-            self, name, depends_on=depends_on, version=version, key=key, check_code=check_code
+            self,
+            name,
+            depends_on=depends_on,
+            version=version,
+            key=key,
+            check_code=check_code,
+            lease=lease,
+            lease_timeout=lease_timeout,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
         )
 
     def dependency_graph(self) -> DependencyGraph:
@@ -684,7 +737,7 @@ class CacheManager:
             if not self._subscribed:
                 # Before the cache loads, so no event about what it loads is missed.
                 self._subscribed = True
-                self._unsubscribe = _subscribe(self, cast("EventStore", self.store))
+                self._unsubscribe = _subscribe(self, self.store)
             previous = self._caches.get(cache.name)
             if previous is not None and previous is not cache:
                 # Re-registering a name (a re-run notebook cell, say) must not lose
@@ -788,7 +841,7 @@ class CacheManager:
                 self._check_all_lineage()
                 return
             store = self.store
-            if isinstance(store, EventStore) and store.wrote_generation(cache_name, generation):
+            if supports_events(store) and store.wrote_generation(cache_name, generation):
                 return
             self._merge_persisted_edges(again=True)
             reached: list[tuple[str, CacheSteps | None]] = [
@@ -862,7 +915,7 @@ _manager_numbers = itertools.count()
 _kept_for_exit: list[CacheManager] = []
 
 
-def _subscribe(manager: CacheManager, store: EventStore) -> Callable[[], object]:
+def _subscribe(manager: CacheManager, store: Any) -> Callable[[], object]:
     """Subscribe ``manager`` to the events of its ``store``, without keeping it alive.
 
     Returns the call that unsubscribes (made anyway when the manager is collected).

@@ -23,16 +23,17 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from . import _background, _lifecycle, _log, _registry
 from ._background import SavePlan, SaveReason
 from ._changes import ChangeSet, Taken
 from ._generations import generation_of, next_generation, parent_generations
 from ._hooks import check_hook
-from ._journal import DEL, SET, Change, apply_changes
+from ._journal import CLEAR, DEL, SET, Change, apply_changes
 from ._paths import validate_cache_name
 from ._persist.lineage import Verdict, decide, settle
+from ._store_api import supports_builder_lock, supports_journal, supports_keep_aside
 from .errors import CacheManError
 
 if TYPE_CHECKING:
@@ -639,8 +640,7 @@ class CacheWrap(dict[Any, Any]):
 
     def _loader_failed(self, error: Exception) -> None:
         storage = None if self.loader is not None else self._default_storage()
-        keep_aside = getattr(storage, "keep_aside", None)
-        kept = None if keep_aside is None else keep_aside(self._name)
+        kept = storage.keep_aside(self._name) if supports_keep_aside(storage) else None
         where = (
             f"it was kept as {kept}"
             if kept is not None
@@ -751,6 +751,7 @@ class _Keep:
 
 
 _KEEP = _Keep()
+_MISSING = object()
 
 
 class NonPersistentCache(CacheWrap):
@@ -917,7 +918,7 @@ class PersistentCache(CacheWrap):
                 news = store.changes_since(self._name, self._position)
                 if news is not None:
                     changes, self._position = news
-                    apply_changes(self, changes)  # other processes' changes, not ours
+                    self._take_in(changes)  # other processes' changes, not ours
                     self._changes.changeable = None  # new values: scan them again
                     self._behind = False
                     self._generation_held = generation
@@ -929,11 +930,39 @@ class PersistentCache(CacheWrap):
                 self._load_self()
                 return
             self._position = position
-            dict.clear(self)
-            dict.update(self, self._post_processed(loaded))
+            self._replace_keeping_pending(self._post_processed(loaded))
             self._changes.changeable = None
             self._behind = False
             self._generation_held = generation
+
+    def _take_in(self, changes: Iterable[Change]) -> None:
+        """Apply other processes' ``changes``, keeping the keys changed here meanwhile.
+
+        ``refresh()`` may run on an events thread while another thread edits the
+        cache: a key changed here since the save that began the refresh is this
+        process's later write, saved next, so it keeps its value in memory too.
+        """
+        pending = self._changes.keys
+        for op, key, value in changes:
+            if op == CLEAR:
+                for each in list(dict.keys(self)):
+                    if each not in pending:
+                        dict.pop(self, each, None)
+            elif key in pending:
+                continue
+            else:
+                apply_changes(self, [(op, key, value)])
+
+    def _replace_keeping_pending(self, loaded: dict[Any, Any]) -> None:
+        """Make ``loaded`` the contents, keeping the keys changed here meanwhile (see above)."""
+        for key in list(self._changes.keys):  # usually none
+            value = dict.get(self, key, _MISSING)
+            if value is _MISSING:
+                loaded.pop(key, None)
+            else:
+                loaded[key] = value
+        dict.clear(self)  # two C calls: no other thread runs during either
+        dict.update(self, loaded)
 
     # -- load and reset ------------------------------------------------------------------
 
@@ -942,7 +971,7 @@ class PersistentCache(CacheWrap):
         if self.saver is not None or self.pre_processor is not None:
             return None
         storage = self._default_storage()
-        return cast("JournalStore", storage) if hasattr(storage, "append") else None
+        return storage if supports_journal(storage) else None
 
     def _parents(self) -> list[str]:
         return self._manager.parents_of(self._name)
@@ -1099,6 +1128,12 @@ class PersistentCache(CacheWrap):
         process rebuilt it); otherwise this process's changes are saved and the
         other processes' taken in (:meth:`refresh`).
         """
+        if not derived and self._generation_held is None:
+            # Nothing here came from a saved copy (a first save elsewhere, say): taking
+            # in the other process's changes can wait for this process's next save or
+            # refresh, on its own thread, rather than run under its edits.
+            self._mark_stale()
+            return
         if not self._lock.acquire(timeout=wait):
             self._mark_stale()
             return
@@ -1145,13 +1180,13 @@ class PersistentCache(CacheWrap):
         with a warning and a build here too: the lock saves work, it is not
         needed for correctness.
         """
-        lock = getattr(self._manager.store, "builder_lock", None)
-        if lock is None or self.builder is None or self._building:
+        store = self._manager.store
+        if not supports_builder_lock(store) or self.builder is None or self._building:
             yield False
             return
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(lock(self._name, BUILDER_LOCK_SECONDS))
+                held.enter_context(store.builder_lock(self._name, BUILDER_LOCK_SECONDS))
             except TimeoutError as error:
                 logger.warning("cache %r: %s; building it here too", self._name, error)
                 yield False

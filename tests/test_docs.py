@@ -24,8 +24,11 @@ import cacheman
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.rst"))
-MODULES = sorted(  # subpackages' modules too (cacheman._persist.lineage)
-    ["cacheman", *(info.name for info in pkgutil.walk_packages(cacheman.__path__, "cacheman."))]
+MODULES = sorted(
+    [
+        "cacheman",
+        *(info.name for info in pkgutil.walk_packages(cacheman.__path__, "cacheman.")),
+    ]
 )
 
 # Runs in the child.  It prints one "attempted=N failed=M" line last.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
 from pathlib import Path
 
@@ -13,8 +14,8 @@ PACKAGE = Path(cacheman.__file__).parent
 
 
 def module_names() -> list[str]:
-    """Every module of the package and of its subpackages, packages (``__init__``) included."""
-    found = (info.name for info in pkgutil.walk_packages([str(PACKAGE)], prefix="cacheman."))
+    """Every module of the package and of its sub-packages, each ``__init__`` included."""
+    found = (info.name for info in pkgutil.walk_packages([str(PACKAGE)], "cacheman."))
     return ["cacheman", *sorted(found)]
 
 
@@ -23,8 +24,7 @@ def source_of(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def package_of(module: str) -> str:
-    """The package a relative import in ``module`` starts from."""
+def _package_of(module: str) -> str:
     return module if source_of(module).name == "__init__.py" else module.rpartition(".")[0]
 
 
@@ -65,9 +65,7 @@ def imported_modules(module: str) -> set[str]:
         elif node.level == 0:
             names = [node.module or ""]
         else:
-            base = package_of(module)
-            for _ in range(node.level - 1):
-                base = base.rpartition(".")[0]
+            base = importlib.util.resolve_name("." * node.level, _package_of(module))
             if node.module:  # "from .x import y": runs x (y is a name in x)
                 names = [f"{base}.{node.module}"]
             else:  # "from . import x, y": runs the submodules x and y, not __init__ again

@@ -1,1 +1,1 @@
-"""The persistent cache: what a save writes, lineage, changes."""
+"""The persistent cache's parts: bounds and expiry, the lineage decision."""
