@@ -235,7 +235,7 @@ def supports_journal(store: object) -> TypeGuard[JournalStore]:
 
     >>> from pathlib import Path
     >>> from cacheman._store import PickleStore
-    >>> supports_journal(PickleStore(Path("x"))), supports_events(PickleStore(Path("x")))
+    >>> supports_journal(PickleStore(Path("x"))), supports_builder_lock(PickleStore(Path("x")))
     (True, False)
     """
     return _implements(store, JournalStore)
