@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
+import threading
+import time
+import weakref
 from typing import Any
 
 import pytest
 from helpers import both_stores
 
-from cacheman import CacheManager
+from cacheman import CacheManager, _scheduler
+from cacheman._persist import bounds as _bounds
 from cacheman._persist.bounds import BoundedCache, BoundedPersistentCache, sidecar_name
 from cacheman.autosync import AutoSyncCache
 from cacheman.cachewrap import PersistentCache
@@ -104,7 +109,7 @@ def test_a_per_key_ttl_overrides_the_caches(manager: CacheManager) -> None:
     clock.now += 5
     assert ("short" in cache, "forever" in cache, "default" in cache) == (False, True, True)
     clock.now += 10**9
-    # Iteration and len() see a due key until a read, a write or expire() drops it.
+    # In virtual time no thread runs: a due key stays until a read, a write or expire().
     assert cache.expire() == 1
     assert dict(cache) == {"forever": 2}
 
@@ -145,6 +150,87 @@ def test_keys_past_their_deadline_are_dropped_at_load(manager: CacheManager) -> 
     cache.save()
     clock.now += 6
     assert dict(reopened(manager, "at_load", clock, ttl=5)) == {}
+
+
+def test_the_background_thread_drops_expired_keys_nobody_reads(manager: CacheManager) -> None:
+    cache = manager.register_cache("ticking", ttl=0.2)
+    cache["soon"] = 1
+    cache.set("kept", 2, ttl=None)
+    deadline = time.monotonic() + 10
+    # Only iteration and len(): neither reads a key, so only the thread can drop it.
+    while "soon" in list(cache) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(cache) == ["kept"]
+    assert len(cache) == 1
+    cache.save()
+    assert manager.store.load("ticking") == {"kept": 2}  # dropped as a journaled delete
+
+
+def test_in_virtual_time_the_clocks_scheduler_expires_what_is_due(
+    manager: CacheManager,
+) -> None:
+    clock = Clock()
+    cache = bounded(manager, "virtual", clock, ttl=10)
+    cache["a"] = 1
+    clock.now += 5
+    cache["b"] = 2
+    scheduler = _scheduler.for_clock(clock)
+    assert scheduler.next_deadline() == clock.now + 5  # "a"'s deadline, the soonest
+    clock.now += 6
+    scheduler.run_due()
+    assert list(cache) == ["b"]
+    assert scheduler.next_deadline() == clock.now + 4  # then "b"'s
+    clock.now += 4
+    scheduler.run_due()
+    assert len(cache) == 0
+    assert scheduler.next_deadline() is None  # nothing left: nothing scheduled
+
+
+def test_a_busy_lock_delays_the_background_expiry_without_blocking(
+    manager: CacheManager,
+) -> None:
+    clock = Clock()
+    cache = bounded(manager, "busy", clock, ttl=1)
+    cache["a"] = 1
+    clock.now += 2
+    scheduler = _scheduler.for_clock(clock)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with cache._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        scheduler.run_due()  # returns at once: the thread never waits for the lock
+        assert list(cache) == ["a"]
+        assert scheduler.next_deadline() == clock.now + _bounds.LOCK_RETRY
+    finally:
+        release.set()
+        holder.join()
+    clock.now += _bounds.LOCK_RETRY
+    scheduler.run_due()
+    assert len(cache) == 0
+
+
+def test_a_scheduled_deadline_does_not_keep_a_dropped_cache_alive(
+    manager: CacheManager,
+) -> None:
+    clock = Clock()
+    cache = bounded(manager, "dropped", clock, ttl=3600)
+    cache["a"] = 1
+    scheduler = _scheduler.for_clock(clock)
+    assert scheduler.next_deadline() is not None
+    manager.deregister_cache("dropped")
+    assert scheduler.next_deadline() is None  # released: the thread lets it go
+    alive = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert alive() is None
 
 
 # -- size bounds ------------------------------------------------------------------------------

@@ -10,8 +10,17 @@ who do not ask for them.
   A read of a key past its deadline misses (``KeyError``, ``get`` returns the
   default, ``in`` is False) and deletes the key.  Expired keys are also dropped
   at load, at every write (the soonest deadlines are kept in a
-  ``sortedcontainers.SortedList``, so a write looks only at the head) and by
-  :meth:`BoundedCache.expire`.
+  ``sortedcontainers.SortedList``, so a write looks only at the head), by
+  :meth:`BoundedCache.expire`, and by the process's background thread (the
+  one that runs autosync, :mod:`cacheman._scheduler`), which wakes at the
+  soonest deadline: iteration and ``len()`` stop seeing a key soon after it
+  expires, even if nothing reads or writes the cache.  A cache built with
+  another ``wall_clock`` (tests in virtual time) is served by the manual
+  scheduler of that clock instead (``_scheduler.for_clock(clock).run_due()``).
+* **Locking.**  The mutators of a bounded cache, and the background expiry,
+  run under the cache's lock (the thread never waits for it: when the lock
+  is busy it retries a moment later).  A cache with no ``ttl`` never
+  schedules anything; a cache without bounds is not a bounded cache at all.
 * **Size.**  ``max_entries`` bounds the number of keys, ``max_bytes`` the sum
   of the pickled sizes of the values (measured once, at assignment); a write
   past either evicts the least recently used keys (a read or a write uses a
@@ -31,14 +40,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
+from .. import _scheduler
 from .._journal import DEL, SET
 from ..autosync import AutoSyncCache
 from ..cachewrap import PersistentCache
@@ -60,6 +72,73 @@ def _pickled_size(value: object) -> int:
         import cloudpickle  # type: ignore[import-untyped]
 
         return len(cloudpickle.dumps(value, protocol=5))
+
+
+#: Seconds the background expiry waits before trying again when the cache's lock is busy.
+LOCK_RETRY = 0.05
+
+
+class _Expirer:
+    """The background thread's handle on one cache with deadlines.
+
+    The scheduler keeps its owner alive while a deadline is set: this small
+    object is the owner and holds the cache weakly, so a cache dropped by the
+    program is not kept by a deadline (its task then just ends).
+    """
+
+    __slots__ = ("_cache", "_pid", "due", "scheduler")
+
+    def __init__(self, cache: Bounds) -> None:
+        self._cache = weakref.ref(cache)
+        self.scheduler = (
+            _scheduler.process_scheduler()
+            if cache.wall_clock is time.time
+            else _scheduler.for_clock(cache.wall_clock)
+        )
+        self.due = math.inf  # the wall-clock deadline the scheduler holds for us
+        self._pid = os.getpid()
+
+    def wake_by(self, deadline: float, now: float) -> None:
+        """Have the thread run no later than wall-clock ``deadline`` (``now`` read just before)."""
+        if self._pid != os.getpid():  # forked: the parent's schedule is not ours
+            self._pid, self.due = os.getpid(), math.inf
+        if deadline >= self.due:
+            return
+        self.due = deadline
+        self.scheduler.call_at(self, self._when(deadline, now), self._run)
+
+    def cancel(self) -> None:
+        self.due = math.inf
+        self.scheduler.cancel(self)
+
+    def _when(self, deadline: float, now: float) -> float:
+        """``deadline`` on the scheduler's clock (the process's is monotonic, ours wall)."""
+        if self.scheduler.clock is self._wall():
+            return deadline
+        return self.scheduler.clock() + max(0.0, deadline - now)
+
+    def _wall(self) -> object:
+        cache = self._cache()
+        return None if cache is None else cache.wall_clock
+
+    def _run(self, scheduler_now: float) -> float | None:
+        """Scheduler task: expire what is due; return when to come back, or None."""
+        cache = self._cache()
+        self.due = math.inf
+        if cache is None:
+            return None
+        if not cache._lock.acquire(blocking=False):  # the thread never waits for a lock
+            self.due = -math.inf  # writes need not schedule: the retry comes first
+            return scheduler_now + LOCK_RETRY
+        try:
+            cache.expire()
+            soonest = cache._soonest[0][0] if cache._soonest else None
+            if soonest is None:
+                return None
+            self.due = soonest
+            return self._when(soonest, cache.wall_clock())
+        finally:
+            cache._lock.release()
 
 
 def sidecar_name(name: str) -> str:
@@ -105,6 +184,7 @@ class Bounds(PersistentCache):
         self._bytes = 0
         self._bound_changes: dict[Any, tuple[float, int] | None] = {}
         self._indexing = False
+        self._expirer: _Expirer | None = None  # made by the first deadline
         super().__init__(*args, **kwargs)
 
     # -- reads ---------------------------------------------------------------------------
@@ -143,62 +223,71 @@ class Bounds(PersistentCache):
         """
         if ttl is not _MISSING and ttl is not None and not ttl > 0:
             raise ValueError(f"cache {self.name!r}: ttl must be > 0 seconds (or None)")
-        super().__setitem__(key, value)
-        self._index(key, value, self.ttl if ttl is _MISSING else ttl)
-        self._enforce()
+        with self._lock:
+            super().__setitem__(key, value)
+            self._index(key, value, self.ttl if ttl is _MISSING else ttl)
+            self._enforce()
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self._index(key, value, self.ttl)
-        self._enforce()
+        with self._lock:
+            super().__setitem__(key, value)
+            self._index(key, value, self.ttl)
+            self._enforce()
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         pairs = list(other.items()) if hasattr(other, "items") else [tuple(p) for p in other]
         pairs += kwargs.items()
-        super().update(pairs)
-        for key, value in pairs:
-            self._index(key, value, self.ttl)
-        self._enforce()
+        with self._lock:
+            super().update(pairs)
+            for key, value in pairs:
+                self._index(key, value, self.ttl)
+            self._enforce()
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        if key in self:
-            return dict.__getitem__(self, key)
-        self[key] = default
-        return default
+        with self._lock:
+            if key in self:
+                return dict.__getitem__(self, key)
+            self[key] = default
+            return default
 
     def __delitem__(self, key: Any) -> None:
-        super().__delitem__(key)
-        self._unindex(key)
+        with self._lock:
+            super().__delitem__(key)
+            self._unindex(key)
 
     def pop(self, key: Any, *default: Any) -> Any:
-        if key not in self:
-            if not default:
-                raise KeyError(key)
-            return default[0]
-        value = super().pop(key)
-        self._unindex(key)
-        return value
+        with self._lock:
+            if key not in self:
+                if not default:
+                    raise KeyError(key)
+                return default[0]
+            value = super().pop(key)
+            self._unindex(key)
+            return value
 
     def popitem(self) -> tuple[Any, Any]:
-        item = super().popitem()
-        self._unindex(item[0])
-        return item
+        with self._lock:
+            item = super().popitem()
+            self._unindex(item[0])
+            return item
 
     def clear(self) -> None:
-        super().clear()
-        for key in list(self._deadlines):
-            self._bound_changes[key] = None
-        self._clear_index()
+        with self._lock:
+            super().clear()
+            for key in list(self._deadlines):
+                self._bound_changes[key] = None
+            self._clear_index()
 
     def expire(self) -> int:
         """Delete every key past its deadline now; return how many (each a journaled delete)."""
-        now = self.wall_clock()
-        dropped = 0
-        while self._soonest and self._soonest[0][0] <= now:
-            key = self._by_sequence[self._soonest[0][1]]
-            self._drop(key)
-            dropped += 1
-        return dropped
+        with self._lock:
+            now = self.wall_clock()
+            dropped = 0
+            while self._soonest and self._soonest[0][0] <= now:
+                key = self._by_sequence[self._soonest[0][1]]
+                self._drop(key)
+                dropped += 1
+            return dropped
 
     # -- the index: deadlines, sizes, use order ------------------------------------------
 
@@ -248,15 +337,24 @@ class Bounds(PersistentCache):
 
     def _drop(self, key: Any) -> None:
         """Delete an expired or evicted key: a change like any delete, saved as one."""
-        if dict.__contains__(self, key):
-            del self[key]
-        else:
-            self._unindex(key)
+        with self._lock:  # a read and the background thread may both find it due
+            if dict.__contains__(self, key):
+                del self[key]
+            else:
+                self._unindex(key)
 
     def _enforce(self) -> None:
         """Drop what expired, then evict least recently used keys past the size bounds."""
-        if self._soonest and self._soonest[0][0] <= self.wall_clock():
-            self.expire()
+        soonest = self._soonest
+        if soonest:
+            now = self.wall_clock()
+            if soonest[0][0] <= now:
+                self.expire()
+            if soonest:
+                expirer = self._expirer
+                if expirer is None:
+                    expirer = self._expirer = _Expirer(self)
+                expirer.wake_by(soonest[0][0], now)
         order = self._order
         if order is None:
             return
@@ -299,6 +397,11 @@ class Bounds(PersistentCache):
             return {}
 
     # -- hooks into the persistent cache's life ------------------------------------------
+
+    def _released(self) -> None:
+        super()._released()
+        if self._expirer is not None:  # a released cache is not the thread's to expire
+            self._expirer.cancel()
 
     def _load_self(self) -> None:
         super()._load_self()
