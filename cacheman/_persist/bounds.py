@@ -153,6 +153,9 @@ class Bounds(PersistentCache):
     :class:`~cacheman.cachewrap.PersistentCache`; not registered on its own.
     """
 
+    #: Whether to keep the time each key was written (persisted with its deadline).
+    _keeps_ages = False
+
     def __init__(
         self,
         *args: Any,
@@ -182,7 +185,9 @@ class Bounds(PersistentCache):
         )
         self._sizes: dict[Any, int] = {}
         self._bytes = 0
-        self._bound_changes: dict[Any, tuple[float, int] | None] = {}
+        self._bound_changes: dict[Any, tuple[float, ...] | None] = {}
+        #: key -> wall-clock time it was written, for a class that asks (``_keeps_ages``)
+        self._written: dict[Any, float] | None = {} if self._keeps_ages else None
         self._indexing = False
         self._expirer: _Expirer | None = None  # made by the first deadline
         super().__init__(*args, **kwargs)
@@ -292,11 +297,18 @@ class Bounds(PersistentCache):
     # -- the index: deadlines, sizes, use order ------------------------------------------
 
     def _index(
-        self, key: Any, value: Any, ttl: float | None, deadline: float | None = None
+        self,
+        key: Any,
+        value: Any,
+        ttl: float | None,
+        deadline: float | None = None,
+        written: float | None = None,
     ) -> None:
         self._forget_deadline(key)
+        now = None
         if deadline is None and ttl is not None and not math.isinf(ttl):
-            deadline = self.wall_clock() + ttl
+            now = self.wall_clock()
+            deadline = now + ttl
         if deadline is not None:
             self._sequence += 1
             self._deadlines[key] = (deadline, self._sequence)
@@ -310,8 +322,18 @@ class Bounds(PersistentCache):
         if self._order is not None:
             self._order[key] = None
             self._order.move_to_end(key)
+        if self._written is not None:
+            self._written[key] = written if written is not None else now or self.wall_clock()
         if not self._indexing:
-            self._bound_changes[key] = (math.inf if deadline is None else deadline, size)
+            self._bound_changes[key] = self._record(key)
+
+    def _record(self, key: Any) -> tuple[float, ...]:
+        """What ``<name>~bounds`` keeps of ``key``: deadline, size (and when it was written)."""
+        entry = self._deadlines.get(key)
+        deadline = math.inf if entry is None else entry[0]
+        if self._written is None:
+            return (deadline, self._sizes.get(key, 0))
+        return (deadline, self._sizes.get(key, 0), self._written.get(key, math.inf))
 
     def _forget_deadline(self, key: Any) -> None:
         entry = self._deadlines.pop(key, None)
@@ -324,6 +346,8 @@ class Bounds(PersistentCache):
         self._bytes -= self._sizes.pop(key, 0)
         if self._order is not None:
             self._order.pop(key, None)
+        if self._written is not None:
+            self._written.pop(key, None)
         self._bound_changes[key] = None
 
     def _clear_index(self) -> None:
@@ -334,6 +358,8 @@ class Bounds(PersistentCache):
         self._bytes = 0
         if self._order is not None:
             self._order.clear()
+        if self._written is not None:
+            self._written.clear()
 
     def _drop(self, key: Any) -> None:
         """Delete an expired or evicted key: a change like any delete, saved as one."""
@@ -373,21 +399,21 @@ class Bounds(PersistentCache):
         try:
             for key in list(dict.keys(self)):
                 record = saved.get(key)
+                value = dict.__getitem__(self, key)
+                written = record[2] if record is not None and len(record) > 2 else None
+                if written is not None and math.isinf(written):
+                    written = None
                 if record is not None and not math.isinf(record[0]):
-                    self._index(key, dict.__getitem__(self, key), None, deadline=record[0])
+                    self._index(key, value, None, deadline=record[0], written=written)
                 else:
-                    self._index(key, dict.__getitem__(self, key), self.ttl)
+                    self._index(key, value, self.ttl, written=written)
                     if record is None:  # not recorded yet: record it at the next save
-                        entry = self._deadlines.get(key)
-                        self._bound_changes[key] = (
-                            math.inf if entry is None else entry[0],
-                            self._sizes.get(key, 0),
-                        )
+                        self._bound_changes[key] = self._record(key)
         finally:
             self._indexing = False
         self._enforce()
 
-    def _saved_bounds(self) -> dict[Any, tuple[float, int]]:
+    def _saved_bounds(self) -> dict[Any, tuple[float, ...]]:
         store = self._journal_store()
         if store is None:
             return {}
@@ -454,9 +480,8 @@ class Bounds(PersistentCache):
         store = self._journal_store()
         if store is not None:
             store.delete(sidecar_name(self.name))
-        self._bound_changes = {
-            key: (entry[0], self._sizes.get(key, 0)) for key, entry in self._deadlines.items()
-        }
+        kept = self._deadlines if self._written is None else self._written
+        self._bound_changes = {key: self._record(key) for key in kept}
 
 
 class BoundedCache(Bounds, AutoSyncCache):
