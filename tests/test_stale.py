@@ -127,7 +127,8 @@ def test_a_failed_refresh_keeps_serving_the_stale_result_and_is_tried_again(
     with caplog.at_level(logging.WARNING, logger="cacheman"):
         assert flaky(1) == "first"
         wait_until(lambda: "refreshing a stale result failed" in caplog.text)
-    assert "'flaky'" in caplog.text and "service down" in caplog.text
+    assert "'flaky'" in caplog.text
+    assert "service down" in caplog.text
     wait_until(lambda: flaky._calls == {})  # the failed refresh is over
     assert flaky(1) == "first"  # still stale: served, and refreshed again
     wait_until(lambda: flaky(1) == "third")
@@ -173,7 +174,7 @@ def test_stale_after_is_refused_when_it_cannot_mean_anything(manager: CacheManag
     def f(x: int) -> int:
         return x
 
-    with pytest.raises(ValueError, match="stale_after .* must be shorter than ttl") as caught:
+    with pytest.raises(ValueError, match=r"stale_after \(10 s\) must be shorter") as caught:
         manager.memoize("bad1", ttl=10, stale_after=10)(f)
     assert "'bad1'" in str(caught.value)
     with pytest.raises(ValueError, match="stale_after must be > 0"):
