@@ -63,7 +63,8 @@ class MemoStats(NamedTuple):
     """How a memoized function's calls went, in this process.
 
     ``hits``: calls answered from the cache (or by another thread's computation
-    of the same key); ``misses``: calls that ran the function (raising or not);
+    of the same key, or with a stale result: ``stale_after``); ``misses``: calls
+    that ran the function (raising or not; a stale result's refresh counts);
     ``saves``: saves of the cache that completed (background autosync saves and
     explicit ones: ``f.cache.save()``, ``with manager:``, interpreter exit).
     Loads and resets are not saves.  :meth:`Memoized.cache_clear` sets all three
