@@ -458,6 +458,7 @@ class Memoized(Generic[P, R]):
         kwargs: dict[str, Any],
     ) -> None:
         """A thread's body: compute a stale key again; callers meanwhile get the stale result."""
+        _lifecycle.keep_signals_from_this_thread()
         try:
             call.result = self._compute(cache, key, args, kwargs)
         except Exception as error:

@@ -151,6 +151,23 @@ def test_keys_past_their_deadline_are_dropped_at_load(manager: CacheManager) -> 
     assert dict(reopened(manager, "at_load", clock, ttl=5)) == {}
 
 
+def test_a_refresh_dates_only_the_keys_another_process_added(manager: CacheManager) -> None:
+    clock = Clock()
+    cache = bounded(manager, "refreshed", clock, ttl=10)
+    cache.set("forever", 1, ttl=None)
+    cache["timed"] = 2
+    cache.save()
+    other = reopened(manager, "refreshed", clock, ttl=10)
+    other["theirs"] = 3
+    other.save()
+    clock.now += 5
+    cache.refresh()  # "theirs" is first seen now: ttl from now
+    assert sorted(dict(cache)) == ["forever", "theirs", "timed"]
+    clock.now += 11
+    assert cache.expire() == 2
+    assert dict(cache) == {"forever": 1}  # still undated: the refresh left it alone
+
+
 def test_the_background_thread_drops_expired_keys_nobody_reads(manager: CacheManager) -> None:
     cache = manager.register_cache("ticking", ttl=0.2)
     cache["soon"] = 1

@@ -40,6 +40,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import _lifecycle
 from .._redis import RedisStore
 from .._store import PickleStore, ensure_private_directory
 
@@ -210,6 +211,7 @@ class RedisLeases:
 
     def _beat(self) -> None:
         """The thread: every third of the timeout, extend every lease held; end when none is."""
+        _lifecycle.keep_signals_from_this_thread()
         interval = self.timeout_ms / 3000
         while True:
             with self._lock:

@@ -179,6 +179,7 @@ class Bounds(PersistentCache):
         self._deadlines: dict[Any, tuple[float, int]] = {}
         self._soonest: SortedList = SortedList()  # (deadline, sequence), soonest first
         self._by_sequence: dict[int, Any] = {}  # sequence -> key (keys need not be ordered)
+        self._never: set[Any] = set()  # the indexed keys without a deadline
         self._sequence = 0
         self._order: OrderedDict[Any, None] | None = (
             OrderedDict() if max_entries is not None or max_bytes is not None else None
@@ -314,6 +315,9 @@ class Bounds(PersistentCache):
             self._deadlines[key] = (deadline, self._sequence)
             self._by_sequence[self._sequence] = key
             self._soonest.add((deadline, self._sequence))
+            self._never.discard(key)
+        else:
+            self._never.add(key)
         size = 0
         if self.max_bytes is not None:
             size = _pickled_size(value)
@@ -343,6 +347,7 @@ class Bounds(PersistentCache):
 
     def _unindex(self, key: Any) -> None:
         self._forget_deadline(key)
+        self._never.discard(key)
         self._bytes -= self._sizes.pop(key, 0)
         if self._order is not None:
             self._order.pop(key, None)
@@ -354,6 +359,7 @@ class Bounds(PersistentCache):
         self._deadlines.clear()
         self._soonest.clear()
         self._by_sequence.clear()
+        self._never.clear()
         self._sizes.clear()
         self._bytes = 0
         if self._order is not None:
@@ -439,8 +445,9 @@ class Bounds(PersistentCache):
 
     def refresh(self) -> None:
         super().refresh()
-        new = [key for key in dict.keys(self) if key not in self._deadlines]
-        gone = [key for key in self._deadlines if not dict.__contains__(self, key)]
+        indexed = self._deadlines.keys() | self._never
+        new = [key for key in dict.keys(self) if key not in indexed]
+        gone = [key for key in indexed if not dict.__contains__(self, key)]
         for key in gone:
             self._unindex(key)
             self._bound_changes.pop(key, None)  # another process deleted it and its record
