@@ -43,6 +43,7 @@ from ._generations import generation_of, is_stale, next_generation, parent_gener
 from ._graph import DependencyGraph
 from ._paths import default_base_directory
 from ._progress import Progress
+from ._redis import REDIS_URL_ENV, RedisStore
 from ._registry import DEFAULT_MANAGER_NAME
 from ._store import PickleStore
 from ._store_api import Edge, Store, supports_damage_switch, supports_usage, supports_verify
@@ -204,7 +205,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=GRAPH_FORMATS,
         help="dot (Graphviz, the default), mermaid, or json (as --json)",
     )
-    command("path", "print the manager's directory")
+    command("path", "print where the manager's data lives (a directory, or a Redis and key prefix)")
 
 
 # -- running a command -----------------------------------------------------------------
@@ -306,6 +307,18 @@ def _library_warnings_on_stderr() -> Iterator[None]:
 def _saved_names(session: _Session) -> list[str]:
     """The manager's saved caches; stop with status 1 if the manager has nothing at all."""
     names = session.store.names()
+    store = session.store
+    if isinstance(store, RedisStore):
+        if names or store.read_edges():
+            return names
+        others = store.managers()
+        message = (
+            f"unknown manager {session.manager.name!r}: nothing is saved in Redis at "
+            f"{store.display_url} under {store.prefix}:"
+        )
+        if others:
+            message += f"; managers in that Redis: {', '.join(others)}"
+        raise _Stop(message + _did_you_mean(session.manager.name, others), PROBLEM)
     if names or session.store.read_edges() or session.manager.cache_directory.is_dir():
         return names
     manager = session.manager
@@ -569,13 +582,13 @@ def _list(session: _Session) -> int:
         session.emit_json(
             {
                 "manager": manager.name,
-                "path": str(manager.cache_directory),
+                "path": _location(session),
                 "caches": [summary.as_json() for summary in summaries],
             }
         )
         return status
     if not summaries:
-        session.emit(f"manager {manager.name!r} has no saved caches ({manager.cache_directory})")
+        session.emit(f"manager {manager.name!r} has no saved caches ({_location(session)})")
         return OK
     rows = [("NAME", "ENTRIES", "BYTES", "LAST SAVE", "GENERATION", "STATE")]
     for summary in summaries:
@@ -629,7 +642,7 @@ def _show(session: _Session) -> int:
         return OK
     rows = [
         ("cache", name),
-        ("manager", f"{session.manager.name} ({session.manager.cache_directory})"),
+        ("manager", f"{session.manager.name} ({_location(session)})"),
         ("entries", str(summary.entries)),
         ("bytes", _size(summary.size)),
         ("last save", _when(summary.last_save)),
@@ -824,7 +837,29 @@ def _graph(session: _Session) -> int:
     return OK
 
 
+def _location(session: _Session) -> str:
+    """Where the manager's data lives: its directory, or its Redis (no password) and key prefix."""
+    store = session.store
+    if isinstance(store, RedisStore):
+        return f"{store.display_url}, keys {store.prefix}:*"
+    return str(session.manager.cache_directory)
+
+
 def _path(session: _Session) -> int:
+    store = session.store
+    if isinstance(store, RedisStore):  # no directory: the data lives in Redis
+        if session.args.json:
+            session.emit_json(
+                {
+                    "manager": session.manager.name,
+                    "redis": store.display_url,
+                    "prefix": f"{store.prefix}:",
+                    "exists": bool(store.names() or store.read_edges()),
+                }
+            )
+        else:
+            session.emit(f"{store.display_url} {store.prefix}:")
+        return OK
     directory = session.manager.cache_directory
     if session.args.json:
         session.emit_json(
@@ -879,7 +914,25 @@ def _file_managers(args: argparse.Namespace) -> list[ManagerRow]:
     return rows
 
 
-MANAGER_SOURCES: list[ManagerSource] = [_file_managers]
+def _redis_managers(args: argparse.Namespace) -> list[ManagerRow]:
+    """The managers in the Redis of ``$CACHEMAN_REDIS_URL`` (none when it is not set)."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        return []
+    store = RedisStore(url)
+    try:
+        rows = []
+        for name in store.managers():
+            bound = store.bind(name, None)
+            where = f"{store.display_url} {bound.prefix}:"
+            rows.append(ManagerRow(name, "redis", where, len(bound.names())))
+            bound.close()
+        return rows
+    finally:
+        store.close()
+
+
+MANAGER_SOURCES: list[ManagerSource] = [_file_managers, _redis_managers]
 
 
 def add_manager_source(source: ManagerSource) -> None:
