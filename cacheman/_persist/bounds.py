@@ -13,8 +13,9 @@ who do not ask for them.
   ``sortedcontainers.SortedList``, so a write looks only at the head), by
   :meth:`BoundedCache.expire`, and by the process's background thread (the
   one that runs autosync, :mod:`cacheman._scheduler`), which wakes at the
-  soonest deadline: iteration and ``len()`` stop seeing a key soon after it
-  expires, even if nothing reads or writes the cache.  A cache built with
+  soonest deadline (keys due within ``EXPIRY_SLACK`` of it go together):
+  iteration and ``len()`` stop seeing a key soon after it expires, even if
+  nothing reads or writes the cache.  A cache built with
   another ``wall_clock`` (tests in virtual time) is served by the manual
   scheduler of that clock instead (``_scheduler.for_clock(clock).run_due()``).
 * **Locking.**  The mutators of a bounded cache, and the background expiry,
@@ -76,6 +77,9 @@ def _pickled_size(value: object) -> int:
 
 #: Seconds the background expiry waits before trying again when the cache's lock is busy.
 LOCK_RETRY = 0.05
+#: The background expiry wakes at most this often for one cache: keys written a
+#: microsecond apart expire together, not in one wake-up each.
+EXPIRY_SLACK = 0.05
 
 
 class _Expirer:
@@ -102,8 +106,8 @@ class _Expirer:
         """Have the thread run no later than wall-clock ``deadline`` (``now`` read just before)."""
         if self._pid != os.getpid():  # forked: the parent's schedule is not ours
             self._pid, self.due = os.getpid(), math.inf
-        if deadline >= self.due:
-            return
+        if deadline + EXPIRY_SLACK >= self.due:
+            return  # the wake-up already set comes soon enough
         self.due = deadline
         self.scheduler.call_at(self, self._when(deadline, now), self._run)
 
@@ -132,11 +136,11 @@ class _Expirer:
             return scheduler_now + LOCK_RETRY
         try:
             cache.expire()
-            soonest = cache._soonest[0][0] if cache._soonest else None
-            if soonest is None:
+            if not cache._soonest:
                 return None
-            self.due = soonest
-            return self._when(soonest, cache.wall_clock())
+            now = cache.wall_clock()
+            self.due = max(cache._soonest[0][0], now + EXPIRY_SLACK)
+            return self._when(self.due, now)
         finally:
             cache._lock.release()
 
