@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
+import logging
 import pickle
+import random
 import threading
 import weakref
 from typing import Any
@@ -178,6 +180,51 @@ def test_the_background_thread_drops_expired_keys_nobody_reads(manager: CacheMan
     assert len(cache) == 1
     cache.save()
     assert manager.store.load("ticking") == {"kept": 2}  # dropped as a journaled delete
+
+
+def test_writes_reads_and_the_background_thread_keep_the_index_whole(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seeded: a writer and a reader race the thread's expiry; the index stays consistent."""
+    cache = manager.register_cache("raced", ttl=0.005, max_entries=300, max_bytes=20_000)
+    assert isinstance(cache, BoundedCache)
+    rng = random.Random(13)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = random.Random(31)
+        while not stop.is_set():
+            key = reader.randrange(1000)
+            try:
+                cache.get(key)
+                _ = key in cache
+            except Exception as error:  # pragma: no cover - what the test looks for
+                errors.append(repr(error))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for step in range(10_000):
+            key = rng.randrange(1000)
+            operation = rng.random()
+            if operation < 0.7:
+                cache[key] = step
+            elif operation < 0.8:
+                cache.set(key, step, ttl=None)
+            elif operation < 0.95:
+                cache.pop(key, None)
+            else:
+                cache.update({key: step, key + 1: step})
+    finally:
+        stop.set()
+        reader.join()
+    assert errors == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the thread's too
+    cache._check()
+    wait_until(lambda: cache.expire() == 0 and not cache._soonest)  # all timed keys go
+    cache._check()
+    assert all(cache._deadlines.get(key) is None for key in cache)
 
 
 def test_in_virtual_time_the_clocks_scheduler_expires_what_is_due(

@@ -47,6 +47,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
@@ -284,7 +285,7 @@ class Bounds(PersistentCache):
     def clear(self) -> None:
         with self._lock:
             super().clear()
-            for key in list(self._deadlines):
+            for key in self._indexed():
                 self._bound_changes[key] = None
             self._clear_index()
 
@@ -342,6 +343,28 @@ class Bounds(PersistentCache):
         if self._written is None:
             return (deadline, self._sizes.get(key, 0))
         return (deadline, self._sizes.get(key, 0), self._written.get(key, math.inf))
+
+    def _check(self) -> None:
+        """Assert every invariant of the index (the tests call it after their operations)."""
+        with self._lock:
+            keys = set(dict.keys(self))
+            assert len(self._soonest) == len(self._deadlines) == len(self._by_sequence)
+            for key, (deadline, sequence) in self._deadlines.items():
+                assert self._by_sequence[sequence] == key
+                assert (deadline, sequence) in self._soonest
+            assert not self._deadlines.keys() & self._never
+            assert self._indexed() == keys
+            if self._order is not None:
+                assert self._order.keys() == keys
+            if self.max_bytes is not None:
+                assert self._sizes.keys() == keys
+                assert self._bytes == sum(self._sizes.values())
+            if self._written is not None:
+                assert self._written.keys() == keys
+
+    def _indexed(self) -> AbstractSet[Any]:
+        """Every key the index holds (with a deadline or without)."""
+        return self._deadlines.keys() | self._never
 
     def _forget_deadline(self, key: Any) -> None:
         entry = self._deadlines.pop(key, None)
@@ -439,25 +462,30 @@ class Bounds(PersistentCache):
         if self._expirer is not None:  # a released cache is not the thread's to expire
             self._expirer.cancel()
 
+    # The index changes under the cache's lock, as the background expiry reads it there.
+
     def _load_self(self) -> None:
-        super()._load_self()
-        self._reindex()
+        with self._lock:
+            super()._load_self()
+            self._reindex()
 
     def _reset_self(self) -> None:
-        super()._reset_self()
-        self._reindex()  # the contents were replaced behind the mutators
+        with self._lock:
+            super()._reset_self()
+            self._reindex()  # the contents were replaced behind the mutators
 
     def refresh(self) -> None:
-        super().refresh()
-        indexed = self._deadlines.keys() | self._never
-        new = [key for key in dict.keys(self) if key not in indexed]
-        gone = [key for key in indexed if not dict.__contains__(self, key)]
-        for key in gone:
-            self._unindex(key)
-            self._bound_changes.pop(key, None)  # another process deleted it and its record
-        for key in new:
-            self._index(key, dict.__getitem__(self, key), self.ttl)
-        self._enforce()
+        with self._lock:
+            super().refresh()
+            indexed = self._indexed()
+            new = [key for key in dict.keys(self) if key not in indexed]
+            gone = [key for key in indexed if not dict.__contains__(self, key)]
+            for key in gone:
+                self._unindex(key)
+                self._bound_changes.pop(key, None)  # another process deleted it and its record
+            for key in new:
+                self._index(key, dict.__getitem__(self, key), self.ttl)
+            self._enforce()
 
     def _saved_through(self, mark: int) -> None:
         super()._saved_through(mark)
@@ -491,8 +519,7 @@ class Bounds(PersistentCache):
         store = self._journal_store()
         if store is not None:
             store.delete(sidecar_name(self.name))
-        kept = self._deadlines if self._written is None else self._written
-        self._bound_changes = {key: self._record(key) for key in kept}
+        self._bound_changes = {key: self._record(key) for key in self._indexed()}
 
 
 class BoundedCache(Bounds, AutoSyncCache):
