@@ -91,6 +91,7 @@ def test_threads_asking_for_a_stale_key_start_one_refresh(manager: CacheManager)
     gated.gate.set()
     wait_until(lambda: rate(1) == "1#2")
     assert gated.calls == [1, 1]
+    assert rate.stats.misses == 2  # the first computation, and the one refresh
 
 
 @both_stores
