@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
 import functools
 import hashlib
 import inspect
@@ -27,10 +28,12 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, 
 from . import _lifecycle, _log
 from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
 from ._memo.leases import MISSING, Held, Leases, leases_for
+from ._memo.stale import REFRESH_MODES, StaleAfter, seconds, stale_class
 from ._memokey import _plain, args_digest, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
 from ._persist.bounds import bounded_class
 from .autosync import AutoSyncCache
+from .cachewrap import PersistentCache
 from .errors import ManagerClosedError
 
 if TYPE_CHECKING:
@@ -48,6 +51,9 @@ _FINGERPRINT_RECIPE = b"cacheman-memoize-2"
 #: With ``lease="auto"``, a function takes leases while its computations typically take this
 #: long: a lease and a durable save cost about a millisecond, so cheaper functions just compute.
 LEASE_AUTO_SECONDS = 0.01
+#: Stale results of one function refreshed at once; a stale hit past them is served
+#: without starting one (a later call does).
+MAX_REFRESHES = 8
 #: A waiter polls a held lease from every millisecond up to every 50 ms (back-off).
 _FIRST_PAUSE = 0.001
 _LONGEST_PAUSE = 0.05
@@ -57,7 +63,8 @@ class MemoStats(NamedTuple):
     """How a memoized function's calls went, in this process.
 
     ``hits``: calls answered from the cache (or by another thread's computation
-    of the same key); ``misses``: calls that ran the function (raising or not);
+    of the same key, or with a stale result: ``stale_after``); ``misses``: calls
+    that ran the function (raising or not; a stale result's refresh counts);
     ``saves``: saves of the cache that completed (background autosync saves and
     explicit ones: ``f.cache.save()``, ``with manager:``, interpreter exit).
     Loads and resets are not saves.  :meth:`Memoized.cache_clear` sets all three
@@ -167,9 +174,11 @@ class Memoized(Generic[P, R]):
         check_code: bool = True,
         lease: bool | Literal["auto"] = "auto",
         lease_timeout: float = 60.0,
-        ttl: float | None = None,
+        ttl: float | datetime.timedelta | None = None,
         max_entries: int | None = None,
         max_bytes: int | None = None,
+        stale_after: float | datetime.timedelta | None = None,
+        refresh: Literal["background", "wait"] = "background",
     ) -> None:
         functools.update_wrapper(self, function)
         self.manager = manager
@@ -183,16 +192,31 @@ class Memoized(Generic[P, R]):
         if not lease_timeout > 0:
             raise ValueError(f"memoize {self.name!r}: lease_timeout must be > 0 seconds")
         self._lease = lease
-        #: ttl, max_entries, max_bytes: given, the memo cache is bounded (see _persist.bounds)
+        ttl = seconds(ttl, "ttl", self.name)
+        stale_after = seconds(stale_after, "stale_after", self.name)
+        if refresh not in REFRESH_MODES:
+            raise ValueError(
+                f"memoize {self.name!r}: refresh must be 'background' or 'wait', not {refresh!r}"
+            )
+        if stale_after is not None and ttl is not None and stale_after >= ttl:
+            raise ValueError(
+                f"memoize {self.name!r}: stale_after ({stale_after:g} s) must be shorter than "
+                f"ttl ({ttl:g} s): a result past its ttl is deleted, never stale"
+            )
+        #: ttl, max_entries, max_bytes, stale_after: given, the memo cache is bounded (see
+        #: _persist.bounds and _memo.stale)
         self._bounds = {
             option: value
             for option, value in (
                 ("ttl", ttl),
                 ("max_entries", max_entries),
                 ("max_bytes", max_bytes),
+                ("stale_after", stale_after),
             )
             if value is not None
         }
+        #: A stale result is served while a thread computes the fresh one.
+        self._serve_stale = stale_after is not None and refresh == "background"
         self._lease_timeout = float(lease_timeout)
         self._slow = False  # computations typically take LEASE_AUTO_SECONDS or more
         self._typical: float | None = None  # seconds a computation typically takes
@@ -241,6 +265,9 @@ class Memoized(Generic[P, R]):
         # have: waiting on them would wait forever, so it starts with none.
         self._calls: dict[bytes, Any] = {}  # _Call, or _AsyncCall for an async function
         self._calls_lock = threading.Lock()
+        # Refreshes of stale results running at once (each a thread, or a task when async).
+        self._refreshers = threading.BoundedSemaphore(MAX_REFRESHES)
+        self._refresh_tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<memoized {self.__wrapped__!r} in cache {self.name!r}>"  # type: ignore[attr-defined]
@@ -363,6 +390,11 @@ class Memoized(Generic[P, R]):
                 computing = True
             else:
                 computing = False
+            stale, computing = self._stale_locked(cache, key, computing)
+        if stale is not _UNSET:
+            if computing:
+                self._start_refresh(call, cache, key, args, kwargs)
+            return stale  # type: ignore[no-any-return]
         if not computing:
             return self._wait(call, args, kwargs)
         try:
@@ -381,6 +413,75 @@ class Memoized(Generic[P, R]):
                 del self._calls[key]
             call.running.release()
         return result
+
+    def _stale_locked(self, cache: MemoCache, key: bytes, computing: bool) -> tuple[Any, bool]:
+        """The stale result to serve for ``key`` now (else _UNSET), and whether to refresh it.
+
+        Called with ``_calls_lock`` held, after a miss of a fresh result;
+        ``computing``: this caller took the key's computation on.  With a stale
+        result to serve, that computation becomes a refresh, unless
+        ``MAX_REFRESHES`` run already (then it is dropped: a later call refreshes).
+        """
+        if not self._serve_stale or not isinstance(cache, StaleAfter):
+            return _UNSET, computing
+        stale = cache.stale(key, _UNSET)
+        if stale is _UNSET:
+            return _UNSET, computing
+        self._hits += 1
+        if computing and not self._refreshers.acquire(blocking=False):
+            del self._calls[key]
+            self._misses -= 1
+            computing = False
+        return stale, computing
+
+    def _start_refresh(
+        self,
+        call: _Call,
+        cache: MemoCache,
+        key: bytes,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        threading.Thread(
+            target=self._refresh,
+            args=(call, cache, key, args, kwargs),
+            name=f"cacheman-refresh {self.name}",
+            daemon=True,
+        ).start()
+
+    def _refresh(
+        self,
+        call: _Call,
+        cache: MemoCache,
+        key: bytes,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """A thread's body: compute a stale key again; callers meanwhile get the stale result."""
+        _lifecycle.keep_signals_from_this_thread()
+        try:
+            call.result = self._compute(cache, key, args, kwargs)
+        except Exception as error:
+            call.error = error  # raised to a caller that waits (its result expired meanwhile)
+            self._refresh_failed(error)
+        except BaseException:
+            call.retry = True
+            raise
+        finally:
+            with self._calls_lock:
+                if self._calls.get(key) is call:
+                    del self._calls[key]
+            call.running.release()
+            self._refreshers.release()
+
+    def _refresh_failed(self, error: Exception) -> None:
+        logger.warning(
+            "memoize %r: refreshing a stale result failed (%s: %s); the stale result is "
+            "served until a refresh succeeds",
+            self.name,
+            type(error).__name__,
+            error,
+        )
 
     def _compute(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -468,6 +569,8 @@ class Memoized(Generic[P, R]):
         except Exception as error:  # a failed look costs a computation, nothing more
             logger.warning("memoize %r: reading others' results failed: %s", self.name, error)
             return MISSING
+        if found is not MISSING and isinstance(cache, StaleAfter) and key not in cache:
+            return MISSING  # what the store holds is the stale result being refreshed
         if found is not MISSING:
             self._misses -= 1  # counted when this thread took the computation on
             self._hits += 1
@@ -592,6 +695,12 @@ class Memoized(Generic[P, R]):
         parts = self._fingerprint_parts()
         return {"fingerprint": _combined(parts), "fingerprint_parts": parts}
 
+    def _cache_class(self) -> type[PersistentCache]:
+        """MemoCache, or its variant with bounds (or ages, for ``stale_after``) when asked."""
+        if "stale_after" in self._bounds:
+            return stale_class(MemoCache)
+        return bounded_class(MemoCache) if self._bounds else MemoCache
+
     def _open(self) -> MemoCache:
         """Register the cache; reset it (and what derives from it) if the fingerprint changed."""
         with self._open_lock:
@@ -608,10 +717,9 @@ class Memoized(Generic[P, R]):
                 self.manager.register_dependent_cache(parent, self.name)
             # Registered empty first: re-registering a name saves the previous object
             # (and its fingerprint), which the comparison below must see.
-            cache_class = bounded_class(MemoCache) if self._bounds else MemoCache
             cache = cast(
                 "MemoCache",
-                cache_class(
+                self._cache_class()(
                     self.name,
                     cache_manager=self.manager,
                     contents={},
@@ -704,6 +812,15 @@ class AsyncMemoized(Memoized[P, R]):
                 computing = True
             else:
                 computing = False
+            stale, computing = self._stale_locked(cache, key, computing)
+        if stale is not _UNSET:
+            if computing:
+                task = asyncio.get_running_loop().create_task(
+                    self._arefresh(call, cache, key, args, kwargs)
+                )
+                self._refresh_tasks.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(self._refresh_tasks.discard)
+            return stale  # type: ignore[no-any-return]
         if not computing:
             outcome = await asyncio.wrap_future(call.future)
             if outcome is _RETRY:
@@ -724,6 +841,31 @@ class AsyncMemoized(Memoized[P, R]):
             with self._calls_lock:
                 del self._calls[key]
         return result
+
+    async def _arefresh(
+        self,
+        call: _AsyncCall,
+        cache: MemoCache,
+        key: bytes,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """:meth:`Memoized._refresh` as a task of the caller's event loop."""
+        try:
+            result = await self._acompute(cache, key, args, kwargs)
+        except Exception as error:
+            call.future.set_exception(error)
+            self._refresh_failed(error)
+        except BaseException:
+            call.future.set_result(_RETRY)  # cancelled: the awaiters compute themselves
+            raise
+        else:
+            call.future.set_result(result)
+        finally:
+            with self._calls_lock:
+                if self._calls.get(key) is call:
+                    del self._calls[key]
+            self._refreshers.release()
 
     async def _acompute(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -930,9 +1072,11 @@ def memoize(
     check_code: bool = True,
     lease: bool | Literal["auto"] = "auto",
     lease_timeout: float = 60.0,
-    ttl: float | None = None,
+    ttl: float | datetime.timedelta | None = None,
     max_entries: int | None = None,
     max_bytes: int | None = None,
+    stale_after: float | datetime.timedelta | None = None,
+    refresh: Literal["background", "wait"] = "background",
 ) -> Any:
     """The decorator behind :meth:`CacheManager.memoize`; bare ``@manager.memoize`` works too."""
     if callable(name):
@@ -952,6 +1096,8 @@ def memoize(
             ttl=ttl,
             max_entries=max_entries,
             max_bytes=max_bytes,
+            stale_after=stale_after,
+            refresh=refresh,
         )
 
     return decorate

@@ -26,6 +26,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import _lifecycle, _log, _registry
@@ -492,9 +493,11 @@ class CacheManager:
         check_code: bool = True,
         lease: bool | Literal["auto"] = "auto",
         lease_timeout: float = 60.0,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         max_entries: int | None = None,
         max_bytes: int | None = None,
+        stale_after: float | timedelta | None = None,
+        refresh: Literal["background", "wait"] = "background",
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
 
     def memoize(
@@ -507,9 +510,11 @@ class CacheManager:
         check_code: bool = True,
         lease: bool | Literal["auto"] = "auto",
         lease_timeout: float = 60.0,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         max_entries: int | None = None,
         max_bytes: int | None = None,
+        stale_after: float | timedelta | None = None,
+        refresh: Literal["background", "wait"] = "background",
     ) -> Any:
         """Decorate a function so its results persist in a cache of this manager.
 
@@ -521,7 +526,9 @@ class CacheManager:
         ``lease`` (True, False, or ``"auto"``: once a computation took 10 ms)
         makes one process at a time compute a key, the others waiting up to
         ``lease_timeout`` seconds for its result.  ``ttl``, ``max_entries``
-        and ``max_bytes`` bound the results as for a cache.  ``async def``
+        and ``max_bytes`` bound the results as for a cache; a result older
+        than ``stale_after`` is served while a thread computes a fresh one
+        (``refresh="wait"``: the call computes it).  ``async def``
         functions are memoized too.  See
         :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
 
@@ -545,6 +552,8 @@ class CacheManager:
             ttl=ttl,
             max_entries=max_entries,
             max_bytes=max_bytes,
+            stale_after=stale_after,
+            refresh=refresh,
         )
 
     def dependency_graph(self) -> DependencyGraph:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import pickle
+import random
+import threading
+import weakref
 from typing import Any
 
 import pytest
-from helpers import both_stores
+from helpers import both_stores, wait_until
 
-from cacheman import CacheManager
+from cacheman import CacheManager, _scheduler
+from cacheman._persist import bounds as _bounds
 from cacheman._persist.bounds import BoundedCache, BoundedPersistentCache, sidecar_name
 from cacheman.autosync import AutoSyncCache
 from cacheman.cachewrap import PersistentCache
@@ -104,7 +110,7 @@ def test_a_per_key_ttl_overrides_the_caches(manager: CacheManager) -> None:
     clock.now += 5
     assert ("short" in cache, "forever" in cache, "default" in cache) == (False, True, True)
     clock.now += 10**9
-    # Iteration and len() see a due key until a read, a write or expire() drops it.
+    # In virtual time no thread runs: a due key stays until a read, a write or expire().
     assert cache.expire() == 1
     assert dict(cache) == {"forever": 2}
 
@@ -145,6 +151,147 @@ def test_keys_past_their_deadline_are_dropped_at_load(manager: CacheManager) -> 
     cache.save()
     clock.now += 6
     assert dict(reopened(manager, "at_load", clock, ttl=5)) == {}
+
+
+def test_a_refresh_dates_only_the_keys_another_process_added(manager: CacheManager) -> None:
+    clock = Clock()
+    cache = bounded(manager, "refreshed", clock, ttl=10)
+    cache.set("forever", 1, ttl=None)
+    cache["timed"] = 2
+    cache.save()
+    other = reopened(manager, "refreshed", clock, ttl=10)
+    other["theirs"] = 3
+    other.save()
+    clock.now += 5
+    cache.refresh()  # "theirs" is first seen now: ttl from now
+    assert sorted(dict(cache)) == ["forever", "theirs", "timed"]
+    clock.now += 11
+    assert cache.expire() == 2
+    assert dict(cache) == {"forever": 1}  # still undated: the refresh left it alone
+
+
+def test_the_background_thread_drops_expired_keys_nobody_reads(manager: CacheManager) -> None:
+    cache = manager.register_cache("ticking", ttl=0.2)
+    cache["soon"] = 1
+    cache.set("kept", 2, ttl=None)
+    # Only iteration and len(): neither reads a key, so only the thread can drop it.
+    wait_until(lambda: "soon" not in list(cache))
+    assert list(cache) == ["kept"]
+    assert len(cache) == 1
+    cache.save()
+    assert manager.store.load("ticking") == {"kept": 2}  # dropped as a journaled delete
+
+
+def test_writes_reads_and_the_background_thread_keep_the_index_whole(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seeded: a writer and a reader race the thread's expiry; the index stays consistent."""
+    cache = manager.register_cache("raced", ttl=0.005, max_entries=300, max_bytes=20_000)
+    assert isinstance(cache, BoundedCache)
+    rng = random.Random(13)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = random.Random(31)
+        while not stop.is_set():
+            key = reader.randrange(1000)
+            try:
+                cache.get(key)
+                _ = key in cache
+            except Exception as error:  # pragma: no cover - what the test looks for
+                errors.append(repr(error))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for step in range(10_000):
+            key = rng.randrange(1000)
+            operation = rng.random()
+            if operation < 0.7:
+                cache[key] = step
+            elif operation < 0.8:
+                cache.set(key, step, ttl=None)
+            elif operation < 0.95:
+                cache.pop(key, None)
+            else:
+                cache.update({key: step, key + 1: step})
+    finally:
+        stop.set()
+        reader.join()
+    assert errors == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the thread's too
+    cache._check()
+    wait_until(lambda: cache.expire() == 0 and not cache._soonest)  # all timed keys go
+    cache._check()
+    assert all(cache._deadlines.get(key) is None for key in cache)
+
+
+def test_in_virtual_time_the_clocks_scheduler_expires_what_is_due(
+    manager: CacheManager,
+) -> None:
+    clock = Clock()
+    cache = bounded(manager, "virtual", clock, ttl=10)
+    cache["a"] = 1
+    clock.now += 5
+    cache["b"] = 2
+    scheduler = _scheduler.for_clock(clock)
+    assert scheduler.next_deadline() == clock.now + 5  # "a"'s deadline, the soonest
+    clock.now += 6
+    scheduler.run_due()
+    assert list(cache) == ["b"]
+    assert scheduler.next_deadline() == clock.now + 4  # then "b"'s
+    clock.now += 4
+    scheduler.run_due()
+    assert len(cache) == 0
+    assert scheduler.next_deadline() is None  # nothing left: nothing scheduled
+
+
+def test_a_busy_lock_delays_the_background_expiry_without_blocking(
+    manager: CacheManager,
+) -> None:
+    clock = Clock()
+    cache = bounded(manager, "busy", clock, ttl=1)
+    cache["a"] = 1
+    clock.now += 2
+    scheduler = _scheduler.for_clock(clock)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with cache._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        scheduler.run_due()  # returns at once: the thread never waits for the lock
+        assert list(cache) == ["a"]
+        assert scheduler.next_deadline() == clock.now + _bounds.LOCK_RETRY
+    finally:
+        release.set()
+        holder.join()
+    clock.now += _bounds.LOCK_RETRY
+    scheduler.run_due()
+    assert len(cache) == 0
+
+
+def test_a_scheduled_deadline_does_not_keep_a_dropped_cache_alive(
+    manager: CacheManager,
+) -> None:
+    clock = Clock()
+    cache = bounded(manager, "dropped", clock, ttl=3600)
+    cache["a"] = 1
+    scheduler = _scheduler.for_clock(clock)
+    assert scheduler.next_deadline() is not None
+    manager.deregister_cache("dropped")
+    assert scheduler.next_deadline() is None  # released: the thread lets it go
+    alive = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert alive() is None
 
 
 # -- size bounds ------------------------------------------------------------------------------

@@ -1098,6 +1098,29 @@ def test_a_lease_held_too_long_is_waited_for_then_computed_with_a_warning(
     assert any("held a key's lease" in r.getMessage() for r in caplog.records)
 
 
+def test_a_redis_lease_is_kept_alive_while_its_holder_computes(redis_url: str) -> None:
+    from cacheman import RedisStore
+    from cacheman._memo.leases import RedisLeases
+
+    store = RedisStore(redis_url, manager="lease_heartbeat")
+    holder = RedisLeases(store, "long", timeout=0.3)
+    other = RedisLeases(store, "long", timeout=0.3)  # as another process would ask
+    try:
+        held = holder.acquire(b"key")
+        assert held is not None
+        # The computation under test outlasts the lease timeout several times over.
+        threading.Event().wait(1.2)
+        assert other.acquire(b"key") is None  # still held: nobody computes it a second time
+        held.release()
+        taken = other.acquire(b"key")
+        assert taken is not None
+        taken.release()
+    finally:
+        store.close()
+    # With no lease held, no thread is left beating.
+    wait_until(lambda: not any(t.name.startswith("cacheman-lease") for t in threading.enumerate()))
+
+
 def test_an_async_function_waits_for_a_lease_without_blocking_its_loop(
     manager: CacheManager,
 ) -> None:

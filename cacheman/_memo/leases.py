@@ -14,7 +14,11 @@ next finds the result and does not compute.
   from where this process last was: a ``stat`` and the new bytes).
 * **Redis**: ``SET <prefix>:<cache>:lease:<key> <token> NX PX <timeout>``; it
   expires by itself ``timeout`` after a holder died, and is deleted only by its
-  holder (compare-and-delete).  The token names the holder's host and process
+  holder (compare-and-delete).  While the holder computes, a heartbeat thread
+  extends its leases every third of ``timeout`` (compare-and-``PEXPIRE``), so
+  a live holder's lease does not expire under it however long it computes
+  (without it, a computation longer than ``timeout`` let a second process
+  take the lease and compute too).  The token names the holder's host and process
   id, so a waiter on the same machine frees the lease of a holder that died at
   once instead of at expiry.  Results saved by others are read with one
   ``HGET`` of the key's field.
@@ -28,12 +32,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 import socket
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import _lifecycle
 from .._redis import RedisStore
 from .._store import PickleStore, ensure_private_directory
 
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["MISSING", "FileLeases", "Held", "Leases", "RedisLeases", "leases_for"]
 
 MISSING: Any = object()  # no saved result for the key
+
+logger = logging.getLogger("cacheman")
 
 
 class Held(Protocol):
@@ -139,8 +148,18 @@ class _RedisLease:
         self.token = token
 
     def release(self) -> None:
+        self.leases._forget(self.key)
         client = self.leases.store._client()
         client.register_script(_RELEASE)(keys=[self.key], args=[self.token])
+
+
+# KEYS[1] lease; ARGV[1] our token, ARGV[2] milliseconds.  Extends it only if we still hold it.
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 
 
 class RedisLeases:
@@ -150,6 +169,11 @@ class RedisLeases:
         self.store = store
         self.name = name
         self.timeout_ms = max(1, int(timeout * 1000))
+        self._lock = threading.Lock()
+        self._held: dict[str, str] = {}  # lease key -> our token, while we compute
+        self._heartbeat: threading.Thread | None = None
+        self._released = threading.Condition(self._lock)
+        self._pid = os.getpid()
 
     def acquire(self, key: bytes) -> Held | None:
         lease_key = f"{self.store.prefix}:{self.name}:lease:{key.hex()}"
@@ -157,6 +181,7 @@ class RedisLeases:
         client = self.store._client()
         for _ in range(2):
             if client.set(lease_key, token, nx=True, px=self.timeout_ms):
+                self._beat_for(lease_key, token)
                 return _RedisLease(self, lease_key, token)
             holder = client.get(lease_key)
             if holder is None or not _dead_here(holder):
@@ -164,6 +189,51 @@ class RedisLeases:
             # A process of this machine that died holding it: free it now, not at expiry.
             client.register_script(_RELEASE)(keys=[lease_key], args=[holder])
         return None
+
+    # -- the heartbeat: a live holder's leases do not expire ------------------------------
+
+    def _beat_for(self, lease_key: str, token: str) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's leases and thread are not ours
+                self._pid, self._held, self._heartbeat = os.getpid(), {}, None
+            self._held[lease_key] = token
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(
+                    target=self._beat, name=f"cacheman-lease-heartbeat {self.name}", daemon=True
+                )
+                self._heartbeat.start()
+
+    def _forget(self, lease_key: str) -> None:
+        with self._lock:
+            self._held.pop(lease_key, None)
+            if not self._held:
+                self._released.notify_all()  # the thread ends at once, not at its next beat
+
+    def _beat(self) -> None:
+        """The thread: every third of the timeout, extend every lease held; end when none is."""
+        _lifecycle.keep_signals_from_this_thread()
+        interval = self.timeout_ms / 3000
+        while True:
+            with self._lock:
+                if self._heartbeat is not threading.current_thread():
+                    return  # a forked child's stale record of its parent's thread
+                if self._held:
+                    self._released.wait(interval)
+                held = list(self._held.items())
+                if not held:
+                    self._heartbeat = None
+                    return
+            try:
+                extend = self.store._client().register_script(_EXTEND)
+                for lease_key, token in held:
+                    extend(keys=[lease_key], args=[token, self.timeout_ms])
+            except Exception as error:  # the next beat tries again; the lease may expire
+                logger.warning(
+                    "memoize %r: extending a computation's lease failed (%s: %s)",
+                    self.name,
+                    type(error).__name__,
+                    error,
+                )
 
     def saved_result(self, cache: PersistentCache, key: bytes) -> Any:
         from .._redis import _dump_key
