@@ -1124,16 +1124,23 @@ class PersistentCache(CacheWrap):
 
         def snapshot(copy: bool) -> _Written:
             contents = dict(self) if copy else self
-            if keys is None:
-                digests = digests_of(dict.items(contents))
-            else:
-                digests = digests_for(contents, keys)
+
+            def digests() -> Digests:
+                if keys is None:
+                    return digests_of(dict.items(contents))
+                return digests_for(contents, keys)
+
+            # In this process, the digests come first (see above); a child's image is
+            # frozen, so there they come after the write, which they must not delay.
+            taken = digests() if copy else None
             if write.replace:
-                return _Written(store.save(name, contents), digests)
-            # Lazy: the store reads these records only if others appended meanwhile.
-            pending = _lazy_records(contents, contents if keys is None else keys)
-            base = REBASE if write.rebase else since
-            return _Written(store.save(name, contents, since=base, pending=pending), digests)
+                outcome = store.save(name, contents)
+            else:
+                # Lazy: the store reads these records only if others appended meanwhile.
+                pending = _lazy_records(contents, contents if keys is None else keys)
+                base = REBASE if write.rebase else since
+                outcome = store.save(name, contents, since=base, pending=pending)
+            return _Written(outcome, digests() if taken is None else taken)
 
         return snapshot
 
@@ -1190,7 +1197,10 @@ class PersistentCache(CacheWrap):
         write = plan.write
 
         def whole(copy: bool) -> _Written:
-            digests = digests_of(list(dict.items(self)))  # before the write: see _writer
+            if not copy:  # a child's frozen image: the write first (see _writer)
+                outcome = write(copy)
+                return _Written(outcome, digests_of(dict.items(self)))
+            digests = digests_of(list(dict.items(self)))
             return _Written(write(copy), digests)
 
         plan.write = whole
