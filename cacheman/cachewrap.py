@@ -31,7 +31,14 @@ from ._generations import generation_of, is_stale, next_generation, parent_gener
 from ._journal import CLEAR, DEL, REBASE, SET, Change, apply_changes
 from ._paths import validate_cache_name
 from ._persist import saveplan as _saveplan
-from ._persist.changes import ChangeSet, Digests, digests_for, digests_of, watched
+from ._persist.changes import (
+    ChangeSet,
+    Digests,
+    digests_for,
+    digests_of,
+    digests_of_all,
+    watched,
+)
 from ._persist.saveplan import Write, plan_write
 from .errors import CacheManError
 
@@ -833,15 +840,35 @@ class PersistentCache(CacheWrap):
                     self._behind = False
                     return
             loaded, self._position = store.load_tracked(self._name)
-            dict.clear(self)
-            dict.update(self, self._post_processed(loaded) if loaded else {})
-            self._changes.digests = digests_of(dict.items(self))
+            self._take_in(self._post_processed(loaded) if loaded else {})
+            self._changes.digests = digests_of_all(self)
             self._behind = False
+
+    def _take_in(self, saved: dict[Any, Any]) -> None:
+        """Make the contents ``saved``, except keys changed here since the save before.
+
+        Other threads may be editing: their changes since that save (the keys
+        pending) keep their values, and the contents change key by key in C
+        calls, never through an empty cache.  (A write racing with this very
+        step, to a key another process changed, may be replaced by the saved
+        value: it is still pending, and the next save writes the value held.)
+        """
+        pending = self._changes.keys
+        get = dict.get
+        for key in list(pending):
+            value = get(self, key, _GONE)
+            if value is _GONE:
+                saved.pop(key, None)
+            else:
+                saved[key] = value
+        dict.update(self, saved)
+        for key in [key for key in list(self) if key not in saved and key not in pending]:
+            dict.pop(self, key, None)
 
     def _took_in(self, changes: list[Change]) -> None:
         """Other processes' ``changes`` were applied: their values are the new baseline."""
         if any(op == CLEAR for op, _key, _value in changes):
-            self._changes.digests = digests_of(dict.items(self))
+            self._changes.digests = digests_of_all(self)
         else:
             self._changes.took_in(self, [key for _op, key, _value in changes])
 
@@ -1127,7 +1154,7 @@ class PersistentCache(CacheWrap):
 
             def digests() -> Digests:
                 if keys is None:
-                    return digests_of(dict.items(contents))
+                    return digests_of_all(contents)
                 return digests_for(contents, keys)
 
             # In this process, the digests come first (see above); a child's image is
@@ -1199,8 +1226,8 @@ class PersistentCache(CacheWrap):
         def whole(copy: bool) -> _Written:
             if not copy:  # a child's frozen image: the write first (see _writer)
                 outcome = write(copy)
-                return _Written(outcome, digests_of(dict.items(self)))
-            digests = digests_of(list(dict.items(self)))
+                return _Written(outcome, digests_of_all(self))
+            digests = digests_of_all(self)
             return _Written(write(copy), digests)
 
         plan.write = whole
@@ -1263,7 +1290,7 @@ class PersistentCache(CacheWrap):
         # child takes the values it holds now as its baseline (else its exit would
         # "detect" them as its own changes and write them after the parent's save).
         if changes.replace or changes.everything:
-            digests = digests_of(dict.items(self))
+            digests = digests_of_all(self)
         else:
             digests = {**changes.digests, **digests_for(self, list(changes.keys))}
             for key in changes.keys:

@@ -44,12 +44,20 @@ import decimal
 import fractions
 import pickle
 import uuid
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-__all__ = ["ChangeSet", "Digests", "Taken", "digests_of", "watched"]
+__all__ = [
+    "ChangeSet",
+    "Digests",
+    "Taken",
+    "digests_for",
+    "digests_of",
+    "digests_of_all",
+    "watched",
+]
 
 #: Digests of the watched values: key -> hash of the value's pickle (None: unpicklable).
 Digests = dict[Hashable, "int | None"]
@@ -116,9 +124,20 @@ def digests_of(items: Iterable[tuple[Hashable, Any]]) -> Digests:
         return {key: _digest(value) for key, value in zip(keys, values, strict=True)}
 
 
-def digests_for(contents: Mapping[Any, Any], keys: Iterable[Hashable]) -> Digests:
+def digests_of_all(contents: dict[Any, Any]) -> Digests:
+    """The digests of the watched values of ``contents``, read through a copy of its items.
+
+    (``list(dict.items(...))`` runs in C, so another thread editing the dict
+    meanwhile never makes the iteration fail.)
+    """
+    return digests_of(list(dict.items(contents)))
+
+
+def digests_for(contents: dict[Any, Any], keys: Iterable[Hashable]) -> Digests:
     """The digests of the watched values of ``keys`` in ``contents`` (missing keys skipped)."""
-    return digests_of((key, contents[key]) for key in keys if key in contents)
+    get = dict.get
+    found = ((key, get(contents, key, _MISSING)) for key in keys)
+    return digests_of((key, value) for key, value in found if value is not _MISSING)
 
 
 @dataclass
@@ -160,9 +179,9 @@ class ChangeSet:
         """The cache now matches its saved copy (after a load of ``contents``)."""
         self.keys.clear()
         self.replace = self.replace_pending = self.everything = False
-        self.digests = {} if contents is None else digests_of(dict.items(contents))
+        self.digests = {} if contents is None else digests_of_all(contents)
 
-    def took_in(self, contents: Mapping[Any, Any], keys: Iterable[Hashable]) -> None:
+    def took_in(self, contents: dict[Any, Any], keys: Iterable[Hashable]) -> None:
         """Other processes' values of ``keys`` were applied to ``contents`` (a refresh)."""
         keys = list(keys)
         new = digests_for(contents, keys)
