@@ -23,6 +23,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
 
 from . import _background, _lifecycle, _registry
@@ -911,7 +912,7 @@ class PersistentCache(CacheWrap):
             loaded = self._post_processed(loaded)
             dict.clear(self)
             dict.update(self, loaded)
-            self._changes.synced(self)  # the digests of what was loaded
+            self._changes.synced(loaded)  # the digests of what was loaded
             self._position, self._behind = position, False
             self._built_from = current
             self._saved()
@@ -1124,8 +1125,8 @@ class PersistentCache(CacheWrap):
             self._saved_through(mark)
             return None
         plan = SavePlan(self._writer(store, write), mark, light=write.light)
-        keys = write.keys
-        plan.landed = lambda outcome: self._landed(outcome, replaced=write.replace, keys=keys)
+        written = write.written
+        plan.landed = lambda outcome: self._landed(outcome, replaced=write.replace, keys=written)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
 
@@ -1153,9 +1154,10 @@ class PersistentCache(CacheWrap):
             contents = dict(self) if copy else self
 
             def digests() -> Digests:
-                if keys is None:
-                    return digests_of_all(contents)
-                return digests_for(contents, keys)
+                written = write.written
+                if written is None:
+                    return digests_of_all(contents, private=True)
+                return digests_for(contents, written)
 
             # In this process, the digests come first (see above); a child's image is
             # frozen, so there they come after the write, which they must not delay.
@@ -1226,7 +1228,7 @@ class PersistentCache(CacheWrap):
         def whole(copy: bool) -> _Written:
             if not copy:  # a child's frozen image: the write first (see _writer)
                 outcome = write(copy)
-                return _Written(outcome, digests_of_all(self))
+                return _Written(outcome, digests_of_all(self, private=True))
             digests = digests_of_all(self)
             return _Written(write(copy), digests)
 
@@ -1237,7 +1239,7 @@ class PersistentCache(CacheWrap):
         return plan
 
     def _landed(
-        self, written: object, *, replaced: bool = False, keys: frozenset[Any] | None = None
+        self, written: object, *, replaced: bool = False, keys: AbstractSet[Any] | None = None
     ) -> None:
         """After a save: the new digests, where the journal ends, a generation for a new cache.
 

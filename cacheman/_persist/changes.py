@@ -45,6 +45,7 @@ import fractions
 import pickle
 import uuid
 from collections.abc import Hashable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -107,30 +108,32 @@ def _digest(value: object) -> int | None:
 def digests_of(items: Iterable[tuple[Hashable, Any]]) -> Digests:
     """The digests of the watched values among ``items`` (a type look-up for the others)."""
     plain = _PLAIN
-    keys = []
-    values = []
-    for key, value in items:
-        if type(value) not in plain:
-            keys.append(key)
-            values.append(value)
-    if not keys:
+    found = [(key, value) for key, value in items if type(value) not in plain]
+    if not found:
         return {}
+    keys = [key for key, _value in found]
     try:
         dumps = pickle.dumps
         protocol = _PROTOCOL
-        # map() keeps the per-value cost to the pickling itself (no Python frame per value).
-        return dict(zip(keys, map(hash, (dumps(v, protocol) for v in values)), strict=True))
+        return dict(zip(keys, map(hash, (dumps(v, protocol) for _k, v in found)), strict=True))
     except Exception:  # a value pickle refuses: settle them one by one
-        return {key: _digest(value) for key, value in zip(keys, values, strict=True)}
+        return {key: _digest(value) for key, value in found}
 
 
-def digests_of_all(contents: dict[Any, Any]) -> Digests:
-    """The digests of the watched values of ``contents``, read through a copy of its items.
+def digests_of_all(contents: dict[Any, Any], *, private: bool = False) -> Digests:
+    """The digests of the watched values of ``contents``.
 
-    (``list(dict.items(...))`` runs in C, so another thread editing the dict
-    meanwhile never makes the iteration fail.)
+    Unless ``private`` (no other thread can reach ``contents``: a copy, a forked
+    child's image, what a load just read), a shallow copy is iterated: copying a
+    dict runs in C, which no other thread interrupts, and allocates no object
+    per item (a list of its items would, and wake the garbage collector).
     """
-    return digests_of(list(dict.items(contents)))
+    if not private:
+        contents = dict.copy(contents)
+    plain = _PLAIN
+    if plain.issuperset(map(type, dict.values(contents))):  # in C: no frame per value
+        return {}
+    return digests_of(dict.items(contents))
 
 
 def digests_for(contents: dict[Any, Any], keys: Iterable[Hashable]) -> Digests:
@@ -176,10 +179,13 @@ class ChangeSet:
         self.digests = {}  # every value is written by the replacing save anyway
 
     def synced(self, contents: dict[Any, Any] | None = None) -> None:
-        """The cache now matches its saved copy (after a load of ``contents``)."""
+        """The cache now matches its saved copy (after a load of ``contents``).
+
+        ``contents``: what the load read, which no other thread holds yet.
+        """
         self.keys.clear()
         self.replace = self.replace_pending = self.everything = False
-        self.digests = {} if contents is None else digests_of_all(contents)
+        self.digests = {} if contents is None else digests_of_all(contents, private=True)
 
     def took_in(self, contents: dict[Any, Any], keys: Iterable[Hashable]) -> None:
         """Other processes' values of ``keys`` were applied to ``contents`` (a refresh)."""
@@ -191,7 +197,7 @@ class ChangeSet:
                 digests.pop(key, None)
         digests.update(new)
 
-    def written(self, digests: Digests, keys: Iterable[Hashable] | None) -> None:
+    def written(self, digests: Digests, keys: AbstractSet[Hashable] | None) -> None:
         """A save wrote the values of ``keys`` (None: every key), whose digests are ``digests``.
 
         Their digests replace the ones kept: an in-place change made after this
@@ -201,9 +207,13 @@ class ChangeSet:
             self.digests = dict(digests)
             return
         current = self.digests
-        for key in keys:
-            if key not in digests:
-                current.pop(key, None)
+        # Over the smaller side: a large save of plain values has no digest at all.
+        if len(current) < len(keys):
+            gone = [key for key in list(current) if key in keys and key not in digests]
+        else:
+            gone = [key for key in keys if key in current and key not in digests]
+        for key in gone:
+            current.pop(key, None)
         current.update(digests)
 
     def take(self, extra: Iterable[Hashable] = ()) -> Taken:

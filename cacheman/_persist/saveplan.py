@@ -25,6 +25,7 @@ turns its answer into I/O (``cachewrap.PersistentCache._save_plan``).
 from __future__ import annotations
 
 from collections.abc import Hashable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +50,8 @@ class Write:
     ``action``: ``"append"`` records ``keys`` (their values, or their deletion)
     after what is saved; ``"snapshot"`` rewrites the whole saved copy.
     ``keys``: the keys this process changed (None: every key it holds).
+    ``written``: the keys whose values the write puts in the store (None: every
+    key held: a snapshot that starts from this process's memory writes it all).
     ``replace``: the snapshot is this process's memory alone (a clear, a build):
     nothing saved before survives it.  ``rebase``: the snapshot starts from the
     saved state rather than from this process's memory, which is behind.
@@ -56,10 +59,14 @@ class Write:
     """
 
     action: Literal["append", "snapshot"]
-    keys: frozenset[Hashable] | None
+    keys: AbstractSet[Hashable] | None
     replace: bool = False
     rebase: bool = False
     light: bool = False
+
+    @property
+    def written(self) -> AbstractSet[Hashable] | None:
+        return self.keys if self.action == "append" or self.rebase else None
 
 
 def plan_write(
@@ -90,7 +97,7 @@ def plan_write(
         # Written whole (even if empty), over what may have been saved meanwhile.
         keys = None
     else:
-        keys = None if taken.everything else frozenset(taken.keys)
+        keys = None if taken.everything else taken.keys  # the save's own copy
     if position is not None and (
         keys is None or _worth_compacting(len(keys), position, size, light_keys)
     ):
