@@ -13,15 +13,19 @@ PACKAGE = Path(cacheman.__file__).parent
 
 
 def module_names() -> list[str]:
-    """Every module of the package, the package itself (its ``__init__``) included."""
-    found = (f"cacheman.{info.name}" for info in pkgutil.iter_modules([str(PACKAGE)]))
+    """Every module of the package and its subpackages, each package (its ``__init__``) too."""
+    found = (info.name for info in pkgutil.walk_packages([str(PACKAGE)], prefix="cacheman."))
     return ["cacheman", *sorted(found)]
 
 
 def source_of(module: str) -> Path:
-    if module == "cacheman":
-        return PACKAGE / "__init__.py"
-    return PACKAGE / f"{module.removeprefix('cacheman.')}.py"
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _package_of(module: str) -> str:
+    """The package a relative import in ``module`` starts from."""
+    return module if source_of(module).name == "__init__.py" else module.rpartition(".")[0]
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -60,10 +64,14 @@ def imported_modules(module: str) -> set[str]:
             names = [alias.name for alias in node.names]
         elif node.level == 0:
             names = [node.module or ""]
-        elif node.module:  # "from .x import y": runs x (y is a name in x)
-            names = [f"cacheman.{node.module}"]
-        else:  # "from . import x, y": runs the submodules x and y, not __init__ again
-            names = [f"cacheman.{alias.name}" for alias in node.names]
+        else:
+            base = _package_of(module).split(".")
+            base = ".".join(base[: len(base) - (node.level - 1)])
+            if node.module:  # "from .x import y": runs x (y is a name in x, or a submodule)
+                names = [f"{base}.{node.module}"]
+                names += [f"{base}.{node.module}.{alias.name}" for alias in node.names]
+            else:  # "from . import x, y": runs the submodules x and y, not __init__ again
+                names = [f"{base}.{alias.name}" for alias in node.names]
         targets.update(name for name in names if name in known)
     targets.discard(module)
     return targets
