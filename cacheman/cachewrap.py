@@ -1111,12 +1111,13 @@ class PersistentCache(CacheWrap):
         mark = self._edit_mark()
         in_place = () if why == "rule" else self._changes.changed_in_place(self)
         taken = self._changes.take(in_place)
+        first_save = not taken and why == "save" and not store.exists(self._name)
         write = plan_write(
             taken,
             position=self._position,
             behind=self._behind,
             size=len(self),
-            first_save=not taken and why == "save" and not store.exists(self._name),
+            first_save=first_save,
             blank_refused=not self and not self.save_on_blank_cache,
             light_keys=LIGHT_APPEND_KEYS,
         )
@@ -1126,7 +1127,9 @@ class PersistentCache(CacheWrap):
             return None
         plan = SavePlan(self._writer(store, write), mark, light=write.light)
         written = write.written
-        plan.landed = lambda outcome: self._landed(outcome, replaced=write.replace, keys=written)
+        # A first save stands for the whole cache too: its lineage is recorded as a build's.
+        replaced = write.replace or first_save
+        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced, keys=written)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
 
