@@ -885,7 +885,13 @@ class PersistentCache(CacheWrap):
     def _parents(self) -> list[str]:
         return self._manager.parents_of(self._name)
 
-    def _load_self(self) -> None:
+    def _load_self(self, *, keep_pending: bool = False) -> None:
+        """Load (see :meth:`CacheWrap._load_self`); ``keep_pending``: keep edits made since.
+
+        ``keep_pending`` is for a reload that follows a save of this process's
+        changes (catching up with another process): edits other threads made
+        after that save are kept, and stay pending, rather than dropped.
+        """
         with self._lock:
             self._await_pending_save()
             self._stale = False
@@ -910,9 +916,13 @@ class PersistentCache(CacheWrap):
                             self._save_build()
                         return
             loaded = self._post_processed(loaded)
-            dict.clear(self)
-            dict.update(self, loaded)
-            self._changes.synced(loaded)  # the digests of what was loaded
+            if keep_pending:
+                self._take_in(loaded)
+                self._changes.synced(loaded, keep_keys=True)
+            else:
+                dict.clear(self)
+                dict.update(self, loaded)
+                self._changes.synced(loaded)  # the digests of what was loaded
             self._position, self._behind = position, False
             self._built_from = current
             self._saved()
@@ -1009,7 +1019,7 @@ class PersistentCache(CacheWrap):
         """Write this process's changes (as a save for ``why`` would), then reload."""
         self._stale = False
         self._save_now(why)
-        self._load_self()
+        self._load_self(keep_pending=True)  # edits made since that save are not dropped
 
     def _mark_stale(self) -> None:
         # A flag, so a lost connection costs nothing until the cache is used: the

@@ -178,12 +178,14 @@ class ChangeSet:
         self.replace_pending = self.replace_pending or pending
         self.digests = {}  # every value is written by the replacing save anyway
 
-    def synced(self, contents: dict[Any, Any] | None = None) -> None:
+    def synced(self, contents: dict[Any, Any] | None = None, *, keep_keys: bool = False) -> None:
         """The cache now matches its saved copy (after a load of ``contents``).
 
         ``contents``: what the load read, which no other thread holds yet.
+        ``keep_keys``: keys changed since the load read are still to be written.
         """
-        self.keys.clear()
+        if not keep_keys:
+            self.keys.clear()
         self.replace = self.replace_pending = self.everything = False
         self.digests = {} if contents is None else digests_of_all(contents, private=True)
 
