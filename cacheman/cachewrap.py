@@ -36,7 +36,6 @@ from ._persist.changes import (
     ChangeSet,
     Digests,
     digests_for,
-    digests_of,
     digests_of_all,
     watched,
 )
@@ -1135,46 +1134,58 @@ class PersistentCache(CacheWrap):
             self._changes.give_back(taken)  # a blank replacement refused stays pending
             self._saved_through(mark)
             return None
-        plan = SavePlan(self._writer(store, write), mark, light=write.light)
-        written = write.written
+        plan = SavePlan(self._writer(store, write, taken.keys), mark, light=write.light)
         # A first save stands for the whole cache too: its lineage is recorded as a build's.
         replaced = write.replace or first_save
-        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced, keys=written)
+        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
 
-    def _writer(self, store: JournalStore, write: Write) -> Callable[[bool], _Written]:
+    def _writer(
+        self, store: JournalStore, write: Write, changed: AbstractSet[Any]
+    ) -> Callable[[bool], _Written]:
         """The I/O of ``write``: ``writer(copy)`` writes, and returns what landed.
 
         ``copy``: other threads may edit the cache meanwhile (a save in this
         process), so a whole write works from a copy taken at once (in C code,
         which no other thread interrupts); a forked child's image is frozen.
-        The digests of the values written are taken before the write, so that
-        an in-place change racing with it is detected again, never lost.
+
+        With what landed come the digests of the values written, the baseline of
+        later in-place checks.  In a child they cost the program nothing: they
+        are taken for every value written, after the write (the image is
+        frozen).  In this process they are taken only for ``changed`` (the keys
+        assigned, touched or found changed in place: a detecting save has just
+        pickled the latter anyway), before the write, so that an in-place
+        change racing with it is found again, never lost.  (A value changed in
+        place and written by a rewrite that did not look for it keeps its old
+        digest, so the next detecting save writes it once more.)
         """
         name, since, keys = self._name, self._position, write.keys
+
+        def baseline(
+            contents: dict[Any, Any], copy: bool
+        ) -> tuple[Digests, AbstractSet[Any] | None]:
+            """The digests to keep, and of which keys (None: every key held)."""
+            if write.replace or (not copy and write.written is None):
+                return digests_of_all(contents, private=True), None
+            of = changed if copy else write.written
+            return digests_for(contents, of or ()), of
 
         if write.action == "append":
 
             def append(copy: bool) -> _Written:
+                before = baseline(self, copy) if copy else None
                 records = _records(self, list(self) if keys is None else keys)
-                digests = digests_of((key, value) for op, key, value in records if op == SET)
-                return _Written(store.append(name, records, since=since), digests)
+                outcome = store.append(name, records, since=since)
+                return _Written(outcome, *(before or baseline(self, copy)))
 
             return append
 
         def snapshot(copy: bool) -> _Written:
             contents = dict(self) if copy else self
-
-            def digests() -> Digests:
-                written = write.written
-                if written is None:
-                    return digests_of_all(contents, private=True)
-                return digests_for(contents, written)
-
             # In this process, the digests come first (see above); a child's image is
             # frozen, so there they come after the write, which they must not delay.
-            taken = digests() if copy else None
+            before = baseline(contents, copy) if copy else None
             if write.replace:
                 outcome = store.save(name, contents)
             else:
@@ -1182,7 +1193,7 @@ class PersistentCache(CacheWrap):
                 pending = _lazy_records(contents, contents if keys is None else keys)
                 base = REBASE if write.rebase else since
                 outcome = store.save(name, contents, since=base, pending=pending)
-            return _Written(outcome, digests() if taken is None else taken)
+            return _Written(outcome, *(before or baseline(contents, copy)))
 
         return snapshot
 
@@ -1241,26 +1252,21 @@ class PersistentCache(CacheWrap):
         def whole(copy: bool) -> _Written:
             if not copy:  # a child's frozen image: the write first (see _writer)
                 outcome = write(copy)
-                return _Written(outcome, digests_of_all(self, private=True))
+                return _Written(outcome, digests_of_all(self, private=True), None)
             digests = digests_of_all(self)
-            return _Written(write(copy), digests)
+            return _Written(write(copy), digests, None)
 
         plan.write = whole
         replaced = taken.replace
-        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced, keys=None)
+        plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
 
-    def _landed(
-        self, written: object, *, replaced: bool = False, keys: AbstractSet[Any] | None = None
-    ) -> None:
-        """After a save: the new digests, where the journal ends, a generation for a new cache.
-
-        ``keys``: the keys written (None: every key this process holds).
-        """
+    def _landed(self, written: object, *, replaced: bool = False) -> None:
+        """After a save: the new digests, where the journal ends, a generation for a new cache."""
         outcome = written
         if isinstance(written, _Written):
-            self._changes.written(written.digests, keys)
+            self._changes.written(written.digests, written.keys)
             outcome = written.outcome
         in_sync = getattr(outcome, "in_sync", None)
         if in_sync is not None:  # an append
@@ -1323,10 +1329,14 @@ LIGHT_APPEND_KEYS = _saveplan.LIGHT_APPEND_KEYS
 
 
 class _Written(NamedTuple):
-    """What a save wrote: the store's outcome, and the digests of the values written."""
+    """What a save wrote: the store's outcome, and digests of values written.
+
+    ``keys``: the keys whose digests these are (None: every key held).
+    """
 
     outcome: object
     digests: Digests
+    keys: AbstractSet[Any] | None
 
 
 def _records(contents: dict[Any, Any], keys: Iterable[Any]) -> list[Change]:
