@@ -833,9 +833,13 @@ class PersistentCache(CacheWrap):
                 return
             if self._position is not None and not self._behind:
                 news = store.changes_since(self._name, self._position)
-                if news is not None:
+                if news is not None and not any(op == CLEAR for op, _k, _v in news[0]):
                     changes, self._position = news
-                    apply_changes(self, changes)  # other processes' changes, not ours
+                    # Not over the keys changed here since the save above (other threads):
+                    # their values are newer than any record (ours included, replayed
+                    # when others appended in between).
+                    pending = self._changes.keys
+                    apply_changes(self, [change for change in changes if change[1] not in pending])
                     self._took_in(changes)
                     self._behind = False
                     return
@@ -866,11 +870,8 @@ class PersistentCache(CacheWrap):
             dict.pop(self, key, None)
 
     def _took_in(self, changes: list[Change]) -> None:
-        """Other processes' ``changes`` were applied: their values are the new baseline."""
-        if any(op == CLEAR for op, _key, _value in changes):
-            self._changes.digests = digests_of_all(self)
-        else:
-            self._changes.took_in(self, [key for _op, key, _value in changes])
+        """Other processes' ``changes`` (no CLEAR) were applied: their values are the baseline."""
+        self._changes.took_in(self, [key for _op, key, _value in changes])
 
     # -- load and reset ------------------------------------------------------------------
 
