@@ -1,4 +1,4 @@
-"""Stub for legacy tools (`python setup.py ...`, old pips); all metadata lives in pyproject.toml."""
+"""Stub for legacy tools (`python setup.py ...`, old pips); all metadata lives in setup.cfg."""
 
 from setuptools import setup
 

@@ -15,6 +15,7 @@ from .errors import (
     DependencyCycleError,
     InsecureCacheError,
     InvalidCacheNameError,
+    ManagerClosedError,
     SignatureMismatchError,
     UnpicklableValueError,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "DependencyCycleError",
     "InsecureCacheError",
     "InvalidCacheNameError",
+    "ManagerClosedError",
     "NonPersistentCache",
     "PersistentCache",
     "RedisStore",

@@ -1,6 +1,6 @@
 """``python -m cacheman`` (and the ``cacheman`` console script): the command line.
 
-Commands: ``list``, ``show``, ``verify``, ``delete``, ``graph`` and ``path``
+Commands: ``list``, ``show``, ``verify``, ``delete``, ``invalidate``, ``graph`` and ``path``
 (see :mod:`cacheman._cli`), and ``demo``, a short tour in a throw-away directory.
 
 Exit status, the same for every command:
@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 
+from . import __version__
 from ._cli import COMMANDS, USAGE_ERROR, add_commands, add_common_options, run
 
 __all__ = ["USAGE_ERROR", "main"]
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "directory others can write, a signature mismatch, delete without --yes when "
         "standard input is not a terminal).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_common_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_commands(commands)

@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 
 import psutil
 
-from . import _lifecycle, _scheduler
+from . import _lifecycle, _log, _scheduler
 from ._fork import ChildJob, fork_child
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "SaveTarget",
     "await_idle",
     "last_error",
+    "note_save_outcome",
     "request_save",
     "saver_for",
     "stop_background_work",
@@ -77,6 +78,8 @@ class SavePlan:
     append of a few keys) run in this process rather than in a forked child.
     ``landed(outcome)`` runs in this process once the write succeeded, wherever it
     ran; ``failed()`` when it did not (the changes it took are pending again).
+    ``kind``, ``entries`` and ``store`` describe the write for the log (see
+    :func:`cacheman._log.saved`).
     """
 
     write: Callable[[bool], object]
@@ -84,6 +87,10 @@ class SavePlan:
     light: bool = False
     landed: Callable[[object], None] = _nothing
     failed: Callable[[], None] = _nothing
+    kind: str = "hook"
+    entries: int = 0
+    store: object = None
+    started: float = 0.0
 
 
 class Lock(Protocol):
@@ -258,6 +265,7 @@ class BackgroundSaver:
         if plan.light:
             self._run_in_process(plan)
             return
+        plan.started = _log.clock()
         try:
             pid, fd = fork_child(lambda: _child_result(plan))
         except OSError as error:  # EAGAIN, ENOMEM: count it as a failed child save
@@ -278,6 +286,7 @@ class BackgroundSaver:
             self._run_in_process(plan)
 
     def _run_in_process(self, plan: SavePlan) -> None:
+        started = _log.clock()
         try:
             outcome = plan.write(True)
         except Exception as error:
@@ -286,6 +295,7 @@ class BackgroundSaver:
         else:
             plan.landed(outcome)
             self._succeeded(plan.mark)
+            _log.saved(self.name, plan.kind, plan.entries, started, store=plan.store)
 
     # -- outcomes --------------------------------------------------------------------
 
@@ -326,6 +336,9 @@ class BackgroundSaver:
         if job.ok:
             plan.landed(None if job.result is None else pickle.loads(job.result))
             self._succeeded(plan.mark)
+            _log.saved(
+                self.name, plan.kind, plan.entries, plan.started, store=plan.store, where="child"
+            )
             if requested:
                 self._defer(self.scheduler.clock())
         else:
@@ -432,9 +445,22 @@ def await_idle(cache: SaveTarget) -> None:
 
 
 def last_error(cache: SaveTarget) -> str | None:
-    """The error of the last background save of ``cache`` if it failed, else None."""
+    """The error of the last save of ``cache`` if it failed, else None."""
     saver = _existing(cache)
     return None if saver is None else saver.last_error
+
+
+def note_save_outcome(cache: SaveTarget, error: BaseException | None) -> None:
+    """A save in the caller's thread ended: ``error`` is what it raised, or None.
+
+    So that ``last_save_error`` reports every failed save, explicit ones included.
+    """
+    if error is not None:
+        saver_for(cache).last_error = f"{type(error).__name__}: {error}"
+        return
+    saver = _existing(cache)
+    if saver is not None:
+        saver.last_error = None
 
 
 def stop_background_work() -> None:

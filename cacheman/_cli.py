@@ -1,7 +1,7 @@
 """The commands of ``python -m cacheman`` that inspect and manage saved caches.
 
-``list``, ``show``, ``verify``, ``delete``, ``graph`` and ``path`` (``demo`` lives
-in ``_demo``).  Each builds a :class:`~cacheman.cacher.CacheManager` for
+``list``, ``show``, ``verify``, ``delete``, ``invalidate``, ``graph`` and ``path``
+(``demo`` lives in ``_demo``).  Each builds a :class:`~cacheman.cacher.CacheManager` for
 ``--manager``/``--dir`` (and ``$CACHEMAN_SIGNING_KEY``, as the library does) and
 works only through its store: the :class:`~cacheman._store_api.Store` methods,
 plus two a store may offer (``verify``, ``usage``), so another store works as
@@ -28,20 +28,29 @@ import argparse
 import contextlib
 import datetime
 import difflib
+import itertools
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ._generations import generation_of, is_stale, next_generation, parent_generations
 from ._graph import DependencyGraph
+from ._paths import default_base_directory
+from ._progress import Progress
+from ._redis import REDIS_URL_ENV, RedisStore
 from ._registry import DEFAULT_MANAGER_NAME
-from ._store_api import Edge, Store
+from ._store import PickleStore
+from ._store_api import Edge, Store, supports_damage_switch, supports_usage, supports_verify
 from .cacher import CacheManager
 from .errors import (
     CacheManError,
+    CorruptCacheError,
     InsecureCacheError,
     InvalidCacheNameError,
     SignatureMismatchError,
@@ -54,8 +63,10 @@ __all__ = [
     "PROBLEM",
     "REFUSED",
     "USAGE_ERROR",
+    "ManagerRow",
     "add_commands",
     "add_common_options",
+    "add_manager_source",
     "run",
 ]
 
@@ -66,12 +77,12 @@ REFUSED = 3
 # What a shell reports for a program ended by Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
 
-COMMANDS = ("list", "show", "verify", "delete", "graph", "path")
+COMMANDS = ("list", "show", "verify", "delete", "invalidate", "graph", "path")
 
 GRAPH_FORMATS = ("dot", "mermaid", "json")
 
-# ``show`` prints keys as their repr, cut to this many characters.
-_REPR_WIDTH = 100
+# ``show`` cuts each line to the terminal's width; this one when there is no terminal.
+_DEFAULT_WIDTH = 100
 
 
 class _Stop(Exception):
@@ -99,8 +110,9 @@ def add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     parser.add_argument(
         "--manager",
         metavar="NAME",
-        default=default(DEFAULT_MANAGER_NAME),
-        help=f"the manager whose caches to use (default: {DEFAULT_MANAGER_NAME})",
+        default=default(None),
+        help=f"the manager whose caches to use (default: {DEFAULT_MANAGER_NAME}; "
+        "list without it lists the managers)",
     )
     parser.add_argument(
         "--dir",
@@ -136,11 +148,30 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         add_common_options(parser, defaults=False)
         return parser
 
-    command("list", "list the saved caches: entries, bytes, last save, generation")
-    show = command("show", "show one saved cache: its metadata and its first keys")
+    command(
+        "list",
+        "list the saved caches (entries, bytes, last save, generation, stale derived caches); "
+        "without --manager, list the managers and how many caches each has",
+    )
+    show = command(
+        "show",
+        "show one saved cache: its metadata and its first entries, or the values of KEYs "
+        "(each line cut to the terminal's width; --json prints them in full)",
+    )
     show.add_argument("name", metavar="NAME", help="the cache")
     show.add_argument(
-        "--keys", metavar="N", type=_count, default=10, help="show the first N keys (default 10)"
+        "keys",
+        metavar="KEY",
+        nargs="*",
+        help="show these keys' values (a KEY matches a key whose str() or repr() it is)",
+    )
+    show.add_argument(
+        "--keys",
+        dest="first",
+        metavar="N",
+        type=_count,
+        default=10,
+        help="show the first N entries (default 10)",
     )
     verify = command(
         "verify",
@@ -159,13 +190,22 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     delete.add_argument(
         "-n", "--dry-run", action="store_true", help="say what would be deleted, delete nothing"
     )
+    invalidate = command(
+        "invalidate",
+        "invalidate a saved cache: give it a new generation (running programs reload it) and "
+        "reset every cache derived from it (their saved copies are deleted; they rebuild)",
+    )
+    invalidate.add_argument("name", metavar="NAME", help="the cache")
+    invalidate.add_argument(
+        "-n", "--dry-run", action="store_true", help="say what would be reset, change nothing"
+    )
     graph = command("graph", "print the persisted dependency graph")
     graph.add_argument(
         "--format",
         choices=GRAPH_FORMATS,
         help="dot (Graphviz, the default), mermaid, or json (as --json)",
     )
-    command("path", "print the manager's directory")
+    command("path", "print where the manager's data lives (a directory, or a Redis and key prefix)")
 
 
 # -- running a command -----------------------------------------------------------------
@@ -212,11 +252,14 @@ def _run(args: argparse.Namespace) -> int:
         "show": _show,
         "verify": _verify,
         "delete": _delete,
+        "invalidate": _invalidate,
         "graph": _graph,
         "path": _path,
     }
     try:
-        manager = CacheManager(args.manager, args.base)
+        if args.command == "list" and args.manager is None:
+            return _list_managers(args)
+        manager = CacheManager(args.manager or DEFAULT_MANAGER_NAME, args.base)
         return handlers[args.command](_Session(manager, args))
     except BrokenPipeError:
         # The reader went away (`cacheman list | head -1`): not worth a message.
@@ -264,6 +307,18 @@ def _library_warnings_on_stderr() -> Iterator[None]:
 def _saved_names(session: _Session) -> list[str]:
     """The manager's saved caches; stop with status 1 if the manager has nothing at all."""
     names = session.store.names()
+    store = session.store
+    if isinstance(store, RedisStore):
+        if names or store.read_edges():
+            return names
+        others = store.managers()
+        message = (
+            f"unknown manager {session.manager.name!r}: nothing is saved in Redis at "
+            f"{store.display_url} under {store.prefix}:"
+        )
+        if others:
+            message += f"; managers in that Redis: {', '.join(others)}"
+        raise _Stop(message + _did_you_mean(session.manager.name, others), PROBLEM)
     if names or session.store.read_edges() or session.manager.cache_directory.is_dir():
         return names
     manager = session.manager
@@ -335,10 +390,9 @@ def _check(store: Store, name: str, *, fix: bool = False) -> _Verdict:
 
     A store without a ``verify`` gives an ``unchecked`` verdict.
     """
-    verify = getattr(store, "verify", None)
-    if verify is None:
+    if not supports_verify(store):
         return _Verdict(name, checked=False)
-    return _verify_with(verify, name, fix=fix)
+    return _verify_with(store.verify, name, fix=fix)
 
 
 def _verify_with(verify: Callable[..., Any], name: str, *, fix: bool) -> _Verdict:
@@ -373,6 +427,9 @@ class _Summary:
     meta: dict[str, Any]
     problem: str | None = None
     refused: bool = False
+    unreadable: bool = False  # intact, but it does not load here
+    #: None for a cache derived from nothing; else whether a parent moved on since its build.
+    stale: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -382,7 +439,23 @@ class _Summary:
             "last_save": self.last_save,
             "generation": self.generation,
             "problem": self.problem,
+            "stale": self.stale,
         }
+
+
+def _staleness(store: Store, graph: DependencyGraph, name: str) -> bool | None:
+    """Whether derived cache ``name`` is stale (the library's own test); None if not derived."""
+    parents = graph.parents(name)
+    if not parents:
+        return None
+    return is_stale(store.read_meta(name), parent_generations(store, parents))
+
+
+def _persisted_graph(store: Store) -> DependencyGraph:
+    graph = DependencyGraph()
+    for parent, child in store.read_edges():
+        graph.add_edge(parent, child)
+    return graph
 
 
 def _summarise(store: Store, name: str) -> tuple[_Summary, dict[Any, Any] | None]:
@@ -394,9 +467,8 @@ def _summarise(store: Store, name: str) -> tuple[_Summary, dict[Any, Any] | None
     meta = store.read_meta(name) or {}
     size: int | None = None
     modified: float | None = None
-    usage = getattr(store, "usage", None)
-    if usage is not None:
-        size, modified = usage(name)
+    if supports_usage(store):
+        size, modified = store.usage(name)
     saved_at = meta.get("saved_at")
     last_save = float(saved_at) if isinstance(saved_at, (int, float)) else modified
     generation = meta.get("generation")
@@ -408,7 +480,13 @@ def _summarise(store: Store, name: str) -> tuple[_Summary, dict[Any, Any] | None
         summary.problem = "; ".join(verdict.problems)
         summary.refused = verdict.refused
         return summary, None
-    contents = store.load(name) or {}
+    try:
+        contents = store.load(name) or {}
+    except CorruptCacheError as error:
+        # Intact bytes that do not unpickle in this interpreter (a class of the program
+        # that saved them cannot be imported here): reported, left in place.
+        summary.problem, summary.unreadable = str(error), True
+        return summary, None
     summary.entries = len(contents)
     return summary, contents
 
@@ -432,9 +510,28 @@ def _size(size: int | None) -> str:
     return f"{amount:.1f} GiB"
 
 
+def _width() -> int:
+    return shutil.get_terminal_size((_DEFAULT_WIDTH, 24)).columns
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` on one line of at most ``width`` characters (``...`` marks a cut)."""
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+
 def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _REPR_WIDTH else text[: _REPR_WIDTH - 3] + "..."
+    return _cut(repr(value), _DEFAULT_WIDTH)
+
+
+def _as_json_value(value: object) -> object:
+    """``value`` as JSON can hold it: itself when it round-trips, else its repr (in full)."""
+    try:
+        if json.loads(json.dumps(value)) == value:
+            return value
+    except (TypeError, ValueError, RecursionError):
+        pass
+    return repr(value)
 
 
 def _table(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
@@ -459,8 +556,23 @@ def _status(*, refused: bool, damaged: bool) -> int:
     return PROBLEM if damaged else OK
 
 
+def _read_only(store: Store) -> None:
+    """Make ``store`` change nothing while it loads (a store without the switch never does)."""
+    if supports_damage_switch(store):
+        store.keep_aside_damaged = False
+
+
 def _list(session: _Session) -> int:
-    summaries = [_summarise(session.store, name)[0] for name in _saved_names(session)]
+    _read_only(session.store)
+    names = _saved_names(session)
+    summaries = []
+    graph = _persisted_graph(session.store)
+    with Progress("list", total=len(names)) as progress:
+        for name in names:
+            progress.step(name)
+            summary = _summarise(session.store, name)[0]
+            summary.stale = _staleness(session.store, graph, name)
+            summaries.append(summary)
     manager = session.manager
     status = _status(
         refused=any(summary.refused for summary in summaries),
@@ -470,19 +582,20 @@ def _list(session: _Session) -> int:
         session.emit_json(
             {
                 "manager": manager.name,
-                "path": str(manager.cache_directory),
+                "path": _location(session),
                 "caches": [summary.as_json() for summary in summaries],
             }
         )
         return status
     if not summaries:
-        session.emit(f"manager {manager.name!r} has no saved caches ({manager.cache_directory})")
+        session.emit(f"manager {manager.name!r} has no saved caches ({_location(session)})")
         return OK
-    rows = [("NAME", "ENTRIES", "BYTES", "LAST SAVE", "GENERATION")]
+    rows = [("NAME", "ENTRIES", "BYTES", "LAST SAVE", "GENERATION", "STATE")]
     for summary in summaries:
         entries = str(summary.entries)
         if summary.entries is None:
             entries = "refused" if summary.refused else "damaged"
+            entries = "unreadable" if summary.unreadable else entries
         rows.append(
             (
                 summary.name,
@@ -490,38 +603,46 @@ def _list(session: _Session) -> int:
                 _size(summary.size),
                 _when(summary.last_save),
                 summary.generation or "-",
+                {None: "-", True: "stale", False: "fresh"}[summary.stale],
             )
         )
-    session.emit(_table(rows, right=(False, True, True, False, False)))
+    session.emit(_table(rows, right=(False, True, True, False, False, False)))
     for summary in summaries:
         if summary.problem:
-            advice = "" if summary.refused else " (run: verify --fix)"
+            advice = "" if summary.refused or summary.unreadable else " (run: verify --fix)"
             print(f"cacheman: {summary.problem}{advice}", file=sys.stderr)
     return status
 
 
 def _show(session: _Session) -> int:
+    _read_only(session.store)
     name = session.args.name
     _require_saved(session, [name])
-    summary, contents = _summarise(session.store, name)
+    with Progress(f"show {name}"):
+        summary, contents = _summarise(session.store, name)
     if summary.refused:
         raise _Stop(str(summary.problem), REFUSED)
+    if contents is None and summary.unreadable:
+        raise _Stop(f"{summary.problem}; it was left in place", PROBLEM)
     if contents is None:
         raise _Stop(f"{summary.problem}; run 'verify --fix {name}' to move it aside", PROBLEM)
-    keys = [_short(key) for key in list(contents)[: session.args.keys]]
+    if session.args.keys:
+        return _show_values(session, contents)
+    first = list(itertools.islice(contents.items(), session.args.first))
     if session.args.json:
         session.emit_json(
             {
                 **summary.as_json(),
                 "manager": session.manager.name,
                 "meta": summary.meta,
-                "keys": keys,
+                "keys": [_short(key) for key, _ in first],
+                "items": [{"key": repr(k), "value": _as_json_value(v)} for k, v in first],
             }
         )
         return OK
     rows = [
         ("cache", name),
-        ("manager", f"{session.manager.name} ({session.manager.cache_directory})"),
+        ("manager", f"{session.manager.name} ({_location(session)})"),
         ("entries", str(summary.entries)),
         ("bytes", _size(summary.size)),
         ("last save", _when(summary.last_save)),
@@ -533,9 +654,34 @@ def _show(session: _Session) -> int:
         if field_name not in ("generation", "saved_at")
     ]
     session.emit(_table(rows, right=(False, False)))
-    if keys:
-        session.emit(f"first {len(keys)} of {summary.entries} keys:")
-        session.emit("\n".join(f"  {key}" for key in keys))
+    if first:
+        width = _width()
+        session.emit(f"first {len(first)} of {summary.entries} entries:")
+        session.emit("\n".join(_cut(f"  {key!r}: {value!r}", width) for key, value in first))
+    return OK
+
+
+def _show_values(session: _Session, contents: dict[Any, Any]) -> int:
+    """``show NAME KEY...``: each KEY's value; a KEY matches a key whose str() or repr() it is."""
+    wanted: list[str] = session.args.keys
+    found: dict[str, Any] = {}
+    for key in contents:
+        for form in (str(key), repr(key)):
+            if form in wanted and form not in found:
+                found[form] = key
+    missing = [text for text in wanted if text not in found]
+    if missing:
+        sample = [str(key) for key in itertools.islice(contents, 10_000)]
+        listed = ", ".join(map(repr, missing))
+        message = f"cache {session.args.name!r} has no key {listed}"
+        raise _Stop(message + _did_you_mean(missing[0], sample), PROBLEM)
+    keys = [found[text] for text in wanted]
+    if session.args.json:
+        items = [{"key": repr(key), "value": _as_json_value(contents[key])} for key in keys]
+        session.emit_json({"name": session.args.name, "items": items})
+        return OK
+    width = _width()
+    session.emit("\n".join(_cut(f"{key!r}: {contents[key]!r}", width) for key in keys))
     return OK
 
 
@@ -543,7 +689,11 @@ def _verify(session: _Session) -> int:
     saved = _saved_names(session)
     names = session.args.names or saved
     _require_saved(session, names)
-    verdicts = [_check(session.store, name, fix=session.args.fix) for name in names]
+    verdicts = []
+    with Progress("verify", total=len(names)) as progress:
+        for name in names:
+            progress.step(name)
+            verdicts.append(_check(session.store, name, fix=session.args.fix))
     status = _status(
         refused=any(verdict.refused for verdict in verdicts),
         damaged=any(verdict.problems for verdict in verdicts),
@@ -579,18 +729,19 @@ def _delete(session: _Session) -> int:
     edges = store.read_edges()
     _require_saved(session, names, also=[node for edge in edges for node in edge])
     manager = session.manager
-    usage = getattr(store, "usage", None)
     sizes: dict[str, int | None] = {
-        name: None if usage is None else usage(name)[0] for name in names
+        name: store.usage(name)[0] if supports_usage(store) else None for name in names
     }
     dry_run = session.args.dry_run
     if not dry_run and not session.args.yes:
         listed = ", ".join(names)
         _confirm(f"delete {len(names)} saved cache(s) of manager {manager.name!r} ({listed})")
     if not dry_run:
-        for name in names:
-            store.delete(name)
-            store.remove_edges(name)
+        with Progress("delete", total=len(names)) as progress:
+            for name in names:
+                progress.step(name)
+                store.delete(name)
+                store.remove_edges(name)
     if session.args.json:
         caches = [
             {"name": name, "bytes": sizes[name], "edges": [list(e) for e in _edges_of(edges, name)]}
@@ -620,15 +771,57 @@ def _confirm(question: str) -> None:
         raise _Stop("nothing deleted", PROBLEM)
 
 
+def _invalidate(session: _Session) -> int:
+    """Give NAME a new generation and reset what derives from it, as ``manager.invalidate`` does.
+
+    The saved copy of NAME stays (running programs that hold it reload it); each
+    derived cache loses its saved copy and is marked stale, so whichever program
+    registers it next rebuilds it with its own builder.
+    """
+    name = session.args.name
+    store = session.store
+    graph = _persisted_graph(store)
+    _require_saved(session, [name], also=graph.nodes())
+    derived = graph.downstream(name)
+    dry_run = session.args.dry_run
+    generation = None
+    if not dry_run:
+        generation = next_generation(generation_of(store.read_meta(name)))
+        store.update_meta(name, generation=generation)
+        with Progress("invalidate", total=len(derived)) as progress:
+            for each in derived:
+                progress.step(each)
+                session.manager.delete_saved_cache_content(each, apply_to_dependents=False)
+    if session.args.json:
+        session.emit_json(
+            {
+                "manager": session.manager.name,
+                "cache": name,
+                "dry_run": dry_run,
+                "generation": generation,
+                "reset": derived,
+            }
+        )
+        return OK
+    if dry_run:
+        session.emit(f"would invalidate {name}")
+    else:
+        session.emit(f"invalidated {name} (generation {generation})")
+    verb = "would reset" if dry_run else "reset"
+    for each in derived:
+        session.emit(f"{verb} {each}")
+    if not derived:
+        session.emit(f"no cache derives from {name}")
+    return OK
+
+
 def _graph(session: _Session) -> int:
     requested = session.args.format
     if session.args.json and requested not in (None, "json"):
         raise _Stop(f"--json and --format {requested} ask for two formats; give one", USAGE_ERROR)
     output = "json" if session.args.json else requested or "dot"
     _saved_names(session)
-    graph = DependencyGraph()
-    for parent, child in session.store.read_edges():
-        graph.add_edge(parent, child)
+    graph = _persisted_graph(session.store)
     if output == "json":
         session.emit_json(
             {
@@ -644,7 +837,29 @@ def _graph(session: _Session) -> int:
     return OK
 
 
+def _location(session: _Session) -> str:
+    """Where the manager's data lives: its directory, or its Redis (no password) and key prefix."""
+    store = session.store
+    if isinstance(store, RedisStore):
+        return f"{store.display_url}, keys {store.prefix}:*"
+    return str(session.manager.cache_directory)
+
+
 def _path(session: _Session) -> int:
+    store = session.store
+    if isinstance(store, RedisStore):  # no directory: the data lives in Redis
+        if session.args.json:
+            session.emit_json(
+                {
+                    "manager": session.manager.name,
+                    "redis": store.display_url,
+                    "prefix": f"{store.prefix}:",
+                    "exists": bool(store.names() or store.read_edges()),
+                }
+            )
+        else:
+            session.emit(f"{store.display_url} {store.prefix}:")
+        return OK
     directory = session.manager.cache_directory
     if session.args.json:
         session.emit_json(
@@ -652,4 +867,90 @@ def _path(session: _Session) -> int:
         )
     else:
         session.emit(str(directory))
+    return OK
+
+
+# -- the managers --------------------------------------------------------------------------
+
+
+@dataclass
+class ManagerRow:
+    """One line of ``list`` without ``--manager``: a manager some store holds."""
+
+    name: str
+    store: str  # "files", "redis"...
+    where: str
+    caches: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "store": self.store, "path": self.where, "caches": self.caches}
+
+
+#: Where ``list`` without ``--manager`` looks for managers: each source is called with the
+#: parsed options and returns the managers it holds.  The file store's is built in; another
+#: store adds its own with :func:`add_manager_source`.
+ManagerSource = Callable[[argparse.Namespace], list[ManagerRow]]
+
+
+def _file_managers(args: argparse.Namespace) -> list[ManagerRow]:
+    """The managers with a directory under the base (``--dir``, else the default)."""
+    base = default_base_directory() if args.base is None else Path(args.base).expanduser()
+    try:
+        entries = sorted(
+            (
+                entry
+                for entry in os.scandir(base)
+                if entry.is_dir() and not entry.name.startswith(".")
+            ),
+            key=lambda entry: entry.name,
+        )
+    except FileNotFoundError:
+        return []
+    rows = []
+    for entry in entries:
+        store = PickleStore(Path(entry.path))
+        count = sum(1 for name in store.names() if store.exists(name))
+        rows.append(ManagerRow(entry.name, "files", entry.path, count))
+    return rows
+
+
+def _redis_managers(args: argparse.Namespace) -> list[ManagerRow]:
+    """The managers in the Redis of ``$CACHEMAN_REDIS_URL`` (none when it is not set)."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        return []
+    store = RedisStore(url)
+    try:
+        rows = []
+        for name in store.managers():
+            bound = store.bind(name, None)
+            where = f"{store.display_url} {bound.prefix}:"
+            rows.append(ManagerRow(name, "redis", where, len(bound.names())))
+            bound.close()
+        return rows
+    finally:
+        store.close()
+
+
+MANAGER_SOURCES: list[ManagerSource] = [_file_managers, _redis_managers]
+
+
+def add_manager_source(source: ManagerSource) -> None:
+    """Make ``list`` without ``--manager`` also list the managers ``source`` finds."""
+    if source not in MANAGER_SOURCES:
+        MANAGER_SOURCES.append(source)
+
+
+def _list_managers(args: argparse.Namespace) -> int:
+    rows = [row for source in MANAGER_SOURCES for row in source(args)]
+    if args.json:
+        print(json.dumps({"managers": [row.as_json() for row in rows]}, indent=2, sort_keys=True))
+        return OK
+    if not rows:
+        base = default_base_directory() if args.base is None else args.base
+        print(f"no managers in {base}")
+        return OK
+    table = [("MANAGER", "STORE", "CACHES", "WHERE")]
+    table += [(row.name, row.store, str(row.caches), row.where) for row in rows]
+    print(_table(table, right=(False, False, True, False)))
     return OK

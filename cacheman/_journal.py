@@ -32,7 +32,10 @@ File format (version 1), all integers little-endian::
 A change is ``(SET, key, value)``, ``(DEL, key, None)`` or ``(CLEAR, None, None)``;
 replaying is last-writer-wins per key, and CLEAR wipes everything before it.
 The HMAC binds each record to its journal and its place in it, so a signed
-record cannot be moved into another journal, or replayed twice in one.
+record cannot be moved into another journal, or replayed twice in one; and the
+store signs with a key bound to the manager's and the cache's names
+(:func:`cacheman._store.cache_signing_key`), so a signed journal copied into
+another cache's place fails too.
 """
 
 from __future__ import annotations
@@ -351,9 +354,10 @@ def _check_mac(
     if not hmac.compare_digest(mac.digest(), head[_RECORD_SIZE:]):
         raise SignatureMismatchError(
             f"cache {name!r}: the signature of the journal record at byte {offset} of "
-            f"{path} does not match it (tampered with, moved from another journal, or "
-            "signed with another key); nothing in it was unpickled. If you changed the "
-            "key, delete the journal; otherwise find out who wrote it."
+            f"{path} does not match it (tampered with, moved from another journal or "
+            "another cache's, signed with another key, or by a CacheMan 3.0 pre-release "
+            "whose signatures did not name the cache); nothing in it was unpickled. If you "
+            "changed the key, delete the journal; otherwise find out who wrote it."
         )
 
 

@@ -9,26 +9,34 @@ threads ask).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import inspect
 import logging
 import os
+import pickle
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
-from . import _lifecycle
-from ._memokey import args_digest, code_parts, encode, value_digest
+from . import _lifecycle, _log
+from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
+from ._memo.leases import MISSING, Held, Leases, leases_for
+from ._memokey import _plain, args_digest, encode, value_digest
 from ._paths import MAX_NAME_BYTES, validate_cache_name
+from ._persist.bounds import bounded_class
 from .autosync import AutoSyncCache
+from .errors import ManagerClosedError
 
 if TYPE_CHECKING:
     from .cacher import CacheManager
 
-__all__ = ["MemoCache", "MemoStats", "Memoized", "memoize"]
+__all__ = ["AsyncMemoized", "MemoCache", "MemoStats", "Memoized", "memoize"]
 
 logger = logging.getLogger("cacheman")
 
@@ -36,7 +44,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Bumped when the fingerprint's recipe changes, so old fingerprints never match.
-_FINGERPRINT_RECIPE = b"cacheman-memoize-1"
+_FINGERPRINT_RECIPE = b"cacheman-memoize-2"
+#: With ``lease="auto"``, a function takes leases while its computations typically take this
+#: long: a lease and a durable save cost about a millisecond, so cheaper functions just compute.
+LEASE_AUTO_SECONDS = 0.01
+#: A waiter polls a held lease from every millisecond up to every 50 ms (back-off).
+_FIRST_PAUSE = 0.001
+_LONGEST_PAUSE = 0.05
 
 
 class MemoStats(NamedTuple):
@@ -60,14 +74,16 @@ class MemoCache(AutoSyncCache):
     """The AutoSyncCache behind a memoized function: keys are call digests, values results.
 
     On top of an AutoSyncCache it counts completed saves, and writes the
-    function's fingerprint to the cache's metadata after the first save that
-    follows a deletion of the saved copy (a reset deletes the metadata too).
+    function's fingerprint (and its parts, which name what a later change
+    touched) to the cache's metadata when it opens an empty cache, and after
+    the first save that follows a later deletion of the saved copy (a reset
+    deletes the metadata too).
     """
 
     def __init__(
         self,
         *args: Any,
-        fingerprint: Callable[[], str],
+        fingerprint: Callable[[], dict[str, Any]],
         **kwargs: Any,
     ) -> None:
         self.saves = 0
@@ -93,7 +109,7 @@ class MemoCache(AutoSyncCache):
         if not self._fingerprint_saved:
             # After the contents, never before: a crash in between leaves contents
             # without a fingerprint, which the next run treats as stale (the safe side).
-            self.manager.store.update_meta(self.name, fingerprint=self._fingerprint())
+            self.manager.store.update_meta(self.name, **self._fingerprint())
             self._fingerprint_saved = True
         self.saves += 1  # last: a save counts once all of it is written
 
@@ -149,6 +165,11 @@ class Memoized(Generic[P, R]):
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         functools.update_wrapper(self, function)
         self.manager = manager
@@ -157,10 +178,35 @@ class Memoized(Generic[P, R]):
         self._key = key
         self._version = version
         self._check_code = check_code
+        if lease not in (True, False, "auto"):
+            raise ValueError(f"memoize {self.name!r}: lease must be True, False or 'auto'")
+        if not lease_timeout > 0:
+            raise ValueError(f"memoize {self.name!r}: lease_timeout must be > 0 seconds")
+        self._lease = lease
+        #: ttl, max_entries, max_bytes: given, the memo cache is bounded (see _persist.bounds)
+        self._bounds = {
+            option: value
+            for option, value in (
+                ("ttl", ttl),
+                ("max_entries", max_entries),
+                ("max_bytes", max_bytes),
+            )
+            if value is not None
+        }
+        self._lease_timeout = float(lease_timeout)
+        self._slow = False  # computations typically take LEASE_AUTO_SECONDS or more
+        self._typical: float | None = None  # seconds a computation typically takes
+        self._leases: tuple[MemoCache, Leases | None] | None = None
         self._depends_on = tuple(_checked_dependency(self, each) for each in depends_on)
-        self._code_digest: bytes | None = None
-        if check_code:
-            self._code()  # now: a function without Python code is refused at decoration
+        #: The parts of the code's fingerprint, walked at the first call (not here: the
+        #: helpers a function calls may be defined below it in its module).
+        self._code_parts: dict[str, str] | None = None
+        if check_code and function_behind(function) is None:
+            raise TypeError(
+                f"memoize {self.name!r}: {function!r} has no Python code to "
+                "fingerprint; pass check_code=False (and bump version= when it changes)"
+            )
+        self._unpicklable_warned: set[type] = set()
         # The signature is read once here; the hot path only compares a length.
         try:
             self._signature: inspect.Signature | None = inspect.signature(function)
@@ -185,6 +231,7 @@ class Memoized(Generic[P, R]):
         self._hits = 0
         self._misses = 0
         self._new_locks()
+        _claim(self)
         _live.add(self)
 
     def _new_locks(self) -> None:
@@ -192,7 +239,7 @@ class Memoized(Generic[P, R]):
         self._open_lock = threading.Lock()
         # A forked child inherits the in-flight computations of threads it does not
         # have: waiting on them would wait forever, so it starts with none.
-        self._calls: dict[bytes, _Call] = {}
+        self._calls: dict[bytes, Any] = {}  # _Call, or _AsyncCall for an async function
         self._calls_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -302,6 +349,8 @@ class Memoized(Generic[P, R]):
     def _miss(
         self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
+        if not self.manager.holds(cache):  # deregistered, or its manager closed
+            cache = self._reopen(cache)
         with self._calls_lock:
             call = self._calls.get(key)
             if call is None:
@@ -316,9 +365,8 @@ class Memoized(Generic[P, R]):
                 computing = False
         if not computing:
             return self._wait(call, args, kwargs)
-        epoch = cache.epoch
         try:
-            result = self._function(*args, **kwargs)
+            result = self._compute(cache, key, args, kwargs)
         except Exception as error:
             call.error = error
             raise
@@ -327,13 +375,111 @@ class Memoized(Generic[P, R]):
             raise
         else:
             call.result = result
-            cache.store(key, result, epoch)
         finally:
             # Stored before the call is dropped, so a later caller finds one or the other.
             with self._calls_lock:
                 del self._calls[key]
             call.running.release()
         return result
+
+    def _compute(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        """Run the function for ``key`` and store the result, under the key's lease if leased."""
+        leases = self._leases_for(cache)
+        if leases is None:
+            return self._run(cache, key, args, kwargs)
+        held = self._take_lease(leases, key)
+        try:
+            found = self._saved_elsewhere(leases, cache, key)
+            if found is not MISSING:
+                return found  # type: ignore[no-any-return]
+            result = self._run(cache, key, args, kwargs)
+            self._publish(leases, cache)
+            return result
+        finally:
+            if held is not None:
+                held.release()
+
+    def _run(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        epoch = cache.epoch
+        if self._lease != "auto":
+            result = self._function(*args, **kwargs)
+        else:
+            started = time.perf_counter()
+            result = self._function(*args, **kwargs)
+            self._timed(started)
+        self._keep(cache, key, result, epoch)
+        return result
+
+    # -- leases: one computation per key across processes ---------------------------
+
+    def _leases_for(self, cache: MemoCache) -> Leases | None:
+        """The leases to take for a miss now; None when this function goes without."""
+        if self._lease is False or (self._lease == "auto" and not self._slow):
+            return None
+        if self._leases is None or self._leases[0] is not cache:
+            self._leases = (cache, leases_for(self.manager.store, self.name, self._lease_timeout))
+        return self._leases[1]
+
+    def _timed(self, started: float) -> None:
+        """Keep the typical computation time (a moving average): lease="auto" decides by it.
+
+        An average, so one call slowed by a pause (a GC, a busy machine) does not
+        make every later miss pay a lease and a durable save.
+        """
+        elapsed = time.perf_counter() - started
+        typical = self._typical
+        self._typical = elapsed if typical is None else typical + 0.2 * (elapsed - typical)
+        self._slow = self._typical >= LEASE_AUTO_SECONDS
+
+    def _take_lease(self, leases: Leases, key: bytes) -> Held | None:
+        """Wait for the lease of ``key``; None (compute anyway) after twice ``lease_timeout``.
+
+        Twice: a dead holder's Redis lease expires after ``lease_timeout``, and
+        one waiter must get it then, not give up at the same moment and compute
+        beside the one that did.
+        """
+        deadline = time.monotonic() + 2 * self._lease_timeout
+        pause = _FIRST_PAUSE
+        while True:
+            held = leases.acquire(key)
+            if held is not None:
+                return held
+            if time.monotonic() >= deadline:
+                self._lease_timed_out()
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)
+
+    def _lease_timed_out(self) -> None:
+        logger.warning(
+            "memoize %r: another process has held a key's lease for over %g s; computing it "
+            "here too (raise lease_timeout= if computations take longer)",
+            self.name,
+            2 * self._lease_timeout,
+        )
+
+    def _saved_elsewhere(self, leases: Leases, cache: MemoCache, key: bytes) -> Any:
+        try:
+            found = leases.saved_result(cache, key)
+        except Exception as error:  # a failed look costs a computation, nothing more
+            logger.warning("memoize %r: reading others' results failed: %s", self.name, error)
+            return MISSING
+        if found is not MISSING:
+            self._misses -= 1  # counted when this thread took the computation on
+            self._hits += 1
+        return found
+
+    def _publish(self, leases: Leases, cache: MemoCache) -> None:
+        try:
+            leases.publish(cache)
+        except Exception as error:  # the result stays pending; autosync saves it later
+            logger.warning(
+                "memoize %r: saving a result for other processes failed: %s", self.name, error
+            )
 
     def _wait(self, call: _Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         with call.running:  # returns once the computing thread has released it
@@ -344,6 +490,46 @@ class Memoized(Generic[P, R]):
             raise call.error
         self._hits += 1
         return call.result  # type: ignore[no-any-return]
+
+    def _keep(self, cache: MemoCache, key: bytes, result: object, epoch: int) -> None:
+        """Store a computed result, unless it cannot be saved or its cache was reset meanwhile."""
+        if not (_plain((result,)) or _surely_picklable(result) or _picklable(result)):
+            # Stored, it would make every save of the cache fail: all results lost.
+            if type(result) not in self._unpicklable_warned:
+                self._unpicklable_warned.add(type(result))
+                logger.warning(
+                    "memoize %r: a result of type %s.%s can be pickled neither by pickle nor "
+                    "by cloudpickle; it is returned but not stored (the other results are "
+                    "saved). Return a picklable value to cache it.",
+                    self.name,
+                    type(result).__module__,
+                    type(result).__qualname__,
+                )
+            return
+        if not self.manager.holds(cache):
+            # Deregistered while computing: store where the results are saved now.
+            if cache.epoch != epoch:
+                return
+            cache = self._reopen(cache)
+            epoch = cache.epoch
+        cache.store(key, result, epoch)
+
+    def _reopen(self, stale: MemoCache) -> MemoCache:
+        """The cache was deregistered: register it again (or raise if the manager is closed).
+
+        A memoized function never computes into a cache its manager no longer
+        saves: its results would be lost at exit.
+        """
+        if self.manager.closed:
+            raise ManagerClosedError(
+                f"memoize {self.name!r}: manager {self.manager.name!r} is closed; "
+                "decorate the function with an open manager's memoize"
+            )
+        with self._open_lock:
+            if self._cache is stale:
+                self._cache = None
+        logger.debug("memoize %r: its cache was deregistered; registering it again", self.name)
+        return self._open()
 
     # -- the cache and its fingerprint ---------------------------------------------
 
@@ -368,34 +554,43 @@ class Memoized(Generic[P, R]):
     def fingerprint(self) -> str:
         """A digest of the code (unless ``check_code=False``), ``version`` and the dependencies.
 
-        A dependency counts by its own fingerprint (a memoized function) or by
-        the ``generation`` in its metadata (a cache, changed whenever it is
-        invalidated).
+        The code counts with what it reaches of the user's own code: the
+        functions and methods it calls, the classes it uses, the module
+        constants it reads, its closure cells and default arguments (see
+        :mod:`cacheman._memo.fingerprint`).  A dependency counts by its own
+        fingerprint (a memoized function) or by the ``generation`` in its
+        metadata (a cache, changed whenever it is invalidated).
         """
-        parts = [_FINGERPRINT_RECIPE]
-        if self._check_code:
-            parts.append(self._code())
-        encode(self._version, parts)
+        return _combined(self._fingerprint_parts())
+
+    def _fingerprint_parts(self) -> dict[str, str]:
+        """What the fingerprint is made of, each part named (for the log of a reset)."""
+        if self._code_parts is None:
+            self._code_parts = self._walked_code() if self._check_code else {}
+        parts = dict(self._code_parts)
+        parts["version"] = _part_digest(self._version)
         for dependency in self._depends_on:
             if isinstance(dependency, Memoized):
-                encode(("function", dependency.name, dependency.fingerprint), parts)
+                parts[f"depends_on {dependency.name}"] = dependency.fingerprint
             else:
                 meta = self.manager.store.read_meta(dependency) or {}
-                encode(("cache", dependency, meta.get("generation")), parts)
-        return hashlib.blake2b(b"".join(parts), digest_size=16).hexdigest()
+                parts[f"depends_on {dependency}"] = _part_digest(meta.get("generation"))
+        return parts
 
-    def _code(self) -> bytes:
-        if self._code_digest is None:
-            code = getattr(self._function, "__code__", None)
-            if code is None:
-                raise TypeError(
-                    f"memoize {self.name!r}: {self._function!r} has no Python code to "
-                    "fingerprint; pass check_code=False (and bump version= when it changes)"
-                )
-            parts: list[bytes] = []
-            code_parts(code, parts)
-            self._code_digest = hashlib.blake2b(b"".join(parts)).digest()
-        return self._code_digest
+    def _walked_code(self) -> dict[str, str]:
+        try:
+            return fingerprint_parts(self._function)
+        except RecursionError:  # a call graph deeper than the interpreter's stack
+            logger.warning(
+                "memoize %r: its call graph is too deep to walk; only the function's own "
+                "code counts in its fingerprint (bump version= when a helper changes)",
+                self.name,
+            )
+            return fingerprint_parts(self._function, follow=False)
+
+    def _meta_fields(self) -> dict[str, Any]:
+        parts = self._fingerprint_parts()
+        return {"fingerprint": _combined(parts), "fingerprint_parts": parts}
 
     def _open(self) -> MemoCache:
         """Register the cache; reset it (and what derives from it) if the fingerprint changed."""
@@ -413,28 +608,265 @@ class Memoized(Generic[P, R]):
                 self.manager.register_dependent_cache(parent, self.name)
             # Registered empty first: re-registering a name saves the previous object
             # (and its fingerprint), which the comparison below must see.
-            cache = MemoCache(
-                self.name,
-                cache_manager=self.manager,
-                contents={},
-                fingerprint=lambda: self.fingerprint,
+            cache_class = bounded_class(MemoCache) if self._bounds else MemoCache
+            cache = cast(
+                "MemoCache",
+                cache_class(
+                    self.name,
+                    cache_manager=self.manager,
+                    contents={},
+                    fingerprint=self._meta_fields,
+                    **self._bounds,
+                ),
             )
-            fingerprint = self.fingerprint
+            parts = self._fingerprint_parts()
+            fingerprint = _combined(parts)
             store = self.manager.store
-            saved = (store.read_meta(self.name) or {}).get("fingerprint")
+            meta = store.read_meta(self.name) or {}
+            saved = meta.get("fingerprint")
             if saved == fingerprint:
                 cache._fingerprint_saved = True
                 self.manager.reload_cache(self.name)
             elif saved is not None or store.exists(self.name):
+                old_parts = meta.get("fingerprint_parts")
+                if saved is None:
+                    why = "results were saved without a fingerprint"
+                elif isinstance(old_parts, dict):
+                    why = describe_changes(old_parts, parts)
+                else:
+                    why = "they were saved by an older CacheMan (another fingerprint recipe)"
+                # WARNING (in _log): results the user may have waited hours for are dropped.
+                _log.reset_by_code(self.name, f"its code or a dependency ({why})")
                 # The stale copy is never loaded: unpickling it may fail now that the code changed.
-                logger.info(
-                    "memoize %r: the function, its version or a dependency changed; "
-                    "resetting its cache and every cache derived from it",
-                    self.name,
-                )
                 self.manager.invalidate_and_rebuild_cache(self.name)
+            else:
+                # Nothing saved yet: load that nothing, so the first save appends to what
+                # other processes may save meanwhile instead of replacing it.
+                self.manager.reload_cache(self.name)
+            if not cache._fingerprint_saved:
+                # Nothing is saved now (never, or just reset): the fingerprint goes first,
+                # so another process opening the cache before this one's first save lands
+                # loads it, rather than taking its results for stale ones and resetting.
+                store.update_meta(self.name, **self._meta_fields())
+                cache._fingerprint_saved = True
             self._cache = cache
             return cache
+
+
+class AsyncMemoized(Memoized[P, R]):
+    """A memoized ``async def``: the function is awaited once per key, its result stored.
+
+    Concurrent awaits of one key, in one event loop or several (threads),
+    run the function once; the others await its outcome.  A hit returns the
+    cached result without suspending.  An exception reaches every awaiter and
+    is not cached; if the computing task is cancelled, the awaiters compute
+    for themselves.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Frameworks ask iscoroutinefunction() before awaiting a handler: say yes.
+        mark = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+        if mark is not None:
+            mark(self)
+        self._is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)  # 3.10-3.11
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:  # type: ignore[override]
+        cache = self._cache
+        if kwargs or len(args) != self._arity or cache is None:
+            cache = self._cache if self._cache is not None else self._open()
+            key = self.key_of(*args, **kwargs)
+        else:
+            key = args_digest(args)
+        try:
+            result: R = cache[key]
+        except KeyError:
+            pass
+        else:
+            self._hits += 1
+            return result
+        return await self._amiss(cache, key, args, kwargs)
+
+    async def _amiss(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        if not self.manager.holds(cache):  # deregistered, or its manager closed
+            cache = self._reopen(cache)
+        with self._calls_lock:
+            call = self._calls.get(key)
+            if call is None:
+                found = cache.get(key, _UNSET)
+                if found is not _UNSET:
+                    self._hits += 1
+                    return found  # type: ignore[no-any-return]
+                call = self._calls[key] = _AsyncCall()
+                self._misses += 1
+                computing = True
+            else:
+                computing = False
+        if not computing:
+            outcome = await asyncio.wrap_future(call.future)
+            if outcome is _RETRY:
+                return await self(*args, **kwargs)
+            self._hits += 1
+            return outcome  # type: ignore[no-any-return]
+        try:
+            result: R = await self._acompute(cache, key, args, kwargs)
+        except Exception as error:
+            call.future.set_exception(error)
+            raise
+        except BaseException:
+            call.future.set_result(_RETRY)  # cancelled: the awaiters were not
+            raise
+        else:
+            call.future.set_result(result)
+        finally:
+            with self._calls_lock:
+                del self._calls[key]
+        return result
+
+    async def _acompute(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        leases = self._leases_for(cache)
+        if leases is None:
+            return await self._arun(cache, key, args, kwargs)
+        held = await self._atake_lease(leases, key)
+        try:
+            found = self._saved_elsewhere(leases, cache, key)
+            if found is not MISSING:
+                return found  # type: ignore[no-any-return]
+            result = await self._arun(cache, key, args, kwargs)
+            self._publish(leases, cache)
+            return result
+        finally:
+            if held is not None:
+                held.release()
+
+    async def _arun(
+        self, cache: MemoCache, key: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        epoch = cache.epoch
+        started = time.perf_counter()
+        result: R = await self._function(*args, **kwargs)  # type: ignore[misc]
+        if self._lease == "auto":
+            self._timed(started)
+        self._keep(cache, key, result, epoch)
+        return result
+
+    async def _atake_lease(self, leases: Leases, key: bytes) -> Held | None:
+        """:meth:`Memoized._take_lease` without blocking the event loop while waiting."""
+        deadline = time.monotonic() + 2 * self._lease_timeout
+        pause = _FIRST_PAUSE
+        while True:
+            held = leases.acquire(key)
+            if held is not None:
+                return held
+            if time.monotonic() >= deadline:
+                self._lease_timed_out()
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)
+
+
+_RETRY: Any = object()  # an async computation was cancelled: its awaiters compute themselves
+
+
+class _AsyncCall:
+    """One async computation in flight: a thread-safe future its awaiters wait on, in any loop."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        # Running: an awaiter that is cancelled cannot cancel the others' outcome.
+        self.future.set_running_or_notify_cancel()
+
+
+def _part_digest(value: object) -> str:
+    out: list[bytes] = []
+    encode(value, out)
+    return hashlib.blake2b(b"".join(out), digest_size=8).hexdigest()
+
+
+def _combined(parts: dict[str, str]) -> str:
+    out = [_FINGERPRINT_RECIPE]
+    encode(sorted(parts.items()), out)
+    return hashlib.blake2b(b"".join(out), digest_size=16).hexdigest()
+
+
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None), complex})
+
+
+def _surely_picklable(value: object, depth: int = 0) -> bool:
+    """A quick yes for the usual results (scalars, small containers of them); else ask pickle."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth > 2:
+        return False
+    if kind is tuple or kind is list:
+        return len(value) <= 64 and all(_surely_picklable(v, depth + 1) for v in value)  # type: ignore[arg-type,attr-defined]
+    if kind is dict:
+        return len(value) <= 64 and all(  # type: ignore[arg-type]
+            _surely_picklable(k, depth + 1) and _surely_picklable(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    return False
+
+
+def _picklable(value: object) -> bool:
+    """Whether the store can save ``value`` (it tries pickle, then cloudpickle)."""
+    try:
+        pickle.dumps(value, protocol=5)
+    except Exception:  # any failure: cloudpickle may still manage
+        pass
+    else:
+        return True
+    try:
+        import cloudpickle  # type: ignore[import-untyped]
+
+        cloudpickle.dumps(value, protocol=5)
+    except Exception:  # what the store would hit at save time
+        return False
+    return True
+
+
+# Who holds each memo name, per manager: two functions sharing a cache would reset
+# each other at every run (each sees the other's fingerprint).
+_claims: weakref.WeakValueDictionary[tuple[int, str], Memoized[..., Any]] = (
+    weakref.WeakValueDictionary()
+)
+_claims_lock = threading.Lock()
+
+
+def _identity(memoized: Memoized[..., Any]) -> str:
+    function = memoized._function
+    module = getattr(function, "__module__", None)
+    return f"{module}.{getattr(function, '__qualname__', function)}"
+
+
+def _claim(memoized: Memoized[..., Any]) -> None:
+    """Refuse a second function under a name another live function of the manager uses.
+
+    The same function decorated again (a re-run notebook cell, a reloaded
+    module, a new version of it) takes the name over.
+    """
+    slot = (id(memoized.manager), memoized.name)
+    with _claims_lock:
+        holder = _claims.get(slot)
+        if (
+            holder is not None
+            and holder.manager is memoized.manager
+            and _identity(holder) != _identity(memoized)
+        ):
+            raise ValueError(
+                f"memoize {memoized.name!r}: the name is already used by "
+                f"{_identity(holder)} in manager {memoized.manager.name!r}; give "
+                f"{_identity(memoized)} another name= (two functions sharing one cache "
+                "would reset each other's results at every run)"
+            )
+        _claims[slot] = memoized
 
 
 # Every memoized function, for the fork hook.
@@ -496,13 +928,18 @@ def memoize(
     version: object = None,
     key: Callable[..., object] | None = None,
     check_code: bool = True,
+    lease: bool | Literal["auto"] = "auto",
+    lease_timeout: float = 60.0,
+    ttl: float | None = None,
+    max_entries: int | None = None,
+    max_bytes: int | None = None,
 ) -> Any:
     """The decorator behind :meth:`CacheManager.memoize`; bare ``@manager.memoize`` works too."""
     if callable(name):
-        return Memoized(manager, name)
+        return _kind(name)(manager, name)
 
     def decorate(function: Callable[P, R]) -> Memoized[P, R]:
-        return Memoized(
+        return _kind(function)(  # type: ignore[return-value]
             manager,
             function,
             name,
@@ -510,6 +947,21 @@ def memoize(
             version=version,
             key=key,
             check_code=check_code,
+            lease=lease,
+            lease_timeout=lease_timeout,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
         )
 
     return decorate
+
+
+def _kind(function: Callable[..., Any]) -> type[Memoized[..., Any]]:
+    """:class:`AsyncMemoized` for an ``async def`` (its calls return coroutines), else Memoized."""
+    behind = function_behind(function)
+    if inspect.iscoroutinefunction(function) or (
+        behind is not None and inspect.iscoroutinefunction(behind)
+    ):
+        return AsyncMemoized
+    return Memoized

@@ -1,4 +1,4 @@
-"""Stable digests for memoize: the key of a call and the fingerprint of a function.
+"""Stable digests for memoize: the key of a call, and the encoding fingerprints use.
 
 A memoized result is found again in a later run, or by another process, only if
 its key is the same there, so nothing here uses ``hash()`` (salted per process
@@ -26,10 +26,9 @@ import hashlib
 import marshal
 import pickle
 import sys
-from types import CodeType
 from typing import Any
 
-__all__ = ["DIGEST_SIZE", "args_digest", "code_parts", "encode", "value_digest"]
+__all__ = ["DIGEST_SIZE", "args_digest", "encode", "value_digest"]
 
 #: Bytes in a key digest: 128 bits, so a collision is out of reach for any cache size.
 DIGEST_SIZE = 16
@@ -174,20 +173,3 @@ def _encode_numpy(value: object, out: list[bytes]) -> bool:
         out.append(_atom(b"g", value.dtype.str.encode()) + _atom(b"", value.tobytes()))
         return True
     return False
-
-
-def code_parts(code: CodeType, out: list[bytes]) -> None:
-    """Append what defines ``code``'s behaviour: bytecode, constants (nested code too), names.
-
-    Line numbers, local variable names and the docstring position are left
-    out, so moving a function or renaming a local does not count as a change.
-    """
-    out.append(_atom(b"C", code.co_code))
-    counts = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)
-    encode(counts, out)
-    encode(code.co_names, out)
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            code_parts(const, out)
-        else:
-            encode(const, out)

@@ -63,9 +63,10 @@ def validate_cache_name(name: object, *, what: str = "cache") -> str:
     Names are refused, never encoded: a refused name is an error the user sees
     at once, while an encoded one would give a file name they did not expect.
     Raises :class:`~cacheman.errors.InvalidCacheNameError` (a ``ValueError``) for a
-    non-string, an empty name, ``.``/``..``, a name holding ``/`` (so also every
-    absolute path), ``\\``, NUL or another control character, or one longer than
-    :data:`MAX_NAME_BYTES` bytes or not encodable as a file name.
+    non-string, an empty name, a name starting with ``.`` (so also ``.`` and
+    ``..``), a name holding ``/`` (so also every absolute path), ``\\``, NUL or
+    another control character, or one longer than :data:`MAX_NAME_BYTES` bytes or
+    not encodable as a file name.
 
     >>> validate_cache_name("squares")
     'squares'
@@ -91,6 +92,14 @@ def validate_cache_name(name: object, *, what: str = "cache") -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise InvalidCacheNameError(
             f"invalid {what} name {name!r}: it may not contain control characters"
+        )
+    if name.startswith("."):
+        # The directory's dot-files are the store's own (locks, temporary files),
+        # and every listing skips them: such a cache would be saved but invisible
+        # to ``list``, ``verify`` and ``saved_cache_names()``.
+        raise InvalidCacheNameError(
+            f"invalid {what} name {name!r}: it may not start with '.' (dot-files in a "
+            "cache directory are CacheMan's own, and listings skip them); drop the dot"
         )
     try:
         encoded = os.fsencode(name)

@@ -8,6 +8,14 @@ Layout, for a manager ``m`` under the namespace ``cacheman`` (the default)::
     cacheman:m:edges          sorted set: JSON [parent, child], scored in declaration order
     cacheman:m:events         pub/sub channel: [name, generation] when a generation changes
 
+On a Redis Cluster (``redis+cluster://``) the cache's name is a hash tag,
+``cacheman:m:{<name>}:data`` and so on, so that every key of one cache lives in
+one slot (its saves stay one ``MULTI`` or one script), while different caches
+spread over the masters.  The events go out with ``PUBLISH``, which a cluster
+relays to every node: a listener may subscribe at any node, and the publish
+stays inside the script that changes the generation (a sharded ``SPUBLISH``
+to a per-manager channel could not: its slot is not the cache's).
+
 One field per entry is what makes a change cheap: the single-machine journal
 (``append``) maps onto a pipelined ``HSET``/``HDEL`` of the changed keys in one
 ``MULTI``, so several processes writing different keys all keep theirs.  A full
@@ -39,7 +47,6 @@ import json
 import logging
 import os
 import pickle
-import random
 import secrets
 import struct
 import threading
@@ -50,9 +57,18 @@ from hashlib import sha256
 from typing import Any
 
 from . import _lifecycle
-from ._journal import CLEAR, DEL, SET, AppendResult, SaveResult
+from ._generations import STALE, generation_of, is_stale
+from ._journal import CLEAR, DEL, SET, AppendResult, SaveResult, VerifyReport
 from ._paths import validate_cache_name
-from ._store import _REFUSED_BY_PICKLE, PICKLE_PROTOCOL, _cloudpickle, _describe_unpicklable
+from ._redis_events import Listener
+from ._redis_url import connect, is_cluster_url, node_url, password_of, redact, redact_text
+from ._store import (
+    _REFUSED_BY_PICKLE,
+    PICKLE_PROTOCOL,
+    StoreUsage,
+    _cloudpickle,
+    _describe_unpicklable,
+)
 from ._store_api import Edge
 from .errors import (
     CorruptCacheError,
@@ -88,15 +104,12 @@ _LOAD_ATTEMPTS = 3
 # A signed value starts with this byte and the HMAC; an unsigned one is a bare
 # pickle, which starts with b"\x80" (the PROTO opcode), so the two never mix up.
 _SIGNED = b"\x01"
+_PICKLE_START = b"\x80"
 _MAC_SIZE = 32
 _FIELD_LENGTH = struct.Struct("<I")
 #: The meta field changed by every full save and clear (internal, not in read_meta).
 _SNAPSHOT = "_snapshot"
 
-# Listener: seconds between reconnection attempts, doubling up to the maximum.
-_RECONNECT_FIRST = 0.05
-_RECONNECT_MAX = 5.0
-_POLL = 0.5
 # How many of this process's latest generation writes wrote_generation remembers.
 _OWN_GENERATIONS = 1024
 
@@ -221,10 +234,18 @@ class RedisStore:
 
     ``RedisStore(url)`` is what you pass as ``CacheManager(name, store=...)``;
     the manager binds it to its name (and signing key).  ``url`` is a redis-py
-    URL (``redis://host:6379/0``, ``rediss://`` for TLS, ``unix://``);
-    ``client_options`` go to ``redis.Redis.from_url``.  Setting
+    URL (``redis://host:6379/0``, ``rediss://`` for TLS, ``unix://``), or
+    ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) for a Redis
+    Cluster reached through any of its nodes; ``client_options`` go to
+    ``redis.Redis.from_url`` (``RedisCluster.from_url`` for a cluster).  Setting
     ``$CACHEMAN_REDIS_URL`` gives every manager built without ``store=`` a
     ``RedisStore`` of that URL.
+
+    ``wait_for_replicas=n`` makes every write (save, append, metadata) wait,
+    with ``WAIT``, until ``n`` replicas have it, up to ``replica_timeout``
+    seconds; a write that fewer replicas confirmed raises ``TimeoutError``
+    (it reached the primary, but a failover could still lose it).  The default,
+    0, acknowledges a write as soon as the primary has it.
 
     Raises ``ImportError`` naming the ``cacheman[redis]`` extra if redis-py is
     not installed.  Nothing connects until the first operation.
@@ -235,6 +256,10 @@ class RedisStore:
     RedisStore('redis://127.0.0.1:6379/0', namespace='cacheman')
     """
 
+    #: False makes loads change nothing, as the command line's ``list`` and ``show``
+    #: want: damaged or unreadable contents raise CorruptCacheError instead of going aside.
+    keep_aside_damaged = True
+
     def __init__(
         self,
         url: str,
@@ -242,13 +267,37 @@ class RedisStore:
         namespace: str = "cacheman",
         manager: str | None = None,
         signing_key: bytes | None = None,
+        wait_for_replicas: int = 0,
+        replica_timeout: float = 1.0,
         **client_options: Any,
     ) -> None:
         self._redis_module = _redis_module()
+        exceptions = self._redis_module.exceptions
+        #: What redis-py raises when the data cannot be reached (as opposed to damaged).
+        self._unreachable: tuple[type[Exception], ...] = (
+            exceptions.ConnectionError,
+            exceptions.TimeoutError,
+            exceptions.ClusterDownError,
+            exceptions.RedisClusterException,
+            exceptions.TryAgainError,
+            exceptions.BusyLoadingError,
+        )
         if client_options.get("decode_responses"):
             raise ValueError("RedisStore reads bytes: decode_responses must stay False")
         if not namespace:
             raise ValueError("the namespace of a RedisStore must not be empty")
+        self.cluster = is_cluster_url(url)
+        if self.cluster:
+            node_url(url)  # refuses a database other than 0, now rather than at first use
+            if "{" in namespace or "}" in namespace:
+                raise ValueError(
+                    f"the namespace {namespace!r} of a Redis Cluster store may not hold "
+                    "'{' or '}': they would change the hash tag that keeps a cache in one slot"
+                )
+        if wait_for_replicas < 0 or replica_timeout <= 0:
+            raise ValueError("wait_for_replicas must be >= 0 and replica_timeout > 0")
+        self.wait_for_replicas = wait_for_replicas
+        self.replica_timeout = replica_timeout
         self.url = url
         self.namespace = namespace
         self.manager = None if manager is None else _check_manager_name(manager)
@@ -258,7 +307,7 @@ class RedisStore:
         self._client_now: Any = None
         self._callbacks: list[EventCallback] = []
         self._callbacks_lock = threading.Lock()
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         # The generations this process wrote lately, so that a subscriber can tell
         # its own events from other processes' (see wrote_generation).
         self._own_generations: collections.deque[tuple[str, str]] = collections.deque(
@@ -268,12 +317,31 @@ class RedisStore:
         # Clients (and listeners) of the process we were forked from.  They are
         # kept, never closed: their sockets are the parent's too.
         self._inherited: list[object] = []
+        # The latest generation of each cache this process wrote or heard of (an
+        # event, or a re-read): after a reconnection or a failover, the caches
+        # whose generation is not this one are announced (see recheck_generations).
+        # Reads do not count: a read_meta says nothing of what the caches hold.
+        self._seen_generations: dict[str, str | None] = {}
         _lifecycle.on_fork_child(_weak_fork_hook(self))
 
     def __repr__(self) -> str:
         bound = "" if self.manager is None else f", manager={self.manager!r}"
         signed = ", signed" if self.signing_key else ""
-        return f"{type(self).__name__}({self.url!r}, namespace={self.namespace!r}{bound}{signed})"
+        waits = f", wait_for_replicas={self.wait_for_replicas}" if self.wait_for_replicas else ""
+        return (
+            f"{type(self).__name__}({self.display_url!r}, namespace={self.namespace!r}"
+            f"{bound}{signed}{waits})"
+        )
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password: what logs, errors and the command line show."""
+        return redact(self.url)
+
+    def _redacted(self, error: BaseException) -> str:
+        """The message of ``error`` with every password it might quote hidden."""
+        secrets_ = (self.client_options.get("password"), password_of(self.url))
+        return redact_text(f"{type(error).__name__}: {error}", secrets_)
 
     def bind(self, manager_name: str, signing_key: bytes | None) -> RedisStore:
         """A store for the manager ``manager_name`` (same URL, namespace and options).
@@ -286,6 +354,8 @@ class RedisStore:
             namespace=self.namespace,
             manager=manager_name,
             signing_key=signing_key,
+            wait_for_replicas=self.wait_for_replicas,
+            replica_timeout=self.replica_timeout,
             **self.client_options,
         )
 
@@ -301,7 +371,7 @@ class RedisStore:
             # (a generous read timeout: deleting a big replaced hash takes a while).
             options = {"socket_connect_timeout": 5, "socket_timeout": 30, "socket_keepalive": True}
             options.update(self.client_options)
-            client = self._redis_module.Redis.from_url(self.url, **options)
+            client = connect(self._redis_module, self.url, options)
             self._client_now = client
         return client
 
@@ -330,8 +400,9 @@ class RedisStore:
         if listener is not None:
             listener.stop()
         if self._client_now is not None and self._pid == os.getpid():
-            self._client_now.close()
-            self._client_now.connection_pool.disconnect()
+            self._client_now.close()  # a RedisCluster closes every node's pool
+            if not self.cluster:
+                self._client_now.connection_pool.disconnect()
         self._client_now = None
 
     # -- names of keys ----------------------------------------------------------------------
@@ -346,13 +417,24 @@ class RedisStore:
             )
         return f"{self.namespace}:{self.manager}"
 
+    def cache_key(self, name: str, kind: str) -> str:
+        """The key ``kind`` (``data``, ``meta``, ``lock``...) of cache ``name``.
+
+        On a cluster the name is a hash tag (``{name}``): all keys of one cache
+        share a slot, so one ``MULTI`` or script may touch them all.
+        """
+        tag = validate_cache_name(name)
+        if self.cluster:
+            tag = "{" + tag + "}"
+        return f"{self.prefix}:{tag}:{kind}"
+
     def data_key(self, name: str) -> str:
         """The hash holding the entries of cache ``name``."""
-        return f"{self.prefix}:{validate_cache_name(name)}:data"
+        return self.cache_key(name, "data")
 
     def meta_key(self, name: str) -> str:
         """The hash holding the metadata of cache ``name``."""
-        return f"{self.prefix}:{validate_cache_name(name)}:meta"
+        return self.cache_key(name, "meta")
 
     @property
     def channel(self) -> str:
@@ -464,7 +546,7 @@ class RedisStore:
         items = list(contents.items())
         data, meta = self.data_key(name), self.meta_key(name)
         token = secrets.token_hex(8)
-        temporary = f"{self.prefix}:{name}:tmp:{token}"
+        temporary = self.cache_key(name, f"tmp:{token}")
         client = self._client()
         encode = self._encoder(name)
         try:
@@ -482,15 +564,66 @@ class RedisStore:
             with contextlib.suppress(Exception):
                 client.delete(temporary)
             raise
-        with client.pipeline(transaction=True) as pipe:
-            if items:
-                pipe.rename(temporary, data)
-                pipe.persist(data)  # RENAME carries the temporary hash's TTL over
-            else:
-                pipe.delete(data)  # Redis has no empty hash: the meta says "saved, empty"
-            pipe.hset(meta, mapping=self._stamp(token))
-            pipe.execute()
+        commands: list[tuple[Any, ...]] = []
+        if items:
+            # PERSIST: RENAME carries the temporary hash's TTL over.
+            commands += [("RENAME", temporary, data), ("PERSIST", data)]
+        else:
+            commands.append(("DEL", data))  # Redis has no empty hash: the meta says "saved, empty"
+        commands.append(("HSET", meta, *_flat(self._stamp(token))))
+        self._transaction(name, meta, commands)
         return SaveResult(None, False)
+
+    def _transaction(self, name: str, key: str, commands: list[tuple[Any, ...]]) -> None:
+        """Run ``commands`` (all on the slot of ``key``) in one ``MULTI``; WAIT if asked to."""
+        if not self.wait_for_replicas:
+            with self._client().pipeline(transaction=True) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                pipe.execute()
+            return
+        replies = self._on_one_connection(key, [("MULTI",), *commands, ("EXEC",)])
+        for reply in replies[-2]:  # EXEC's replies: an error there is a value, not raised
+            if isinstance(reply, Exception):
+                raise reply
+        self._check_replicas(name, replies[-1])
+
+    def _on_one_connection(self, key: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` then ``WAIT`` on one connection to the primary of ``key``'s slot.
+
+        ``WAIT`` counts the replicas that have the writes of *its own*
+        connection, so it must follow them on the connection that sent them:
+        a pooled pipeline may hand the next command another one.  The cluster
+        client's routing is used to find the node, not its retries: an error
+        (a failover under way) is raised, the write unacknowledged, after
+        the client was told to map the cluster again.
+        """
+        client = self._client()
+        pool = (
+            client.get_node_from_key(key).redis_connection if self.cluster else client
+        ).connection_pool
+        wait = ("WAIT", self.wait_for_replicas, max(1, int(self.replica_timeout * 1000)))
+        commands = [*commands, wait]
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            return [connection.read_response() for _ in commands]
+        except BaseException:
+            connection.disconnect()
+            if self.cluster:
+                with contextlib.suppress(Exception):
+                    client.nodes_manager.initialize()
+            raise
+        finally:
+            pool.release(connection)
+
+    def _check_replicas(self, name: str, confirmed: int) -> None:
+        if confirmed < self.wait_for_replicas:
+            raise TimeoutError(
+                f"cache {name!r}: the write reached the Redis primary but only {confirmed} of "
+                f"{self.wait_for_replicas} replica(s) confirmed it within "
+                f"{self.replica_timeout:g} s (wait_for_replicas); a failover now could lose it"
+            )
 
     def _stamp(self, snapshot: str | None) -> dict[str, str]:
         stamp = {"saved_at": _meta_text(time.time()), "format": _meta_text(FORMAT_VERSION)}
@@ -513,30 +646,29 @@ class RedisStore:
         """
         data, meta = self.data_key(name), self.meta_key(name)
         encode = self._encoder(name)
-        client = self._client()
         snapshot = None
-        with client.pipeline(transaction=True) as pipe:
-            fields: list[bytes] = []
-            for op, key, value in changes:
-                if op == SET:
-                    fields += _encoded(name, encode, [(key, value)])
-                    continue
-                if fields:
-                    pipe.execute_command("HSET", data, *fields)
-                    fields = []
-                if op == DEL:
-                    pipe.hdel(data, _dump_key(key))
-                elif op == CLEAR:
-                    pipe.delete(data)
-                    snapshot = secrets.token_hex(8)
-                else:
-                    raise ValueError(f"cache {name!r}: unknown change {op!r}")
+        commands: list[tuple[Any, ...]] = []
+        fields: list[bytes] = []
+        for op, key, value in changes:
+            if op == SET:
+                fields += _encoded(name, encode, [(key, value)])
+                continue
             if fields:
-                pipe.execute_command("HSET", data, *fields)
-            pipe.hset(meta, mapping=self._stamp(snapshot))
-            if snapshot is None:
-                pipe.hsetnx(meta, _SNAPSHOT, secrets.token_hex(8))
-            pipe.execute()
+                commands.append(("HSET", data, *fields))
+                fields = []
+            if op == DEL:
+                commands.append(("HDEL", data, _dump_key(key)))
+            elif op == CLEAR:
+                commands.append(("DEL", data))
+                snapshot = secrets.token_hex(8)
+            else:
+                raise ValueError(f"cache {name!r}: unknown change {op!r}")
+        if fields:
+            commands.append(("HSET", data, *fields))
+        commands.append(("HSET", meta, *_flat(self._stamp(snapshot))))
+        if snapshot is None:
+            commands.append(("HSETNX", meta, _SNAPSHOT, secrets.token_hex(8)))
+        self._transaction(name, meta, commands)
         return AppendResult(None, True)
 
     def load_tracked(self, name: str) -> tuple[dict[Any, Any] | None, None]:
@@ -567,8 +699,20 @@ class RedisStore:
         try:
             return self._load_once(name)
         except CorruptCacheError as damage:
+            if not self.keep_aside_damaged:
+                raise CorruptCacheError(
+                    f"cache {name!r}: {self.data_key(name)} cannot be read here ({damage})"
+                ) from None
             self._quarantine(name, damage)
             return None
+        except self._unreachable as error:
+            # An OSError, as for a file that cannot be read now: the data may be
+            # fine, and a cache that took this for damage would rebuild and write
+            # over it at its next save.
+            raise ConnectionError(
+                f"cache {name!r}: Redis at {self.display_url} cannot be reached now "
+                f"({self._redacted(error)}); nothing was loaded"
+            ) from None
 
     def _load_once(self, name: str) -> dict[Any, Any] | None:
         data, meta = self.data_key(name), self.meta_key(name)
@@ -581,6 +725,8 @@ class RedisStore:
             while True:
                 try:
                     cursor, chunk = client.hscan(data, cursor, count=_SCAN_COUNT)
+                except self._unreachable:
+                    raise
                 except self._redis_module.ResponseError as error:  # not a hash
                     raise CorruptCacheError(str(error)) from error
                 self._decode_into(name, base, chunk, contents)
@@ -601,10 +747,11 @@ class RedisStore:
 
     def _quarantine(self, name: str, damage: CorruptCacheError) -> None:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        kept = f"{self.prefix}:{name}:corrupt:{stamp}"
+        kept = self.cache_key(name, f"corrupt:{stamp}")
         client = self._client()
         with client.pipeline(transaction=True) as pipe:
-            pipe.renamenx(self.data_key(name), kept)
+            # execute_command: a cluster pipeline refuses its .renamenx() (multi-key).
+            pipe.execute_command("RENAMENX", self.data_key(name), kept)
             pipe.hdel(self.meta_key(name), _SNAPSHOT)
             with contextlib.suppress(self._redis_module.ResponseError):
                 pipe.execute()
@@ -616,6 +763,147 @@ class RedisStore:
             damage,
             kept,
         )
+
+    # -- verify and usage: what the command line reports ----------------------------------------
+
+    def verify(self, name: str, fix: bool = False) -> VerifyReport:
+        """Check what Redis holds for ``name`` without unpickling anything.
+
+        Checks the key types, the metadata (JSON, a format this version reads),
+        every entry's framing and, with a signing key, its signature (one
+        ``HSCAN`` pass), and the lineage: a derived cache whose recorded parent
+        generations are not the parents' current ones is stale.  Changes
+        nothing unless ``fix``: then damaged entries are moved aside as a load
+        would, metadata fields that are not JSON are removed, and the contents
+        of a stale derived cache are deleted (the next process that registers
+        it rebuilds it).  Entries that fail their signature are reported
+        (``refused``), never fixed: the user must look.
+        """
+        report = VerifyReport(name)
+        client = self._client()
+        data, meta = self.data_key(name), self.meta_key(name)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.type(data)
+            pipe.type(meta)
+            data_type, meta_type = (t.decode() for t in pipe.execute())
+        report.snapshot_exists = data_type != "none"
+        if meta_type not in ("none", "hash"):
+            report.problems.append(f"{meta} is a {meta_type}, not a hash")
+            return report
+        if data_type not in ("none", "hash"):
+            report.snapshot_ok = False
+            report.problems.append(f"{data} is a {data_type}, not a hash")
+            if fix:
+                self._quarantine(name, CorruptCacheError(report.problems[-1]))
+                report.fixed.append(f"moved {data} aside")
+            return report
+        self._verify_meta(name, client.hgetall(meta), report, fix)
+        if report.snapshot_exists:
+            self._verify_entries(name, report, fix)
+        if not report.refused:
+            self._verify_lineage(name, report, fix)
+        return report
+
+    def _verify_meta(
+        self, name: str, raw: Mapping[bytes, bytes], report: VerifyReport, fix: bool
+    ) -> None:
+        broken = []
+        for field, text in raw.items():
+            try:
+                value = json.loads(text) if field != _SNAPSHOT.encode() else None
+            except ValueError:
+                broken.append(field.decode())
+                continue
+            if field == b"format":
+                report.snapshot_format = value if isinstance(value, int) else None
+                if not isinstance(value, int) or value > FORMAT_VERSION:
+                    report.problems.append(
+                        f"format {value!r}: written by a newer CacheMan (this one reads "
+                        f"{FORMAT_VERSION})"
+                    )
+        if broken:
+            report.problems.append(f"metadata field(s) {', '.join(broken)} are not JSON")
+            if fix:
+                self._client().hdel(self.meta_key(name), *broken)
+                report.fixed.append(f"removed the metadata field(s) {', '.join(broken)}")
+
+    def _verify_entries(self, name: str, report: VerifyReport, fix: bool) -> None:
+        client = self._client()
+        base = self._mac(name)
+        cursor = 0
+        forged = damaged = signed = 0
+        while True:
+            cursor, chunk = client.hscan(self.data_key(name), cursor, count=_SCAN_COUNT)
+            for field, stored in chunk.items():
+                if stored[:1] == _SIGNED and len(stored) > 1 + _MAC_SIZE:
+                    signed += 1
+                    payload = memoryview(stored)[1 + _MAC_SIZE :]
+                    ok_mac = base is None or hmac.compare_digest(
+                        base.sign(field, payload), stored[1 : 1 + _MAC_SIZE]
+                    )
+                    forged += not ok_mac
+                elif stored[:1] == _PICKLE_START:
+                    payload = memoryview(stored)
+                    forged += base is not None  # a signing key requires a signature
+                else:
+                    damaged += 1
+                    continue
+                damaged += field[:1] != _PICKLE_START or payload[:1] != _PICKLE_START
+            if cursor == 0:
+                break
+        report.signed = signed > 0
+        if forged:
+            report.refused = True
+            report.problems.append(
+                f"{forged} entr{'y is' if forged == 1 else 'ies are'} of {self.data_key(name)} "
+                "unsigned, forged or signed with another key; a load refuses the cache"
+            )
+        if damaged:
+            report.snapshot_ok = False
+            report.problems.append(f"{damaged} entr{'y is' if damaged == 1 else 'ies are'} damaged")
+            if fix and not forged:
+                self._quarantine(name, CorruptCacheError(report.problems[-1]))
+                report.fixed.append(f"moved {self.data_key(name)} aside; the cache is rebuilt")
+
+    def _verify_lineage(self, name: str, report: VerifyReport, fix: bool) -> None:
+        meta = self.read_meta(name)
+        if not meta:
+            return
+        recorded = meta.get("parents")
+        parents = {parent for parent, child in self.read_edges() if child == name}
+        if isinstance(recorded, dict):
+            parents |= set(recorded)
+        current = {parent: generation_of(self.read_meta(parent)) for parent in sorted(parents)}
+        if not is_stale(meta, current):
+            return
+        moved = [
+            f"{parent!r} is at {now} (built from {recorded.get(parent)})"
+            for parent, now in current.items()
+            if isinstance(recorded, dict) and recorded.get(parent) != now
+        ]
+        reason = "; ".join(moved) if moved else "marked stale by an invalidation"
+        report.problems.append(f"stale: {reason}; it is rebuilt when next registered")
+        if fix:
+            self._client().delete(self.data_key(name))
+            self.update_meta(name, **{STALE: True, "parents": None})
+            report.fixed.append("deleted its stale contents")
+
+    def usage(self, name: str) -> StoreUsage:
+        """The bytes Redis spends on ``name`` (``MEMORY USAGE``, sampled) and its last save.
+
+        ``modified`` is the ``saved_at`` of the metadata (None if never saved).
+        """
+        client = self._client()
+        with client.pipeline(transaction=False) as pipe:
+            pipe.memory_usage(self.data_key(name))
+            pipe.memory_usage(self.meta_key(name))
+            pipe.hget(self.meta_key(name), "saved_at")
+            data_bytes, meta_bytes, saved_at = pipe.execute()
+        try:
+            modified = float(json.loads(saved_at)) if saved_at else None
+        except (TypeError, ValueError):
+            modified = None
+        return StoreUsage((data_bytes or 0) + (meta_bytes or 0), modified)
 
     # -- delete, exists, names ---------------------------------------------------------------
 
@@ -639,7 +927,22 @@ class RedisStore:
             key = raw.decode()
             for suffix in (":data", ":meta"):
                 if key.endswith(suffix) and len(key) > len(start) + len(suffix):
-                    found.add(key[len(start) : -len(suffix)])
+                    name = key[len(start) : -len(suffix)]
+                    if self.cluster:
+                        if not (name.startswith("{") and name.endswith("}")):
+                            continue
+                        name = name[1:-1]
+                    found.add(name)
+        return sorted(found)
+
+    def managers(self) -> list[str]:
+        """The managers with keys under this store's namespace, sorted (``SCAN MATCH``)."""
+        start = f"{self.namespace}:"
+        found = set()
+        for raw in self._client().scan_iter(match=_glob_escape(start) + "*", count=1000):
+            manager, colon, rest = raw.decode()[len(start) :].partition(":")
+            if manager and colon and rest:
+                found.add(manager)
         return sorted(found)
 
     # -- metadata ------------------------------------------------------------------------------
@@ -666,9 +969,17 @@ class RedisStore:
         for field, text in to_set:
             arguments += (field, text)
         arguments += to_delete
-        script = self._client().register_script(_UPDATE_META)
-        raw = script(keys=[self.meta_key(name)], args=arguments)
-        return _decode_meta(raw, name)
+        key = self.meta_key(name)
+        if self.wait_for_replicas:
+            raw, confirmed = self._on_one_connection(
+                key, [("EVAL", _UPDATE_META, 1, key, *arguments)]
+            )
+            self._check_replicas(name, confirmed)
+        else:
+            raw = self._client().register_script(_UPDATE_META)(keys=[key], args=arguments)
+        meta = _decode_meta(raw, name)
+        self._seen_generations[name] = generation_of(meta)
+        return meta
 
     def wrote_generation(self, name: str, generation: str | None) -> bool:
         """Whether this process itself lately set the generation of ``name`` to ``generation``.
@@ -702,7 +1013,7 @@ class RedisStore:
 
     def lock_key(self, name: str) -> str:
         """The key of the builder lock of ``name``."""
-        return f"{self.prefix}:{validate_cache_name(name)}:lock"
+        return self.cache_key(name, "lock")
 
     @contextlib.contextmanager
     def builder_lock(
@@ -779,11 +1090,11 @@ class RedisStore:
             listener, self._listener = self._listener, None
         listener.stop()
 
-    def _start_listener(self, *, stale_at_start: bool) -> _Listener:
+    def _start_listener(self, *, stale_at_start: bool) -> Listener:
         client = self._client()
         with self._callbacks_lock:
             if self._listener is None:
-                self._listener = _Listener(self, client, stale_at_start)
+                self._listener = Listener(self, client, stale_at_start)
                 self._listener.start()
             return self._listener
 
@@ -803,65 +1114,35 @@ class RedisStore:
         except (ValueError, TypeError):
             logger.warning("ignoring a malformed event on %s: %r", self.channel, payload[:200])
             return
-        self._notify(str(name), None if generation is None else str(generation))
+        name, generation = str(name), None if generation is None else str(generation)
+        self._seen_generations[name] = generation
+        self._notify(name, generation)
 
+    def recheck_generations(self) -> list[str]:
+        """Announce every cache whose generation is not the last this process saw; return them.
 
-class _Listener(threading.Thread):
-    """The daemon thread that turns messages on the events channel into callbacks."""
-
-    def __init__(self, store: RedisStore, client: Any, stale_at_start: bool) -> None:
-        super().__init__(name=f"cacheman-redis-events-{store.manager}", daemon=True)
-        self.store = store
-        self.client = client
-        self.stale_at_start = stale_at_start
-        self.ready = threading.Event()
-        self.stopping = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self is not threading.current_thread():
-            self.join(_POLL * 4)
-
-    def run(self) -> None:
-        _lifecycle.keep_signals_from_this_thread()
-        connection_errors = (
-            self.store._redis_module.ConnectionError,
-            self.store._redis_module.TimeoutError,
-            OSError,
-        )
-        delay = _RECONNECT_FIRST
-        stale = self.stale_at_start
-        while not self.stopping.is_set():
-            try:
-                self._listen(stale)
-            except connection_errors as error:
-                logger.debug("Redis event listener lost its connection: %s", error)
-            # Whatever ended the subscription, events published until the next
-            # one are lost: the next subscription starts with "anything is stale".
-            stale = True
-            self.stopping.wait(delay * (1 + random.random()))
-            delay = min(delay * 2, _RECONNECT_MAX)
-
-    def _listen(self, stale: bool) -> None:
-        pubsub = self.client.pubsub()
-        try:
-            pubsub.subscribe(self.store.channel)
-            while not self.stopping.is_set():
-                message = pubsub.get_message(timeout=_POLL)
-                if message is None:
-                    continue
-                if message["type"] == "subscribe":
-                    # redis-py may reconnect and resubscribe on its own: every
-                    # confirmation after the first is a reconnection.
-                    if stale:
-                        self.store._notify(None, None)
-                    stale = True
-                    self.ready.set()
-                elif message["type"] == "message":
-                    self.store._on_message(message["data"])
-        finally:
-            with contextlib.suppress(Exception):
-                pubsub.close()
+        For when events may have been lost (a reconnection, a failover): each
+        such cache is passed to the subscribed callbacks as if its event had
+        just arrived.  Costs a ``SCAN`` of the manager's keys and one ``HGET``
+        per cache (found, or heard of before), pipelined.
+        """
+        # The names heard of too: on a cluster in the middle of a failover, a SCAN
+        # with the client's old map of the slots misses the keys of the failed
+        # master without an error, while a read of one key finds its new master.
+        names = sorted(set(self.names()) | set(self._seen_generations))
+        client = self._client()
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(self.meta_key(name), "generation")
+            replies = pipe.execute()
+        moved = []
+        for name, raw in zip(names, replies, strict=True):
+            generation = generation_of({"generation": json.loads(raw)} if raw else None)
+            if self._seen_generations.get(name, "") != generation:
+                self._seen_generations[name] = generation
+                moved.append(name)
+                self._notify(name, generation)
+        return moved
 
 
 def _encoded(
@@ -929,6 +1210,11 @@ class _Signer:
         outer = self.outer.copy()
         outer.update(inner.digest())
         return outer.digest()
+
+
+def _flat(mapping: Mapping[str, str]) -> list[str]:
+    """``[field, value, field, value...]``: the arguments of ``HSET`` for ``mapping``."""
+    return [part for pair in mapping.items() for part in pair]
 
 
 def _apply(contents: dict[Any, Any], changes: Iterable[tuple[str, Any, Any]]) -> None:

@@ -12,7 +12,9 @@ replayed on top.  Snapshot format (version 2), all integers little-endian::
     12     8     payload length in bytes
     20     16    id of the journal that continues this snapshot
     36     4     CRC-32 of the payload, then of bytes 0-35
-    40     32    HMAC-SHA256 of the payload, then of bytes 0-35 (zeros if unsigned)
+    40     32    HMAC-SHA256 of the payload, then of bytes 0-35 (zeros if unsigned),
+                 under the cache's key (:func:`cache_signing_key`: the signing key
+                 bound to the manager's and the cache's names)
     72     ...   the payload: a pickle (protocol 5) of a plain dict
 
 Version 1 files (no journal id: bytes 20-55 are the CRC and HMAC, the payload
@@ -41,6 +43,7 @@ import logging
 import os
 import pickle
 import re
+import stat
 import struct
 import tempfile
 import zlib
@@ -88,7 +91,9 @@ __all__ = [
     "PickleStore",
     "StoreUsage",
     "atomic_write",
+    "cache_signing_key",
     "keep_aside",
+    "open_regular",
     "resolve_signing_key",
 ]
 
@@ -159,8 +164,11 @@ def _locked(path: Path) -> Iterator[None]:
     inherited descriptor would otherwise keep the lock until the child exits.
     """
     lock_path = path.with_name(f".{path.name}.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        _check_regular(lock_path, os.stat(lock_path), "lock file")  # before an open can wait
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, _FILE_MODE)
     try:
+        _check_regular(lock_path, os.fstat(fd), "lock file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
@@ -301,14 +309,25 @@ class PickleStore:
 
     With a ``signing_key`` every file and every journal record is signed, and
     one whose signature is missing or wrong is refused before anything in it is
-    unpickled.
+    unpickled.  Signatures bind the names of the manager (``manager``, by
+    default the directory's name) and of the cache, as a Redis store's do: a
+    signed file copied into another cache's place, or another manager's, is
+    refused like a forged one (see :func:`cache_signing_key`).
     """
 
     suffix = ".pkl"
     journal_suffix = ".journal"
+    #: False in a reader that must change nothing (``cacheman list`` and ``show``): a
+    #: damaged or unreadable snapshot raises CorruptCacheError instead of going aside,
+    #: and a damaged journal is read up to the damage and left as it is.
+    keep_aside_damaged = True
 
-    def __init__(self, directory: Path, *, signing_key: bytes | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, signing_key: bytes | None = None, manager: str | None = None
+    ) -> None:
         self.directory = directory
+        self.manager = directory.name if manager is None else manager
+        self._cache_keys: dict[str, bytes] = {}
         self.signing_key = signing_key
         # name -> the end of the journal as this process last wrote or checked it:
         # an append starts its check of the tail there instead of at the start.
@@ -320,6 +339,25 @@ class PickleStore:
     def __repr__(self) -> str:
         signed = ", signed" if self.signing_key else ""
         return f"{type(self).__name__}({str(self.directory)!r}{signed})"
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The manager's signing key (None: files are not signed, and signatures not checked)."""
+        return self._signing_key
+
+    @signing_key.setter
+    def signing_key(self, key: bytes | None) -> None:
+        self._signing_key = key
+        self._cache_keys.clear()
+
+    def _key_for(self, name: str) -> bytes | None:
+        """The key that signs the files of cache ``name`` (None without a signing key)."""
+        if self._signing_key is None:
+            return None
+        key = self._cache_keys.get(name)
+        if key is None:
+            key = self._cache_keys[name] = cache_signing_key(self._signing_key, self.manager, name)
+        return key
 
     def path_for(self, name: str) -> Path:
         """Return the file that holds cache ``name``; the name can never leave the directory."""
@@ -472,14 +510,14 @@ class PickleStore:
         # streaming the pickle keeps a large cache from existing twice in memory.
         handle.write(bytes(HEADER_SIZE))
         flags = 0
-        writer = self._writer(handle)
+        writer = self._writer(name, handle)
         try:
             pickle.dump(contents, writer, PICKLE_PROTOCOL)
         except _REFUSED_BY_PICKLE:
             handle.seek(HEADER_SIZE)
             handle.truncate()
             flags |= _FLAG_CLOUDPICKLE
-            writer = self._writer(handle)
+            writer = self._writer(name, handle)
             try:
                 _cloudpickle().dump(contents, writer, PICKLE_PROTOCOL)
             except Exception as error:
@@ -495,8 +533,9 @@ class PickleStore:
         handle.seek(0)
         handle.write(fields + _TRAILER.pack(crc, signature))
 
-    def _writer(self, handle: IO[bytes]) -> _DigestingWriter:
-        mac = None if self.signing_key is None else hmac.new(self.signing_key, digestmod=sha256)
+    def _writer(self, name: str, handle: IO[bytes]) -> _DigestingWriter:
+        key = self._key_for(name)
+        mac = None if key is None else hmac.new(key, digestmod=sha256)
         return _DigestingWriter(handle, mac)
 
     def _start_journal(self, journal: Path, journal_id: bytes) -> Position:
@@ -542,7 +581,7 @@ class PickleStore:
                         created and since == NO_POSITION
                     )
                     if batch:
-                        end += self._write_record(fd, header, end, payload)
+                        end += self._write_record(name, fd, header, end, payload)
                 finally:
                     os.close(fd)
                 break
@@ -552,10 +591,10 @@ class PickleStore:
         self._known_ends[name] = position
         return AppendResult(position, in_sync)
 
-    def _write_record(self, fd: int, header: Header, end: int, payload: bytes) -> int:
+    def _write_record(self, name: str, fd: int, header: Header, end: int, payload: bytes) -> int:
         """Write one record at ``end`` (the file's end) and make it durable; return its size."""
         record = encode_record(
-            payload, journal_id=header.journal_id, offset=end, key=self.signing_key
+            payload, journal_id=header.journal_id, offset=end, key=self._key_for(name)
         )
         try:
             write_all(fd, record)
@@ -584,14 +623,12 @@ class PickleStore:
         created = False
         for _ in range(2):
             try:
-                fd = os.open(journal, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+                fd, info = open_regular(journal, os.O_RDWR | os.O_APPEND, "journal file")
             except FileNotFoundError:
                 self._start_journal(journal, expected or new_journal_id())
                 created = True
                 continue
             try:
-                info = os.fstat(fd)
-                check_private(journal, info, "journal file")
                 head = os.pread(fd, _JOURNAL_HEADER_SIZE, 0)
                 try:
                     header = decode_header(head)
@@ -858,7 +895,7 @@ class PickleStore:
         consumer took part of a record that turned out malformed.
         """
         found = scan(
-            data, base, header, key=self.signing_key, name=name, path=journal, consume=consume
+            data, base, header, key=self._key_for(name), name=name, path=journal, consume=consume
         )
         if found.damage is None:
             return Position(header.file_id, found.end)
@@ -887,12 +924,13 @@ class PickleStore:
         later appends continue after them.
         """
         prefix_end = NO_POSITION if header is None else Position(header.file_id, damage.offset)
-        with contextlib.nullcontext() if locked else _locked(self.path_for(name)):
+        read_only = not self.keep_aside_damaged  # then the good prefix is read, nothing changed
+        with contextlib.nullcontext() if locked or read_only else _locked(self.path_for(name)):
             try:
                 current = os.stat(journal)
             except FileNotFoundError:
                 return prefix_end
-            if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            if read_only or (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
                 return prefix_end
             if damage.torn:
                 if current.st_size != size:
@@ -1003,14 +1041,23 @@ class PickleStore:
                 "was unpickled. Delete the file, or load it once without the key and "
                 "save it with the key."
             )
-        mac = hmac.new(self.signing_key, payload, sha256)
-        mac.update(fields)
-        if not hmac.compare_digest(mac.digest(), signature):
+        key = self._key_for(name)
+        assert key is not None
+        if hmac.compare_digest(_snapshot_mac(key, payload, fields), signature):
+            return
+        if hmac.compare_digest(_snapshot_mac(self.signing_key, payload, fields), signature):
             raise SignatureMismatchError(
-                f"cache {name!r}: the signature of {path} does not match its contents "
-                "(tampered with, or signed with another key); nothing was unpickled. "
-                "If you changed the key, delete the file; otherwise find out who wrote it."
+                f"cache {name!r}: {path} was signed by a CacheMan 3.0 pre-release, whose "
+                "signatures did not name the manager and the cache, so a copy of another "
+                "cache's file would pass; nothing was unpickled. If you trust it, load it "
+                "once without the signing key and save it with the key (or delete it)."
             )
+        raise SignatureMismatchError(
+            f"cache {name!r}: the signature of {path} does not match its contents "
+            f"(tampered with, signed with another key, or copied from another cache: "
+            f"signatures name the manager {self.manager!r} and the cache); nothing was "
+            "unpickled. If you changed the key, delete the file; otherwise find out who wrote it."
+        )
 
     def _quarantine(
         self,
@@ -1028,6 +1075,8 @@ class PickleStore:
         aside too: replayed without its snapshot it would be served as if it
         were the whole cache.
         """
+        if not self.keep_aside_damaged:
+            raise CorruptCacheError(f"cache {name!r}: {path} cannot be read here ({damage})")
         journal = self.journal_path(name)
         journal_kept = None
         with contextlib.nullcontext() if locked else _locked(path):
@@ -1127,7 +1176,7 @@ class PickleStore:
                 data[_JOURNAL_HEADER_SIZE:],
                 _JOURNAL_HEADER_SIZE,
                 header,
-                key=self.signing_key,
+                key=self._key_for(name),
                 name=name,
                 path=journal,
             )
@@ -1161,18 +1210,18 @@ class PickleStore:
     ) -> bytes | None:
         """Check the snapshot into ``report``; return the id of the journal it names."""
         try:
-            with open(path, "rb") as handle:
-                info = os.fstat(handle.fileno())
-                check_private(path, info, "cache file")
-                data = handle.read()
-        except FileNotFoundError:
-            return None
+            opened = _open_checked(path, "cache file")
         except InsecureCacheError as refused:
             report.snapshot_exists = True
             report.snapshot_ok = False
             report.problems.append(str(refused))
             report.refused = True
             return None
+        if opened is None:
+            return None
+        handle, info = opened
+        with handle:
+            data = handle.read()
         report.snapshot_exists = True
         if data and not data.startswith(MAGIC):
             report.snapshot_format = 0
@@ -1291,9 +1340,19 @@ class PickleStore:
 
     def read_edges(self) -> list[Edge]:
         """Every persisted dependency edge ``(parent, child)``, in the order first declared."""
-        data = _read_json(self.directory / self.edges_file, "the dependency edges")
+        path = self.directory / self.edges_file
+        data = _read_json(path, "the dependency edges")
         edges = [] if data is None else data.get("edges", [])
-        return [(str(parent), str(child)) for parent, child in edges]
+        if not _is_edge_list(edges):
+            # Valid JSON of another shape is damage too: ignored like broken JSON,
+            # and replaced by the next edge declared.
+            logger.warning(
+                "the dependency edges in %s are not a list of [parent, child] cache names; "
+                "ignoring them",
+                path,
+            )
+            return []
+        return [(parent, child) for parent, child in edges]
 
     def add_edges(self, edges: Iterable[Edge]) -> None:
         """Persist ``edges`` as well (edges already there are kept once)."""
@@ -1315,23 +1374,67 @@ class PickleStore:
 
 
 def _open_checked(path: Path, what: str) -> tuple[IO[bytes], os.stat_result] | None:
-    """Open ``path`` for reading if only we can write it; None if it does not exist.
+    """Open ``path`` for reading if it is a regular file only we can write; None if missing.
 
-    fstat, not stat: the file checked is the one read, whatever is renamed
-    meanwhile.  Raises :class:`~cacheman.errors.InsecureCacheError` (the file
-    closed) if another user could have written it.
+    Raises :class:`~cacheman.errors.InsecureCacheError` (nothing left open) for
+    anything else: see :func:`open_regular`.
     """
     try:
-        handle = open(path, "rb")  # noqa: SIM115 (the caller closes it)
+        fd, info = open_regular(path, os.O_RDONLY, what)
     except FileNotFoundError:
         return None
+    return os.fdopen(fd, "rb"), info
+
+
+def open_regular(
+    path: Path, flags: int, what: str, *, private: bool = True
+) -> tuple[int, os.stat_result]:
+    """``os.open(path, flags)`` for a file of ours: a private regular file, never a hang.
+
+    Returns the descriptor and its ``fstat``.  Raises ``FileNotFoundError`` if
+    ``path`` is missing, and :class:`~cacheman.errors.InsecureCacheError`
+    (nothing left open) for a FIFO, socket, device or directory, or (unless
+    ``private`` is false: a file that is never unpickled) a file another user
+    could have written.  A FIFO would block the open (or a read)
+    until some other program writes to it, and a device could hand out endless
+    bytes, so the path is checked before it is opened (opening some devices
+    has effects), and the open file again, with ``fstat``, since the path may
+    change in between.  ``O_NONBLOCK`` keeps even that open from waiting; it
+    stays set, as it has no effect on a regular file (two system calls saved on
+    every journal append).
+    """
+    _check_regular(path, os.stat(path), what)
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        info = os.fstat(handle.fileno())
-        check_private(path, info, what)
+        info = os.fstat(fd)
+        _check_regular(path, info, what)
+        if private:
+            check_private(path, info, what)
     except BaseException:
-        handle.close()
+        os.close(fd)
         raise
-    return handle, info
+    return fd, info
+
+
+def _check_regular(path: Path, info: os.stat_result, what: str) -> None:
+    """Raise :class:`~cacheman.errors.InsecureCacheError` unless ``info`` is a regular file's."""
+    if stat.S_ISREG(info.st_mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "of another kind")
+    raise InsecureCacheError(
+        f"refusing to use {what} {str(path)!r}: it is {kind}, not a regular file "
+        "(CacheMan only reads and writes regular files: reading a pipe or device could "
+        "wait forever, or never end); remove it, and find out what put it there"
+    )
+
+
+_FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any] | None:
@@ -1350,6 +1453,47 @@ def _read_json(path: Path, what: str) -> dict[str, Any] | None:
         logger.warning("%s in %s is not a JSON object; ignoring it", what, path)
         return None
     return data
+
+
+def _is_edge_list(edges: object) -> bool:
+    """Whether ``edges`` (read from JSON) is a list of ``[parent, child]`` valid cache names."""
+    if not isinstance(edges, list):
+        return False
+    for edge in edges:
+        if not (isinstance(edge, list) and len(edge) == 2):
+            return False
+        for name in edge:
+            try:
+                validate_cache_name(name)
+            except ValueError:
+                return False
+    return True
+
+
+_BINDING = b"cacheman pickle store: manager, cache\0"
+_NAME_LENGTH = struct.Struct("<I")
+
+
+def cache_signing_key(signing_key: bytes, manager: str, name: str) -> bytes:
+    """The key that signs the snapshot and journal of one cache: ``signing_key`` bound to names.
+
+    An HMAC-SHA256, under ``signing_key``, of the manager's and the cache's
+    names (each length-prefixed, so no two pairs of names give the same
+    input).  A file signed for one cache thus fails the check of any other,
+    in this manager or another one, while every cache still needs only the one
+    secret.  (A Redis store binds the same names through its key names.)
+    """
+    message = bytearray(_BINDING)
+    for part in (manager, name):
+        encoded = os.fsencode(part)
+        message += _NAME_LENGTH.pack(len(encoded)) + encoded
+    return hmac.new(signing_key, bytes(message), sha256).digest()
+
+
+def _snapshot_mac(key: bytes, payload: memoryview, fields: bytes) -> bytes:
+    mac = hmac.new(key, payload, sha256)
+    mac.update(fields)
+    return mac.digest()
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -1413,11 +1557,11 @@ def _snapshot_journal_id(path: Path) -> bytes | None:
     Read without checking the snapshot's checksum: a damaged snapshot is the
     load's business, and at worst a journal is started that the load sets aside.
     """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(HEADER_SIZE)
-    except FileNotFoundError:
+    opened = _open_checked(path, "cache file")
+    if opened is None:
         return None
+    with opened[0] as handle:
+        head = handle.read(HEADER_SIZE)
     if not head.startswith(MAGIC):
         return None
     try:

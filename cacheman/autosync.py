@@ -352,8 +352,28 @@ class AutoSyncCache(PersistentCache):
         with self._log_lock:
             log = self._log
             log.saved_through(mark)
-            if log.open_time is not None:
-                self._trip = log.burst_trip(self.clock())
+            if self._trip == _NEVER:
+                return  # released (or no rules): nothing to time
+            if self._edits > log.floor:
+                if log.open_time is not None:
+                    self._trip = log.burst_trip(self.clock())
+                return
+            # Every edit is saved: no rule has anything to count, so the buckets
+            # and their deadline go (the scheduler would otherwise hold the cache,
+            # and its manager, alive until the deadline).  The next edit opens a
+            # bucket again.
+            self._log = EditLog(log.rules, log.bucket_size, mark=self._edits)
+            self._trip = self._edits + 1
+        self._scheduler.cancel(log)
+
+    def _released(self) -> None:
+        # Deregistered, or its manager closed: its rules never fire again (a save
+        # would go round the manager), and the scheduler lets go of it.
+        with self._log_lock:
+            log = self._log
+            self._log = EditLog(log.rules, log.bucket_size, mark=log.floor)
+            self._trip = _NEVER
+        self._scheduler.cancel(log)
 
     def _saved(self) -> None:
         self._saved_through(self._edits)

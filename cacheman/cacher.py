@@ -9,28 +9,46 @@ single-cache steps declared by :class:`~cacheman.cachewrap.CacheSteps`.
 
 At process exit (and on SIGTERM/SIGHUP) :mod:`cacheman._lifecycle` runs the
 exit flush registered here: every manager saves what its caches must keep.
+
+Lifetimes.  No module-level table keeps a manager alive, except the named ones
+``get_cache_manager`` hands out (see :mod:`cacheman._registry`) and, for the exit
+flush, a manager the program dropped while a cache of it may still hold changes
+to save (see :meth:`CacheManager.__del__`).  :meth:`CacheManager.close` saves,
+then lets go of everything the manager holds.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from . import _lifecycle, _registry
+from . import _lifecycle, _log, _registry
 from ._generations import STALE, is_stale, parent_generations
 from ._graph import DependencyGraph
+from ._hooks import check_hook
 from ._memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
+from ._persist.bounds import BOUND_OPTIONS, BoundedCache, bound_options, bounded_class
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._store import PickleStore, resolve_signing_key
-from ._store_api import JournalStore, Store, StoreFactory
+from ._store_api import ClosableStore, JournalStore, Store, StoreFactory, supports_events
 from .autosync import AutoSyncCache
-from .cachewrap import HOOK_NAMES, CacheSteps, CacheWrap, NonPersistentCache, PersistentCache
-from .errors import CacheNotRegisteredError, DependencyCycleError
+from .cachewrap import (
+    HOOK_NAMES,
+    CacheSteps,
+    CacheWrap,
+    NonPersistentCache,
+    PersistentCache,
+    _accepted_keywords,
+    check_keywords,
+)
+from .errors import CacheNotRegisteredError, DependencyCycleError, ManagerClosedError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -38,9 +56,17 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from ._store_api import BuilderLocking, EventStore, UsageReporting, Verifying
+
     def _both_keep_journals(a: PickleStore, b: RedisStore) -> tuple[JournalStore, JournalStore]:
         """(Never called: mypy checks that both stores implement the journal interface.)"""
         return a, b
+
+    def _optional_capabilities(
+        a: PickleStore, b: RedisStore
+    ) -> tuple[Verifying, UsageReporting, EventStore, BuilderLocking]:
+        """(Never called: mypy checks the optional capabilities each store declares.)"""
+        return a, a, b, b
 
 
 __all__ = ["CacheManager", "get_cache_manager"]
@@ -110,6 +136,14 @@ class CacheManager:
     >>> manager.deregister_all_caches()
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # A misspelt keyword (``base_cache_directry=``) gets a "did you mean".
+        if kwargs:
+            accepted = list(inspect.signature(cls.__init__).parameters)[1:]
+            call = f"{cls.__name__}({args[0]!r})" if args else f"{cls.__name__}()"
+            check_keywords(call, kwargs, accepted, hooks=False)
+        return super().__new__(cls)
+
     def __init__(
         self,
         manager_name: str = _registry.DEFAULT_MANAGER_NAME,
@@ -124,7 +158,7 @@ class CacheManager:
         if store is None and os.environ.get(REDIS_URL_ENV):
             store = RedisStore(os.environ[REDIS_URL_ENV])
         self.store: Store = (
-            PickleStore(self.cache_directory, signing_key=key)
+            PickleStore(self.cache_directory, signing_key=key, manager=self.name)
             if store is None
             else store.bind(self.name, key)
         )
@@ -132,25 +166,125 @@ class CacheManager:
         self._graph = DependencyGraph()
         self._edges_read = False  # the edges persisted by other processes, merged lazily
         self._lock = threading.RLock()
+        self._closed = False
+        # The store is the manager's own unless ``store.bind`` handed back a shared one.
+        factory: object = store
+        self._owns_store = self.store is not factory
+        self._unsubscribe: Callable[[], object] | None = None
         _registry.add(self)
-        _every_manager.append(self)
-        self._subscribed = not hasattr(self.store, "subscribe")  # nothing to subscribe to
+        _live_managers[next(_manager_numbers)] = self
+        self._subscribed = not supports_events(self.store)  # nothing to subscribe to
 
     def __repr__(self) -> str:
         where = str(self.cache_directory)
-        return f"<CacheManager {self.name!r} at {where!r}: {len(self._caches)} caches>"
+        state = "closed" if self._closed else f"{len(self._caches)} caches"
+        return f"<CacheManager {self.name!r} at {where!r}: {state}>"
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Save what the caches hold, then let go of them; the manager is then unusable.
+
+        Each registered cache writes its changes since its last save (as at
+        interpreter exit), parents first; then every cache is deregistered, the
+        manager unsubscribes from its store's events, and the store it made
+        closes its connections and listener thread (a Redis store).  The cache
+        objects stay usable as plain dicts, but no longer load or save; the
+        manager is forgotten by :func:`get_cache_manager`, which builds a new one
+        next time.  Any further use of the manager raises
+        :class:`~cacheman.errors.ManagerClosedError`.  Closing twice does nothing.
+
+        If a save raises, the exception propagates and the manager stays open,
+        every cache still registered: nothing unsaved is dropped (fix the cause
+        and close again).  Stop other threads' use of the caches first: what
+        they change after a cache's save is not saved.
+
+        >>> import tempfile
+        >>> manager = CacheManager("doc_close", tempfile.mkdtemp())
+        >>> manager.register_cache("squares")[3] = 9
+        >>> manager.close()
+        >>> CacheManager("doc_close", manager.cache_directory.parent).retrieve_cache("squares")
+        {3: 9}
+        """
+        if self._closed:
+            return
+        # Not under the manager's lock: a save takes the cache's lock, and a thread
+        # holding a cache's lock may be waiting for the manager's (a load asks for
+        # the cache's parents).
+        for cache in self._all_in_order():
+            cache._save_changes_now()
+        with self._lock:
+            if self._closed:
+                return  # another thread closed it meanwhile
+            self._closed = True
+            for cache in list(self._caches.values()):
+                self.detach(cache)
+            self._graph.clear()
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
+        if self._owns_store and isinstance(self.store, ClosableStore):
+            self.store.close()
+        _registry.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosedError(
+                f"manager {self.name!r} is closed: build a new one "
+                "(get_cache_manager or CacheManager) to use its caches again"
+            )
+
+    def __del__(self) -> None:
+        # The program let go of this manager and of all its caches.  A finalizer
+        # may run anywhere the collector runs, so it does no I/O: if a cache may
+        # hold changes to save, the manager is kept (resurrected) for the exit
+        # flush, which saves them; otherwise it is freed.
+        try:
+            if not self._closed and self._may_need_saving():
+                _kept_for_exit.append(self)
+                for cache in list(self._caches.values()):
+                    cache._revived()
+        except Exception:  # at interpreter shutdown, module globals may be gone already
+            pass
+
+    def _may_need_saving(self) -> bool:
+        """Whether the exit flush might write anything for one of the caches (no I/O)."""
+        return any(cache._may_need_saving() for cache in list(self._caches.values()))
 
     # -- registering -------------------------------------------------------------
 
     def register_cache(
-        self, cache_name: str, contents: Mapping[Any, Any] | None = None
+        self,
+        cache_name: str,
+        contents: Mapping[Any, Any] | None = None,
+        *,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> AutoSyncCache:
         """Register a persistent, auto-saving cache (the manager's pickle store).
 
         Without ``contents`` the saved copy is loaded now; with ``contents``
         the cache starts with them and the next save replaces the saved copy.
+        ``ttl`` (seconds), ``max_entries`` and ``max_bytes`` make it a
+        :class:`~cacheman._persist.bounds.BoundedCache` (expiry, and
+        least-recently-used eviction); see the "Expiry and bounds" page.
         """
-        return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        if ttl is None and max_entries is None and max_bytes is None:
+            return AutoSyncCache(cache_name, cache_manager=self, contents=contents)
+        return BoundedCache(
+            cache_name,
+            cache_manager=self,
+            contents=contents,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+        )
 
     def register_custom_cache(
         self,
@@ -165,7 +299,8 @@ class CacheManager:
         ``persistent=False`` gives a :class:`~cacheman.cachewrap.NonPersistentCache`
         (``autosync`` is then ignored: there is nothing to save); ``autosync=False``
         a :class:`~cacheman.cachewrap.PersistentCache` that saves only when asked
-        (``save()``, a ``with`` block, interpreter exit).
+        (``save()``, a ``with`` block, interpreter exit).  ``ttl``,
+        ``max_entries`` or ``max_bytes`` make a persistent cache bounded.
         """
         cache_class: type[CacheWrap]
         if not persistent:
@@ -174,18 +309,31 @@ class CacheManager:
             cache_class = AutoSyncCache
         else:
             cache_class = PersistentCache
+        if bound_options(kwargs) and persistent:
+            cache_class = bounded_class(AutoSyncCache if autosync else PersistentCache)
+        else:
+            for option in BOUND_OPTIONS:  # None: the same as not given
+                if kwargs.get(option, 0) is None:
+                    del kwargs[option]
+        if kwargs:
+            accepted = _accepted_keywords(cache_class)
+            if accepted is not None:
+                accepted = accepted | {"persistent", "autosync"}
+            check_keywords(f"register_custom_cache({cache_name!r})", kwargs, accepted)
         return cache_class(cache_name, cache_manager=self, contents=contents, **kwargs)
 
     def retrieve_cache(
         self, cache_name: str, contents: Mapping[Any, Any] | None = None
     ) -> CacheWrap:
         """Return the cache called ``cache_name``, registering it (as ``register_cache``) if new."""
+        self._check_open()
         with self._lock:
             cache = self._caches.get(cache_name)
             return cache if cache is not None else self.register_cache(cache_name, contents)
 
     def retrieve_raise(self, cache_name: str) -> CacheWrap:
         """Return the cache called ``cache_name``; raise ``KeyError`` if it is not registered."""
+        self._check_open()
         try:
             return self._caches[cache_name]
         except KeyError:
@@ -230,6 +378,7 @@ class CacheManager:
         self, cache_name: str, hook: str, function: Callable[..., Any] | None
     ) -> CacheWrap:
         assert hook in HOOK_NAMES
+        check_hook(cache_name, hook, function)
         cache = self.retrieve_cache(cache_name)
         setattr(cache, hook, function)
         return cache
@@ -279,6 +428,7 @@ class CacheManager:
         :class:`~cacheman.errors.DependencyCycleError` (a ``ValueError``) naming
         the cycle if the edge would close one.
         """
+        self._check_open()
         validate_cache_name(cache_name)
         validate_cache_name(dependent_cache_name)
         self._merge_persisted_edges()
@@ -336,6 +486,11 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Callable[[Callable[P, R]], Memoized[P, R]]: ...
 
     def memoize(
@@ -346,6 +501,11 @@ class CacheManager:
         version: object = None,
         key: Callable[..., object] | None = None,
         check_code: bool = True,
+        lease: bool | Literal["auto"] = "auto",
+        lease_timeout: float = 60.0,
+        ttl: float | None = None,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
     ) -> Any:
         """Decorate a function so its results persist in a cache of this manager.
 
@@ -353,7 +513,12 @@ class CacheManager:
         resets, with every cache derived from it, when the function's code
         (unless ``check_code=False``), ``version`` or a dependency in
         ``depends_on`` (memoized functions, cache names) changes.  ``key``
-        replaces the default key of a call (a digest of its arguments).  See
+        replaces the default key of a call (a digest of its arguments).
+        ``lease`` (True, False, or ``"auto"``: once a computation took 10 ms)
+        makes one process at a time compute a key, the others waiting up to
+        ``lease_timeout`` seconds for its result.  ``ttl``, ``max_entries``
+        and ``max_bytes`` bound the results as for a cache.  ``async def``
+        functions are memoized too.  See
         :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
 
         >>> manager = CacheManager("doc_memoize")
@@ -365,7 +530,17 @@ class CacheManager:
         >>> manager.deregister_all_caches()
         """
         return memoize(
-            self, name, depends_on=depends_on, version=version, key=key, check_code=check_code
+            self,
+            name,
+            depends_on=depends_on,
+            version=version,
+            key=key,
+            check_code=check_code,
+            lease=lease,
+            lease_timeout=lease_timeout,
+            ttl=ttl,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
         )
 
     def dependency_graph(self) -> DependencyGraph:
@@ -379,6 +554,7 @@ class CacheManager:
     # and returns the cache, as 2.x did: ``cache = manager.reload_cache(name)``.
 
     def _resolve(self, cache: str | CacheWrap) -> CacheWrap:
+        self._check_open()
         return cache if isinstance(cache, CacheWrap) else self.retrieve_raise(cache)
 
     def save_cache_contents(
@@ -445,6 +621,7 @@ class CacheManager:
         None is returned.  Derived caches that are not registered lose their
         copy in the manager's store too.
         """
+        self._check_open()
         if isinstance(cache_name, str) and not self.cache_registered(cache_name):
             self._delete_unregistered(validate_cache_name(cache_name))
             if apply_to_dependents:
@@ -465,8 +642,39 @@ class CacheManager:
         deleted cache must be rebuilt) is not a saved copy.  A
         :class:`~cacheman.csvcache.CSVCache` keeps its own file and is not listed.
         """
+        self._check_open()
         store = self.store
         return [name for name in store.names() if store.exists(name)]
+
+    # -- short names: each is exactly its 2.x name -----------------------------------
+
+    def invalidate(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
+    ) -> CacheWrap:
+        """Reload a cache and reset every cache derived from it: :meth:`invalidate_cache`."""
+        return self.invalidate_cache(cache_name, apply_to_dependents)
+
+    def save(
+        self, cache_name: str | CacheWrap | None = None, apply_to_dependents: bool = False
+    ) -> CacheWrap | None:
+        """Save one cache (:meth:`save_cache_contents`), or every one with no name.
+
+        With no name, the same as :meth:`save_all_cache_contents` (and returns None).
+        """
+        if cache_name is None:
+            self.save_all_cache_contents()
+            return None
+        return self.save_cache_contents(cache_name, apply_to_dependents)
+
+    def reload(self, cache_name: str | CacheWrap, apply_to_dependents: bool = False) -> CacheWrap:
+        """Reload a cache from its saved copy, dropping unsaved edits: :meth:`reload_cache`."""
+        return self.reload_cache(cache_name, apply_to_dependents)
+
+    def delete(
+        self, cache_name: str | CacheWrap, apply_to_dependents: bool = True
+    ) -> CacheWrap | None:
+        """Delete a cache's saved copy (contents stay): :meth:`delete_saved_cache_content`."""
+        return self.delete_saved_cache_content(cache_name, apply_to_dependents)
 
     # -- operations on every cache ---------------------------------------------------
 
@@ -495,6 +703,7 @@ class CacheManager:
             cache._delete_saved_self()
 
     def __enter__(self) -> Self:
+        self._check_open()
         return self
 
     def __exit__(
@@ -503,7 +712,9 @@ class CacheManager:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.save_all_cache_contents()
+        # Saves and stays open, as in 2.x: a manager is usually process-wide (see close()).
+        if not self._closed:
+            self.save_all_cache_contents()
 
     # -- used by the caches' constructors ------------------------------------------------
 
@@ -514,23 +725,29 @@ class CacheManager:
         class to make a cache.
         """
         with self._lock:
+            self._check_open()
             if not self._subscribed:
                 # Before the cache loads, so no event about what it loads is missed.
                 self._subscribed = True
-                _subscribe(self, self.store)
+                self._unsubscribe = _subscribe(self, self.store)
             previous = self._caches.get(cache.name)
             if previous is not None and previous is not cache:
                 # Re-registering a name (a re-run notebook cell, say) must not lose
                 # the old object's edits: save them so the new cache loads them.
                 logger.debug("cache %r re-registered; saving the previous object first", cache.name)
                 previous._save_self()
+                previous._released()
             self._caches[cache.name] = cache
 
     def detach(self, cache: CacheWrap) -> None:
-        """Forget ``cache`` if it is the one registered under its name (nothing is saved)."""
+        """Forget ``cache`` if it is the one registered under its name (nothing is saved).
+
+        Its autosync rules stop: only a registered cache saves by itself.
+        """
         with self._lock:
             if self._caches.get(cache.name) is cache:
                 del self._caches[cache.name]
+                cache._released()
 
     def holds(self, cache: CacheWrap) -> bool:
         """Whether ``cache`` is the object registered under its name."""
@@ -552,6 +769,7 @@ class CacheManager:
 
     def _all_in_order(self) -> list[CacheSteps]:
         """Every registered cache, each once, parents before the caches derived from them."""
+        self._check_open()
         with self._lock:
             order = self._graph.topological(self._caches)
             return [self._caches[name] for name in order if name in self._caches]
@@ -619,8 +837,8 @@ class CacheManager:
                 for cache in caches:
                     cache._mark_stale()
                 return
-            wrote = getattr(self.store, "wrote_generation", None)
-            if wrote is not None and wrote(cache_name, generation):
+            store = self.store
+            if supports_events(store) and store.wrote_generation(cache_name, generation):
                 return
             self._merge_persisted_edges(again=True)
             reached: list[tuple[str, CacheSteps | None]] = [
@@ -645,6 +863,8 @@ class CacheManager:
                 each._mark_stale()
 
     def _save_at_exit(self) -> None:
+        if self._closed:
+            return
         for cache in self._all_in_order():
             try:
                 cache._save_at_exit()
@@ -652,11 +872,19 @@ class CacheManager:
                 logger.exception("cache %r: saving at interpreter exit failed", cache.name)
 
 
-_every_manager: list[CacheManager] = []
+# Every live manager, oldest first, held weakly: the exit flush saves each.
+_live_managers: weakref.WeakValueDictionary[int, CacheManager] = weakref.WeakValueDictionary()
+_manager_numbers = itertools.count()
+# Managers the program dropped while a cache of theirs might hold changes to save
+# (see CacheManager.__del__): kept for the exit flush.
+_kept_for_exit: list[CacheManager] = []
 
 
-def _subscribe(manager: CacheManager, store: Any) -> None:
-    """Subscribe ``manager`` to the events of its ``store``, without keeping it alive."""
+def _subscribe(manager: CacheManager, store: Any) -> Callable[[], object]:
+    """Subscribe ``manager`` to the events of its ``store``, without keeping it alive.
+
+    Returns the call that unsubscribes (made anyway when the manager is collected).
+    """
     reference = weakref.ref(manager)
 
     def on_event(cache_name: str | None, generation: str | None) -> None:
@@ -665,13 +893,16 @@ def _subscribe(manager: CacheManager, store: Any) -> None:
             alive._on_store_event(cache_name, generation)
 
     store.subscribe(on_event)
-    weakref.finalize(manager, store.unsubscribe, on_event).atexit = False
+    unsubscribe = weakref.finalize(manager, store.unsubscribe, on_event)
+    unsubscribe.atexit = False
+    return unsubscribe
 
 
 def _save_every_manager_at_exit() -> None:
     """Save what each manager holds as the process ends (never from ``__del__``)."""
-    for manager in _every_manager:
-        manager._save_at_exit()
+    with _log.exit_flush():
+        for manager in dict.fromkeys([*_live_managers.values(), *_kept_for_exit]):
+            manager._save_at_exit()
 
 
 _lifecycle.on_exit(_save_every_manager_at_exit)

@@ -24,11 +24,12 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
-from . import _background, _lifecycle, _registry
+from . import _background, _lifecycle, _log, _registry
 from ._background import SavePlan, SaveReason
 from ._generations import generation_of, is_stale, next_generation, parent_generations
+from ._hooks import check_hook
 from ._journal import CLEAR, DEL, REBASE, SET, Change, apply_changes
 from ._paths import validate_cache_name
 from ._persist import saveplan as _saveplan
@@ -40,6 +41,7 @@ from ._persist.changes import (
     watched,
 )
 from ._persist.saveplan import Write, plan_write
+from ._store_api import supports_builder_lock, supports_journal, supports_keep_aside
 from .errors import CacheManError
 
 if TYPE_CHECKING:
@@ -140,16 +142,33 @@ _keywords_by_class: weakref.WeakKeyDictionary[type, frozenset[str] | None] = (
 
 
 def _unknown_keyword_error(
-    cls: type[CacheWrap], args: tuple[Any, ...], keyword: str, accepted: frozenset[str]
+    call: str, keyword: str, accepted: Iterable[str], *, hooks: bool = True
 ) -> TypeError:
-    """A TypeError for a misspelt keyword that says what was meant and names the hooks."""
-    call = f"{cls.__name__}({args[0]!r})" if args else f"{cls.__name__}()"
+    """A TypeError for a misspelt keyword of ``call`` that says what was meant (and the hooks)."""
     close = difflib.get_close_matches(keyword, sorted(accepted), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return TypeError(
-        f"{call} got an unexpected keyword argument {keyword!r}{hint}; "
-        f"the hooks are {', '.join(HOOK_NAMES)}"
-    )
+    listed = f"; the hooks are {', '.join(HOOK_NAMES)}" if hooks else ""
+    return TypeError(f"{call} got an unexpected keyword argument {keyword!r}{hint}{listed}")
+
+
+def check_keywords(
+    call: str, given: Iterable[str], accepted: Iterable[str] | None, *, hooks: bool = True
+) -> None:
+    """Raise :func:`_unknown_keyword_error` for the first of ``given`` not in ``accepted``.
+
+    ``accepted`` None accepts everything (a class from outside CacheMan taking ``**kwargs``).
+    """
+    if accepted is None:
+        return
+    known = frozenset(accepted)
+    for keyword in given:
+        if keyword not in known:
+            raise _unknown_keyword_error(call, keyword, known, hooks=hooks)
+
+
+def _call_text(cls: type, args: tuple[Any, ...]) -> str:
+    """How a call is shown in an error: ``PersistentCache('name')``."""
+    return f"{cls.__name__}({args[0]!r})" if args else f"{cls.__name__}()"
 
 
 class CacheWrap(dict[Any, Any]):
@@ -199,11 +218,7 @@ class CacheWrap(dict[Any, Any]):
         # Checked before any __init__ runs, so a misspelt hook (``lodaer=``) is
         # reported with what was meant and never leaves a half-registered cache.
         if kwargs:
-            accepted = _accepted_keywords(cls)
-            if accepted is not None:
-                for keyword in kwargs:
-                    if keyword not in accepted:
-                        raise _unknown_keyword_error(cls, args, keyword, accepted)
+            check_keywords(_call_text(cls, args), kwargs, _accepted_keywords(cls))
         return super().__new__(cls)
 
     def __init__(
@@ -227,6 +242,9 @@ class CacheWrap(dict[Any, Any]):
         self._name = validate_cache_name(cache_name)
         self._manager = cache_manager or _registry.get_or_create(_registry.DEFAULT_MANAGER_NAME)
         self._lock = threading.RLock()
+        given = (loader, saver, builder, deleter, validator, pre_processor, post_processor)
+        for hook, function in zip(HOOK_NAMES, given, strict=True):
+            check_hook(self._name, hook, function)
         self.loader = loader
         self.saver = saver
         self.builder = builder
@@ -394,14 +412,18 @@ class CacheWrap(dict[Any, Any]):
             plan = self._save_plan(why)
             if plan is None:
                 return
+            started = _log.clock()
             try:
                 # A copy: other threads may edit the cache while this thread writes it.
                 outcome = plan.write(True)
-            except BaseException:
+            except BaseException as error:
                 plan.failed()
+                _background.note_save_outcome(self, error)
                 raise
             plan.landed(outcome)
             self._saved_through(plan.mark)
+            _background.note_save_outcome(self, None)
+            _log.saved(self._name, plan.kind, plan.entries, started, store=plan.store)
 
     def _reset_self(self) -> None:
         """Build anew, delete the saved copy, replace the contents (this cache only)."""
@@ -423,6 +445,28 @@ class CacheWrap(dict[Any, Any]):
         """The process is ending: save what must be kept (see :meth:`_save_plan`)."""
         _background.stop_background_work()
         self._save_now("exit")
+
+    def _save_changes_now(self) -> None:
+        """Write, in this thread, what the exit flush would (the manager is closing)."""
+        self._save_now("exit")
+
+    def _released(self) -> None:
+        """The manager let go of this cache (it closed): drop timers that would keep it alive."""
+
+    def _may_need_saving(self) -> bool:
+        """Whether the exit flush might write something for this cache; no I/O.
+
+        Asked when the program drops the manager (from its finalizer): True keeps
+        the manager for the exit flush.  Here: whenever there is a saver to call.
+        """
+        return self._resolved("saver") is not None
+
+    def _revived(self) -> None:
+        """Its manager, found unreachable, was kept for the exit flush (see ``_may_need_saving``).
+
+        The collector may have cleared the weak references to this cache
+        already: take again those that matter.
+        """
 
     def _bump_generation(self) -> None:
         """This cache was invalidated: its derived caches, in any process, must rebuild."""
@@ -470,7 +514,9 @@ class CacheWrap(dict[Any, Any]):
             self._saved_through(mark)  # a blank cache is not written, by request
             return None
         name = self._name
-        return SavePlan(lambda copy: saver(name, self._prepared_for_save(copy)), mark)
+        return SavePlan(
+            lambda copy: saver(name, self._prepared_for_save(copy)), mark, entries=len(self)
+        )
 
     def _prepared_for_save(self, copy: bool = False) -> Mapping[Any, Any]:
         """The mapping handed to the saver: the live cache (or a copy), or a pre-processed copy."""
@@ -500,10 +546,11 @@ class CacheWrap(dict[Any, Any]):
 
     @property
     def last_save_error(self) -> str | None:
-        """Why the last background save failed, or None if it succeeded (or none ran).
+        """Why the last save failed (``"OSError: ..."``), or None if it succeeded (or none ran).
 
-        A failed background save is logged and retried after a back-off; this
-        shows the failure to code that wants to check.
+        Set by every save: a background save (logged and retried after a
+        back-off) and an explicit ``save()`` that raised; cleared by the next
+        save that succeeds.
         """
         return _background.last_error(self)
 
@@ -565,6 +612,7 @@ class CacheWrap(dict[Any, Any]):
         # A user's loader may hand back a dict it keeps using, so that one is copied;
         # the built-in loaders (no own hook) return a new dict each time.
         fresh = self.loader is None
+        started = _log.clock()
         try:
             result = loader(self._name)
         except FileNotFoundError:
@@ -574,12 +622,17 @@ class CacheWrap(dict[Any, Any]):
         except Exception as error:
             self._loader_failed(error)
             return None
-        return _as_mapping(self._name, "loader", result, fresh=fresh)
+        checked = _as_mapping(self._name, "loader", result, fresh=fresh)
+        if checked is not None:
+            store = None if self.loader is not None else self._default_storage()
+            _log.loaded(
+                self._name, "hook" if store is None else "store", len(checked), started, store=store
+            )
+        return checked
 
     def _loader_failed(self, error: Exception) -> None:
         storage = None if self.loader is not None else self._default_storage()
-        keep_aside = getattr(storage, "keep_aside", None)
-        kept = None if keep_aside is None else keep_aside(self._name)
+        kept = storage.keep_aside(self._name) if supports_keep_aside(storage) else None
         where = (
             f"it was kept as {kept}"
             if kept is not None
@@ -647,6 +700,14 @@ class CacheSteps(Protocol):
 
     def _save_at_exit(self) -> None: ...
 
+    def _save_changes_now(self) -> None: ...
+
+    def _released(self) -> None: ...
+
+    def _may_need_saving(self) -> bool: ...
+
+    def _revived(self) -> None: ...
+
     def _bump_generation(self) -> None: ...
 
     def _catch_up(self, derived: bool, wait: float) -> None: ...
@@ -707,6 +768,7 @@ class PersistentCache(CacheWrap):
         "_built_from",
         "_changes",
         "_has_generation",
+        "_keep_pending",
         "_position",
         "_stale",
         "_track",
@@ -722,6 +784,7 @@ class PersistentCache(CacheWrap):
         self._has_generation = False
         self._stale = False  # events may have been missed: reload at the next load/save/refresh
         self._building = False  # this cache holds its store's builder lock
+        self._keep_pending = False  # the next load keeps edits made since the last save
         super().__init__(*args, **kwargs)
         _live[id(self)] = self
 
@@ -880,25 +943,27 @@ class PersistentCache(CacheWrap):
         if self.saver is not None or self.pre_processor is not None:
             return None
         storage = self._default_storage()
-        return cast("JournalStore", storage) if hasattr(storage, "append") else None
+        return storage if supports_journal(storage) else None
 
     def _parents(self) -> list[str]:
         return self._manager.parents_of(self._name)
 
-    def _load_self(self, *, keep_pending: bool = False) -> None:
-        """Load (see :meth:`CacheWrap._load_self`); ``keep_pending``: keep edits made since.
+    def _load_self(self) -> None:
+        """Load (see :meth:`CacheWrap._load_self`), or, in :meth:`_save_then_reload`, catch up.
 
-        ``keep_pending`` is for a reload that follows a save of this process's
-        changes (catching up with another process): edits other threads made
-        after that save are kept, and stay pending, rather than dropped.
+        A reload that follows a save of this process's changes (catching up
+        with another process: ``_keep_pending``) keeps the edits other threads
+        made after that save, pending, rather than dropping them.
         """
+        keep_pending, self._keep_pending = self._keep_pending, False
         with self._lock:
             self._await_pending_save()
             self._stale = False
             parents = self._parents()
             current = parent_generations(self._manager.store, parents) if parents else {}
-            if parents and is_stale(self._manager.store.read_meta(self._name), current):
-                logger.info("cache %r: a parent moved on since it was built; resetting", self._name)
+            meta = self._manager.store.read_meta(self._name) if parents else None
+            if parents and is_stale(meta, current):
+                _log.reset_by_parents(self._name, _log.changed_parents(_recorded(meta), current))
                 self._reset_self()
                 return
             store = self._journal_store() if self.loader is None else None
@@ -931,6 +996,7 @@ class PersistentCache(CacheWrap):
         """The saved contents (None if none is valid), the position read, and if it was rejected."""
         position = None
         if store is not None:
+            started = _log.clock()
             try:
                 loaded, position = store.load_tracked(self._name)
             except (CacheManError, OSError):
@@ -939,6 +1005,8 @@ class PersistentCache(CacheWrap):
                 self._loader_failed(error)
                 loaded = None
             loaded = _as_mapping(self._name, "loader", loaded, fresh=True)
+            if loaded is not None:
+                _log.loaded(self._name, "store", len(loaded), started, store=store)
         else:
             loader = self._resolved("loader")
             loaded = None if loader is None else self._call_loader(loader)
@@ -967,13 +1035,13 @@ class PersistentCache(CacheWrap):
         with a warning and a build here too: the lock saves work, it is not
         needed for correctness.
         """
-        lock = getattr(self._manager.store, "builder_lock", None)
-        if lock is None or self.builder is None or self._building:
+        store = self._manager.store
+        if not supports_builder_lock(store) or self.builder is None or self._building:
             yield False
             return
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(lock(self._name, BUILDER_LOCK_SECONDS))
+                held.enter_context(store.builder_lock(self._name, BUILDER_LOCK_SECONDS))
             except TimeoutError as error:
                 logger.warning("cache %r: %s; building it here too", self._name, error)
                 yield False
@@ -1019,7 +1087,8 @@ class PersistentCache(CacheWrap):
         """Write this process's changes (as a save for ``why`` would), then reload."""
         self._stale = False
         self._save_now(why)
-        self._load_self(keep_pending=True)  # edits made since that save are not dropped
+        self._keep_pending = True  # edits made since that save are not dropped
+        self._load_self()
 
     def _mark_stale(self) -> None:
         # A flag, so a lost connection costs nothing until the cache is used: the
@@ -1136,6 +1205,11 @@ class PersistentCache(CacheWrap):
             self._saved_through(mark)
             return None
         plan = SavePlan(self._writer(store, write, taken.keys), mark, light=write.light)
+        if write.action == "append":
+            kind, entries = "append", len(self) if write.keys is None else len(write.keys)
+        else:
+            kind, entries = ("snapshot" if write.replace else "compaction"), len(self)
+        plan.kind, plan.entries, plan.store = kind, entries, store
         # A first save stands for the whole cache too: its lineage is recorded as a build's.
         replaced = write.replace or first_save
         plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
@@ -1225,11 +1299,8 @@ class PersistentCache(CacheWrap):
         current = parent_generations(self._manager.store, parents)
         built_from = self._built_from
         if any(p in built_from and built_from[p] != g for p, g in current.items()):
-            logger.info(
-                "cache %r: a parent moved on since it was built; resetting instead of "
-                "writing it back",
-                self._name,
-            )
+            moved = [p for p in _log.changed_parents(built_from, current) if p in built_from]
+            _log.reset_by_parents(self._name, moved, instead_of_save=True)
             self._reset_self()
         elif any(p not in built_from for p in current):
             built_from.update(
@@ -1301,6 +1372,18 @@ class PersistentCache(CacheWrap):
                 store.update_meta(self._name, generation=next_generation(None))
             self._has_generation = True
 
+    def _may_need_saving(self) -> bool:
+        # Changes the mutators recorded, or values that may have changed in place
+        # (which only a save can tell: it compares them with what was saved).
+        if self._resolved("saver") is None:
+            return False
+        changes = self._changes
+        return changes.pending() or bool(changes.changed_in_place(self))
+
+    def _revived(self) -> None:
+        # A process forked later must still forget these changes (they are ours).
+        _live[id(self)] = self
+
     def _forget_inherited(self) -> None:
         """In a process forked by the user: the parent's changes are the parent's to save."""
         if self._lock.acquire(blocking=False):
@@ -1327,6 +1410,12 @@ class PersistentCache(CacheWrap):
 BUILDER_LOCK_SECONDS = 300.0
 #: Saves of at most this many keys append in this process (see cacheman._persist.saveplan).
 LIGHT_APPEND_KEYS = _saveplan.LIGHT_APPEND_KEYS
+
+
+def _recorded(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The parents' generations a saved copy records (its metadata's ``parents``)."""
+    parents = None if meta is None else meta.get("parents")
+    return parents if isinstance(parents, dict) else None
 
 
 class _Written(NamedTuple):
@@ -1367,12 +1456,13 @@ def _forget_inherited_changes() -> None:
 
 def _flush_worker() -> None:
     """Save the pending changes of a forked multiprocessing worker (its exit skips atexit)."""
-    for cache in list(_live.values()):
-        try:
-            if cache.manager.holds(cache):
-                cache._save_at_exit()
-        except Exception:
-            logger.exception("cache %r: saving at worker exit failed", cache.name)
+    with _log.exit_flush("worker exit"):
+        for cache in list(_live.values()):
+            try:
+                if cache.manager.holds(cache):
+                    cache._save_at_exit()
+            except Exception:
+                logger.exception("cache %r: saving at worker exit failed", cache.name)
 
 
 _lifecycle.on_fork_child(_forget_inherited_changes)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._paths import validate_cache_name
-from ._store import atomic_write, keep_aside
+from ._store import atomic_write, keep_aside, open_regular
 from .autosync import AutoSyncCache
 from .cachewrap import PersistentCache
 
@@ -50,10 +50,14 @@ class _CSVFile:
     def load(self, name: str) -> dict[Any, Any] | None:
         reader = self.cache.row_reader
         try:
-            with open(self.path, newline="", encoding="utf-8") as handle:
-                return dict(reader(row) for row in csv.reader(handle) if row)
+            # Never a hang on a FIFO planted in its place (CSV is not unpickled:
+            # who may write it is the program's business, not checked).
+            fd, _info = open_regular(self.path, os.O_RDONLY, "CSV file", private=False)
         except FileNotFoundError:
             return None
+        try:
+            with open(fd, newline="", encoding="utf-8") as handle:
+                return dict(reader(row) for row in csv.reader(handle) if row)
         except (ValueError, csv.Error) as error:
             raise ValueError(f"cache {name!r}: cannot read {self.path}: {error}") from error
 

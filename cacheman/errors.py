@@ -13,6 +13,7 @@ __all__ = [
     "DependencyCycleError",
     "InsecureCacheError",
     "InvalidCacheNameError",
+    "ManagerClosedError",
     "SignatureMismatchError",
     "UnpicklableValueError",
 ]
@@ -44,6 +45,10 @@ class CorruptCacheError(CacheManError, ValueError):
 
 class InsecureCacheError(CacheManError, PermissionError):
     """A cache file or directory is writable by another user, so it is not unpickled."""
+
+
+class ManagerClosedError(CacheManError, ValueError):
+    """A :class:`~cacheman.cacher.CacheManager` was used after ``close()``."""
 
 
 class SignatureMismatchError(CacheManError, ValueError):

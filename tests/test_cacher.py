@@ -575,3 +575,241 @@ def test_misspelt_hook_keyword_names_the_hooks(manager: CacheManager) -> None:
     assert "did you mean 'loader'?" in message
     assert "loader, saver, builder, deleter, validator, pre_processor, post_processor" in message
     assert not manager.cache_registered("typo")  # nothing half-registered
+
+
+# -- lifetimes: close(), and managers the program drops -----------------------------------
+
+
+def test_close_saves_each_caches_changes_then_lets_go_of_them(tmp_path: Path) -> None:
+    manager = CacheManager("closing", tmp_path)
+    auto = manager.register_cache("auto")
+    auto["a"] = 1
+    plain = manager.register_custom_cache("plain", autosync=False)
+    plain["p"] = 2
+    manager.register_dependent_cache("auto", "plain")
+    manager.close()
+    assert manager.closed
+    assert manager.cache_names() == []
+    assert not manager.holds(auto)
+    assert not manager.holds(plain)
+    assert auto == {"a": 1}  # the objects stay plain dicts
+    again = CacheManager("closing", tmp_path)
+    try:
+        assert again.retrieve_cache("auto") == {"a": 1}
+        assert again.retrieve_cache("plain") == {"p": 2}
+    finally:
+        again.close()
+
+
+def test_close_twice_does_nothing_more(tmp_path: Path) -> None:
+    manager = CacheManager("twice", tmp_path)
+    manager.register_cache("c")["k"] = 1
+    manager.close()
+    manager.close()
+    assert "closed" in repr(manager)
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda m, c: m.register_cache("new"),
+        lambda m, c: m.retrieve_cache("c"),
+        lambda m, c: m.retrieve_raise("c"),
+        lambda m, c: m.register_loader("c", lambda name: {}),
+        lambda m, c: m.register_dependent_cache("c", "d"),
+        lambda m, c: m.save_all_cache_contents(),
+        lambda m, c: m.reload_all_caches(),
+        lambda m, c: m.saved_cache_names(),
+        lambda m, c: m.delete_saved_cache_content("c"),
+        lambda m, c: c.save(),
+        lambda m, c: c.load(),
+        lambda m, c: c.invalidate(),
+        lambda m, c: PersistentCache("other", cache_manager=m),
+        lambda m, c: m.__enter__(),
+    ],
+)
+def test_a_closed_manager_refuses_to_be_used_with_a_clear_error(tmp_path: Path, use: Any) -> None:
+    manager = CacheManager("used_after_close", tmp_path)
+    cache = manager.register_cache("c")
+    manager.close()
+    with pytest.raises(cacheman.ManagerClosedError, match="'used_after_close' is closed") as error:
+        use(manager, cache)
+    assert isinstance(error.value, ValueError)
+    manager.deregister_all_caches()  # forgetting nothing is still fine
+
+
+def test_a_save_that_fails_at_close_leaves_the_manager_open_and_the_edits_pending(
+    tmp_path: Path,
+) -> None:
+    saved: list[dict[str, Any]] = []
+    failures = [OSError("disk full")]
+
+    def saver(name: str, contents: dict[str, Any]) -> None:
+        if failures:
+            raise failures.pop()
+        saved.append(dict(contents))
+
+    manager = CacheManager("failing_close", tmp_path)
+    cache = manager.register_custom_cache("c", autosync=False, saver=saver, loader=lambda n: None)
+    cache["k"] = 1
+    with pytest.raises(OSError, match="disk full"):
+        manager.close()
+    assert not manager.closed
+    assert manager.holds(cache)
+    manager.close()  # the cause is gone: the edit is saved now
+    assert saved == [{"k": 1}]
+    assert manager.closed
+
+
+def test_get_cache_manager_builds_a_new_manager_after_close(tmp_path: Path) -> None:
+    first = get_cache_manager("named_then_closed", tmp_path)
+    first.register_cache("c")["k"] = 1
+    first.close()
+    second = get_cache_manager("named_then_closed", tmp_path)
+    try:
+        assert second is not first
+        assert not second.closed
+        assert second.retrieve_cache("c") == {"k": 1}
+    finally:
+        second.close()
+
+
+def test_leaving_a_with_block_saves_and_keeps_the_manager_open(tmp_path: Path) -> None:
+    # As in 2.x: `with manager:` saves; the (usually process-wide) manager goes on.
+    with CacheManager("with_block", tmp_path) as manager:
+        cache = manager.register_custom_cache("c", autosync=False)
+        cache["k"] = 1
+    assert not manager.closed
+    assert manager.retrieve_cache("c") is cache
+    assert manager.store.load("c") == {"k": 1}
+    manager.close()
+
+
+def test_a_dropped_manager_with_nothing_unsaved_is_freed(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    from test_autosync import VirtualClock  # no scheduler thread: no deadline races
+
+    manager = CacheManager("dropped_clean", tmp_path)
+    auto = manager.register_custom_cache("auto", clock=VirtualClock())
+    auto["k"] = (1, "immutable")
+    auto.save()
+    plain = manager.register_custom_cache("plain", autosync=False, contents={"n": 1})
+    plain.save()
+    manager.register_custom_cache("memory", persistent=False)["k"] = [1]
+    reference = weakref.ref(manager)
+    del manager, auto, plain
+    gc.collect()
+    assert reference() is None
+    assert not any(each.name == "dropped_clean" for each in cacher._kept_for_exit)
+
+
+def test_a_named_manager_is_kept_with_its_hooks_while_nothing_holds_it(tmp_path: Path) -> None:
+    import gc
+
+    def builder(name: str) -> dict[str, int]:
+        return {"built": 1}
+
+    get_cache_manager("kept_by_name", tmp_path).register_builder("c", builder)
+    gc.collect()
+    manager = get_cache_manager("kept_by_name")
+    try:
+        assert manager.retrieve_raise("c").builder is builder
+    finally:
+        manager.close()
+
+
+def test_a_dropped_manager_with_unsaved_edits_is_still_saved_at_exit(tmp_path: Path) -> None:
+    result = run_code(
+        """
+        import gc, weakref
+        from cacheman import CacheManager, cacher
+
+        def work():
+            manager = CacheManager("dropped_dirty")
+            manager.register_custom_cache("plain", autosync=False)["k"] = "edited"
+            manager.register_cache("auto")["k"] = "edited too"
+            clean = CacheManager("dropped_clean")
+            clean.register_custom_cache("c", autosync=False, contents={"n": 1}).save()
+            return weakref.ref(clean)
+
+        clean = work()
+        gc.collect()  # the managers are unreachable now
+        print(clean() is None)
+        """,
+        tmp_path,
+    )
+    assert result.stdout.split() == ["True"]
+    check = run_code(
+        """
+        from cacheman import CacheManager
+        manager = CacheManager("dropped_dirty")
+        print(manager.retrieve_cache("plain")["k"], "/", manager.retrieve_cache("auto")["k"])
+        """,
+        tmp_path,
+    )
+    assert check.stdout.strip() == "edited / edited too"
+
+
+def test_a_deregistered_autosync_cache_no_longer_saves_by_its_rules(
+    manager: CacheManager,
+) -> None:
+    from test_autosync import VirtualClock, settle
+
+    from cacheman import TimeCount, _scheduler
+
+    clock = VirtualClock()
+    rules = [TimeCount(10, 100), TimeCount(20, 1)]
+    cache = manager.register_custom_cache("rules", time_checks=rules, clock=clock)
+    cache["k"] = 1
+    scheduler = _scheduler.for_clock(clock)
+    assert scheduler.next_deadline() is not None
+    manager.deregister_cache("rules")
+    assert scheduler.next_deadline() is None  # the scheduler let go of it
+    clock.now += 30
+    settle(cache)
+    assert not manager.store.exists("rules")
+
+
+def test_an_autosync_cache_with_every_edit_saved_holds_no_deadline(
+    manager: CacheManager,
+) -> None:
+    from test_autosync import VirtualClock
+
+    from cacheman import TimeCount, _scheduler
+
+    clock = VirtualClock()
+    cache = manager.register_custom_cache("idle", time_checks=[TimeCount(10, 100)], clock=clock)
+    cache["k"] = 1
+    scheduler = _scheduler.for_clock(clock)
+    assert scheduler.next_deadline() is not None
+    cache.save()
+    assert scheduler.next_deadline() is None
+    cache["k"] = 2  # the next edit is timed again
+    assert scheduler.next_deadline() is not None
+    assert cache.pending_edits == 1
+
+
+# -- the short names beside the 2.x ones -------------------------------------------------
+
+
+def test_the_short_names_do_what_their_2x_names_do(manager: CacheManager) -> None:
+    root = manager.register_cache("root")
+    edge = manager.register_cache("edge")
+    manager.register_dependent_cache("root", "edge")
+    root["a"] = 1
+    edge["b"] = 2
+    assert manager.save("root") is root
+    assert manager.store.load("root") == {"a": 1}
+    assert manager.save() is None  # no name: every cache
+    assert manager.store.load("edge") == {"b": 2}
+    root["unsaved"] = True
+    assert manager.reload("root") is root
+    assert root == {"a": 1}
+    assert manager.invalidate("root") is root
+    assert edge == {}, "downstream reset"
+    assert not manager.store.exists("edge")
+    assert manager.delete("root") is root
+    assert not manager.store.exists("root")
+    assert root == {"a": 1}, "the contents in memory stay"

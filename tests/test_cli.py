@@ -89,13 +89,16 @@ def test_list_prints_every_cache_with_its_entries_bytes_save_time_and_generation
     result = cacheman(saved, "list")
     assert result.returncode == OK, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "ENTRIES", "BYTES", "LAST", "SAVE", "GENERATION"]
+    header = ["NAME", "ENTRIES", "BYTES", "LAST", "SAVE", "GENERATION", "STATE"]
+    assert lines[0].split() == header
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert sorted(rows) == ["roots", "squares", "words"]
     assert rows["squares"][1] == "20"
-    assert rows["squares"][-1] == "0123456789abcdef:3"
+    assert rows["squares"][-2] == "0123456789abcdef:3"
     assert rows["roots"][1] == "2"
-    assert rows["roots"][-1] == "-", "no generation saved: shown as -"
+    assert rows["roots"][-2] == "-", "no generation saved: shown as -"
+    assert rows["squares"][-1] == "-", "derived from nothing"
+    assert rows["roots"][-1] == "fresh", "derived, and nothing says it is stale"
 
 
 def test_list_json(saved: CacheManager) -> None:
@@ -149,12 +152,12 @@ def test_list_of_a_manager_whose_caches_were_all_deleted(saved: CacheManager) ->
     assert as_json(cacheman(saved, "list", "--json"))["caches"] == []
 
 
-def test_show_prints_the_metadata_and_the_first_keys(saved: CacheManager) -> None:
+def test_show_prints_the_metadata_and_the_first_entries(saved: CacheManager) -> None:
     result = cacheman(saved, "show", "squares", "--keys", "3")
     assert result.returncode == OK, result.stderr
     assert "entries     20" in result.stdout
     assert "generation  0123456789abcdef:3" in result.stdout
-    assert result.stdout.endswith("first 3 of 20 keys:\n  0\n  1\n  2\n")
+    assert result.stdout.endswith("first 3 of 20 entries:\n  0: 0\n  1: 1\n  2: 4\n")
 
 
 def test_show_json(saved: CacheManager) -> None:
@@ -162,8 +165,44 @@ def test_show_json(saved: CacheManager) -> None:
     assert data["name"] == "roots"
     assert data["entries"] == 2
     assert data["keys"] == ["4", "9"], "keys as their repr"
+    assert data["items"] == [{"key": "4", "value": 2.0}, {"key": "9", "value": 3.0}]
     assert data["meta"] == {}
     assert as_json(cacheman(saved, "show", "squares", "--json", "--keys", "0"))["keys"] == []
+
+
+def test_show_keys_prints_their_values_cut_to_the_terminal_width(manager: CacheManager) -> None:
+    cache = manager.register_cache("long")
+    cache.update({1: "x" * 500, "one": [1, 2], (2, 3): {"nested": True}})
+    cache.save()
+    manager.deregister_all_caches()
+    result = cacheman(manager, "show", "long", "1", "'one'", "(2, 3)", COLUMNS="40")
+    assert result.returncode == OK, result.stderr
+    assert result.stdout.splitlines() == [
+        "1: '" + "x" * 33 + "...",  # 40 characters
+        "'one': [1, 2]",
+        "(2, 3): {'nested': True}",
+    ]
+    data = as_json(cacheman(manager, "show", "long", "one", "1", "--json", COLUMNS="40"))
+    assert data["items"] == [
+        {"key": "'one'", "value": [1, 2]},
+        {"key": "1", "value": "x" * 500},
+    ], "--json prints values in full; a key matches its str() too"
+
+
+def test_show_names_a_missing_key_with_a_suggestion(saved: CacheManager) -> None:
+    result = cacheman(saved, "show", "squares", "100", "3")
+    assert result.returncode == PROBLEM
+    assert "cache 'squares' has no key '100' (did you mean '10'" in result.stderr
+    assert result.stdout == "", "nothing printed when a key is missing"
+
+
+def test_a_value_json_cannot_hold_is_shown_as_its_repr(manager: CacheManager) -> None:
+    cache = manager.register_cache("odd")
+    cache["when"] = {1, 2}
+    cache.save()
+    manager.deregister_all_caches()
+    data = as_json(cacheman(manager, "show", "odd", "when", "--json"))
+    assert data["items"] == [{"key": "'when'", "value": "{1, 2}"}]
 
 
 def test_a_missing_cache_is_named_with_a_suggestion(saved: CacheManager) -> None:
@@ -441,7 +480,7 @@ def test_the_commands_work_on_the_redis_store(manager: CacheManager, redis_url: 
         ]
         verified = cacheman(manager, "verify", **on_redis)
         assert verified.returncode == OK
-        assert "unchecked roots" in verified.stdout, "the Redis store has no check of its own"
+        assert verified.stdout.splitlines()[:2] == ["ok        roots", "ok        squares"]
         graph = as_json(cacheman(manager, "graph", "--json", **on_redis))
         assert graph["edges"] == [["squares", "roots"]]
         assert cacheman(manager, "delete", "squares", "--yes", **on_redis).returncode == OK
@@ -477,8 +516,8 @@ def test_usage_errors_exit_2(saved: CacheManager, argv: list[str]) -> None:
 
 def test_the_console_script_runs_main(saved: CacheManager) -> None:
     # What the generated `cacheman` script does: import the entry point, exit with its result.
-    declared = re.search(r'^cacheman = "(.+):(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
-    assert declared is not None, "pyproject.toml declares the cacheman script"
+    declared = re.search(r"^\s+cacheman = (.+):(.+)$", (ROOT / "setup.cfg").read_text(), re.M)
+    assert declared is not None, "setup.cfg declares the cacheman script"
     module, function = declared.groups()
     script = f"import sys; sys.argv[0] = 'cacheman'; from {module} import {function}; "
     script += f"sys.exit({function}())"
@@ -500,3 +539,179 @@ def test_main_returns_the_status_as_a_console_script_needs(
     assert main(["path", "--manager", saved.name, "--dir", base]) == OK
     assert capsys.readouterr().out == f"{saved.cache_directory}\n"
     assert main(["show", "nonesuch", "--manager", saved.name, "--dir", base]) == PROBLEM
+
+
+# -- --version, managers, invalidate, stale marks, progress -------------------------------
+
+
+def test_version_prints_the_package_version() -> None:
+    import cacheman as package
+
+    result = run_python("-m", "cacheman", "--version")
+    assert result.returncode == OK
+    assert result.stdout == f"python -m cacheman {package.__version__}\n"
+
+
+def test_list_without_a_manager_lists_the_managers_and_their_cache_counts(
+    saved: CacheManager, tmp_path: Path
+) -> None:
+    base = saved.cache_directory.parent
+    other = CacheManager("other", base)
+    try:
+        other.register_cache("only").update(a=1)
+        other.save()
+        result = run_python("-m", "cacheman", "list", "--dir", str(base))
+        assert result.returncode == OK, result.stderr
+        lines = [line.split() for line in result.stdout.splitlines()]
+        assert lines[0] == ["MANAGER", "STORE", "CACHES", "WHERE"]
+        assert sorted(lines[1:]) == sorted(
+            [
+                ["other", "files", "1", str(base / "other")],
+                [saved.name, "files", "3", str(saved.cache_directory)],
+            ]
+        )
+        data = as_json(run_python("-m", "cacheman", "list", "--json", "--dir", str(base)))
+        counts = {each["name"]: (each["store"], each["caches"]) for each in data["managers"]}
+        assert counts == {"other": ("files", 1), saved.name: ("files", 3)}
+        empty = run_python("-m", "cacheman", "list", "--dir", str(tmp_path / "nothing"))
+        assert empty.returncode == OK
+        assert "no managers in" in empty.stdout
+    finally:
+        other.deregister_all_caches()
+        _registry.discard(other)
+
+
+def _derived(manager: CacheManager) -> None:
+    """root -> mid -> leaf, the derived ones built and saved (their parents' generations kept)."""
+    manager.register_cache("root").update(r=1)
+    manager.save("root")
+    for parent, name in (("root", "mid"), ("mid", "leaf")):
+        manager.register_dependent_cache(parent, name)
+        manager.register_custom_cache(name, builder=lambda name: {name: 1})
+        manager.save(name)
+    manager.deregister_all_caches()
+
+
+def test_list_marks_a_derived_cache_whose_parent_moved_on_as_stale(manager: CacheManager) -> None:
+    _derived(manager)
+    caches = {each["name"]: each for each in as_json(cacheman(manager, "list", "--json"))["caches"]}
+    assert {name: each["stale"] for name, each in caches.items()} == {
+        "leaf": False,
+        "mid": False,
+        "root": None,
+    }
+    # Another program invalidated root without resetting what derives from it here.
+    manager.register_cache("root").invalidate(apply_to_dependents=False)
+    manager.deregister_all_caches()
+    rows = {line.split()[0]: line.split() for line in cacheman(manager, "list").stdout.splitlines()}
+    assert rows["mid"][-1] == "stale"
+    assert rows["leaf"][-1] == "fresh", "its own parent, mid, has not moved on"
+    assert rows["root"][-1] == "-"
+
+
+def test_invalidate_dry_run_says_what_would_be_reset_and_changes_nothing(
+    manager: CacheManager,
+) -> None:
+    _derived(manager)
+    before = {name: manager.store.read_meta(name) for name in ("root", "mid", "leaf")}
+    result = cacheman(manager, "invalidate", "root", "--dry-run")
+    assert result.returncode == OK, result.stderr
+    assert result.stdout.splitlines() == [
+        "would invalidate root",
+        "would reset mid",
+        "would reset leaf",
+    ]
+    assert {name: manager.store.read_meta(name) for name in before} == before
+    assert manager.saved_cache_names() == ["leaf", "mid", "root"]
+
+
+def test_invalidate_resets_every_derived_cache_and_running_programs_rebuild_them(
+    manager: CacheManager,
+) -> None:
+    _derived(manager)
+    old = manager.store.read_meta("root")
+    data = as_json(cacheman(manager, "invalidate", "root", "--json"))
+    assert data["reset"] == ["mid", "leaf"]
+    assert data["generation"] != old["generation"]  # type: ignore[index]
+    assert manager.saved_cache_names() == ["root"], "derived copies deleted, root kept"
+    mid = manager.register_custom_cache("mid", builder=lambda name: {"rebuilt": True})
+    assert mid == {"rebuilt": True}
+    assert manager.register_cache("root") == {"r": 1}
+
+
+def test_invalidate_of_an_unknown_cache_is_named(saved: CacheManager) -> None:
+    result = cacheman(saved, "invalidate", "sqaures")
+    assert result.returncode == PROBLEM
+    assert "(did you mean 'squares'?)" in result.stderr
+
+
+def test_a_progress_line_is_drawn_on_a_terminal_and_erased(saved: CacheManager) -> None:
+    import pty
+
+    main_fd, child_fd = pty.openpty()
+    try:
+        where = ["--manager", saved.name, "--dir", str(saved.cache_directory.parent)]
+        result = subprocess.run(
+            [sys.executable, "-m", "cacheman", *where, "verify"],
+            stdout=subprocess.PIPE,
+            stderr=child_fd,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "CACHEMAN_PROGRESS_AFTER": "0"},
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        os.close(child_fd)
+        child_fd = -1
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the other end is closed and drained
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        if child_fd >= 0:
+            os.close(child_fd)
+        os.close(main_fd)
+    assert result.returncode == OK
+    assert "3 cache(s) checked" in result.stdout, "the report itself is on stdout"
+    text = drawn.decode()
+    assert "\rverify: 3/3 words (" in text, "the final count is drawn"
+    assert text.endswith("\r"), "and erased"
+    piped = cacheman(saved, "verify", CACHEMAN_PROGRESS_AFTER="0")
+    assert "\r" not in piped.stderr, "never drawn when stderr is not a terminal"
+
+
+def test_list_and_show_leave_in_place_a_cache_whose_classes_cannot_be_imported_here(
+    tmp_path: Path,
+) -> None:
+    # The program that saved it could import its module; the command, run elsewhere, cannot.
+    program = tmp_path / "program"
+    program.mkdir()
+    (program / "shapes.py").write_text(
+        "class Point:\n    def __init__(self, x):\n        self.x = x\n"
+    )
+    base = tmp_path / "base"
+    script = (
+        "import sys; from shapes import Point; from cacheman import CacheManager; "
+        f"m = CacheManager('drawing', {str(base)!r}); "
+        "c = m.register_custom_cache('points', autosync=False); c['a'] = Point(1); c.save()"
+    )
+    saved = run_python("-c", script, cwd=program)
+    assert saved.returncode == 0, saved.stderr
+    files = sorted(path.name for path in (base / "drawing").iterdir())
+    where = ["--manager", "drawing", "--dir", str(base)]
+    listed = run_python("-m", "cacheman", *where, "list", cwd=tmp_path)
+    assert listed.returncode == PROBLEM
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("points")]
+    assert row.split()[1] == "unreadable"
+    assert "No module named 'shapes'" in listed.stderr
+    assert "verify --fix" not in listed.stderr, "nothing to fix: the file is intact"
+    shown = run_python("-m", "cacheman", *where, "show", "points", cwd=tmp_path)
+    assert shown.returncode == PROBLEM
+    assert "it was left in place" in shown.stderr
+    assert sorted(path.name for path in (base / "drawing").iterdir()) == files, "nothing moved"
+    assert run_python("-m", "cacheman", *where, "show", "points", cwd=program).returncode == OK

@@ -77,3 +77,15 @@ def test_autosync_csv_cache_is_both(manager: CacheManager) -> None:
     assert CSVCache("both_reader", cache_manager=manager, loader=cache._resolved("loader")) == {
         "k": "v"
     }
+
+
+@pytest.mark.timeout(60)  # it hung for ever
+def test_a_fifo_in_place_of_the_csv_file_is_refused_not_waited_on(manager: CacheManager) -> None:
+    import os
+
+    from cacheman import InsecureCacheError
+
+    manager.cache_directory.mkdir(mode=0o700, parents=True)
+    os.mkfifo(manager.cache_directory / "rows.csv", 0o600)
+    with pytest.raises(InsecureCacheError, match=r"rows\.csv.*FIFO"):
+        CSVCache("rows", cache_manager=manager)

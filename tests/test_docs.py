@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.rst"))
 MODULES = sorted(
-    ["cacheman", *(f"cacheman.{info.name}" for info in pkgutil.iter_modules(cacheman.__path__))]
+    [
+        "cacheman",
+        *(info.name for info in pkgutil.walk_packages(cacheman.__path__, "cacheman.")),
+    ]
 )
 
 # Runs in the child.  It prints one "attempted=N failed=M" line last.

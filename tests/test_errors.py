@@ -16,6 +16,7 @@ from cacheman import errors
         (errors.CorruptCacheError, ValueError),
         (errors.InsecureCacheError, PermissionError),
         (errors.SignatureMismatchError, ValueError),
+        (errors.ManagerClosedError, ValueError),
         (errors.UnpicklableValueError, TypeError),
     ],
 )

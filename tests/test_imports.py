@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import pkgutil
 from pathlib import Path
 
@@ -13,8 +14,8 @@ PACKAGE = Path(cacheman.__file__).parent
 
 
 def module_names() -> list[str]:
-    """Every module of the package and its subpackages, each package (its ``__init__``) too."""
-    found = (info.name for info in pkgutil.walk_packages([str(PACKAGE)], prefix="cacheman."))
+    """Every module of the package and of its sub-packages, each ``__init__`` included."""
+    found = (info.name for info in pkgutil.walk_packages([str(PACKAGE)], "cacheman."))
     return ["cacheman", *sorted(found)]
 
 
@@ -24,7 +25,6 @@ def source_of(module: str) -> Path:
 
 
 def _package_of(module: str) -> str:
-    """The package a relative import in ``module`` starts from."""
     return module if source_of(module).name == "__init__.py" else module.rpartition(".")[0]
 
 
@@ -65,11 +65,9 @@ def imported_modules(module: str) -> set[str]:
         elif node.level == 0:
             names = [node.module or ""]
         else:
-            base = _package_of(module).split(".")
-            base = ".".join(base[: len(base) - (node.level - 1)])
-            if node.module:  # "from .x import y": runs x (y is a name in x, or a submodule)
+            base = importlib.util.resolve_name("." * node.level, _package_of(module))
+            if node.module:  # "from .x import y": runs x (y is a name in x)
                 names = [f"{base}.{node.module}"]
-                names += [f"{base}.{node.module}.{alias.name}" for alias in node.names]
             else:  # "from . import x, y": runs the submodules x and y, not __init__ again
                 names = [f"{base}.{alias.name}" for alias in node.names]
         targets.update(name for name in names if name in known)

@@ -595,7 +595,7 @@ def test_four_processes_appending_keep_every_key(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="cacheman")
-    directory, count = tmp_path / "m", 10_000
+    directory, count = tmp_path / "m", 2_500
     start_at = time.time() + 1.0
     writers = [
         subprocess.Popen(

@@ -290,3 +290,58 @@ def test_a_signal_during_a_save_of_the_main_thread_waits_for_it_then_flushes(
     assert status == -signal.SIGTERM, err
     assert saved(tmp_path) == {i: i for i in range(50)}
     assert (tmp_path / "signals" / "other.pkl").exists(), "the interrupted save finished"
+
+
+KEPT_THEN_FORKED = """
+import gc, os, sys
+from cacheman import CacheManager
+
+def work():
+    manager = CacheManager("kept", sys.argv[1])
+    cache = manager.register_custom_cache("c", autosync=False, contents={"k": "saved"})
+    cache.save()
+    cache["k"] = "the parent's pending edit"
+
+work()
+gc.collect()  # the manager is unreachable: kept for the exit flush
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit: the child's exit flush runs
+os.waitpid(pid, 0)
+from pathlib import Path
+from cacheman._store import PickleStore
+print(PickleStore(Path(sys.argv[1]) / "kept").load("c")["k"])
+"""
+
+
+def test_a_dropped_manager_kept_for_the_exit_flush_is_saved_by_its_own_process_only(
+    tmp_path: Path,
+) -> None:
+    done = run_python("-c", KEPT_THEN_FORKED, str(tmp_path), timeout=60)
+    assert done.returncode == 0, done.stderr
+    # The forked child's exit wrote nothing of what it inherited...
+    assert done.stdout.strip() == "saved"
+    # ...and the parent's own exit saved its edit.
+    assert CacheManager("kept", tmp_path).store.load("c") == {"k": "the parent's pending edit"}
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".journal"])
+def test_a_fifo_planted_in_place_of_a_cache_file_never_holds_up_sigterm(
+    tmp_path: Path, suffix: str
+) -> None:
+    plant = (
+        "manager.cache_directory.mkdir(mode=0o700, parents=True, exist_ok=True)\n"
+        f"os.mkfifo(str(manager.cache_directory / 'edits') + {suffix!r}, 0o600)"
+    )
+    process = start(tmp_path, after=plant)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)  # it hung for ever (the flush opened the FIFO)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    status, _out, err = finish(process)
+    assert time.monotonic() - started < 20
+    assert status == -signal.SIGTERM, err
+    assert "FIFO (named pipe), not a regular file" in err  # the failed save is logged

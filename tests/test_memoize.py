@@ -436,12 +436,13 @@ def test_check_code_false_ignores_the_code(manager: CacheManager) -> None:
     one(1)
     one.cache.save()
 
-    @manager.memoize("loose", check_code=False)
-    def other(x: int) -> int:
+    # The same function, edited (redefined under its own name, as a re-run cell does).
+    @manager.memoize("loose", check_code=False)  # type: ignore[no-redef]
+    def one(x: int) -> int:
         calls.append(x)
         return x + 100
 
-    assert other(1) == 1
+    assert one(1) == 1
     assert calls == [1]
 
 
@@ -451,7 +452,9 @@ def test_the_fingerprint_is_saved_beside_the_cache(manager: CacheManager) -> Non
         return x
 
     one(1)
-    assert (manager.store.read_meta("fp") or {}).get("fingerprint") is None
+    # Written when the (empty) cache opens: another process opening it before the first
+    # save lands must not take the results it will find for stale ones.
+    assert (manager.store.read_meta("fp") or {}).get("fingerprint") == one.fingerprint
     one.cache.save()
     assert (manager.store.read_meta("fp") or {}).get("fingerprint") == one.fingerprint
 
@@ -783,3 +786,362 @@ def test_default_name_maps_what_a_name_cannot_hold() -> None:
 def test_an_invalid_explicit_name_is_refused(manager: CacheManager) -> None:
     with pytest.raises(ValueError, match="invalid cache name"):
         manager.memoize("a/b")(counted([]))
+
+
+# -- async def ---------------------------------------------------------------------------
+
+
+def test_an_async_function_is_awaited_once_and_its_result_stored(manager: CacheManager) -> None:
+    import asyncio
+
+    calls: list[int] = []
+
+    @manager.memoize("fetch")
+    async def fetch(x: int) -> int:
+        calls.append(x)
+        await asyncio.sleep(0)
+        return x * 10
+
+    async def main() -> list[int]:
+        # The second await was "cannot reuse already awaited coroutine" before.
+        return [await fetch(1), await fetch(1), await fetch(x=2), await fetch(2)]
+
+    assert asyncio.iscoroutinefunction(fetch)  # frameworks check before awaiting
+    assert asyncio.run(main()) == [10, 10, 20, 20]
+    assert calls == [1, 2]
+    assert fetch.stats == MemoStats(hits=2, misses=2, saves=0)
+    fetch.cache.save()  # results, not coroutines: the save works
+    manager.deregister_all_caches()
+    again = CacheManager(manager.name, manager.cache_directory.parent)
+    assert sorted(again.register_cache("fetch").values()) == [10, 20]
+    again.deregister_all_caches()
+
+
+def test_ten_thousand_concurrent_awaits_of_one_key_run_the_function_once(
+    manager: CacheManager,
+) -> None:
+    import asyncio
+
+    calls: list[int] = []
+
+    async def main() -> list[int]:
+        release = asyncio.Event()
+
+        @manager.memoize("slow")
+        async def slow(x: int) -> int:
+            calls.append(x)
+            await release.wait()
+            return x + 1
+
+        waiting = [asyncio.ensure_future(slow(5)) for _ in range(10_000)]
+        await asyncio.sleep(0)  # every task has started and is waiting now
+        release.set()
+        return await asyncio.gather(*waiting)
+
+    assert asyncio.run(main()) == [6] * 10_000
+    assert calls == [5]
+
+
+def test_an_async_exception_reaches_every_awaiter_and_is_not_cached(
+    manager: CacheManager,
+) -> None:
+    import asyncio
+
+    calls: list[int] = []
+
+    async def main() -> list[object]:
+        release = asyncio.Event()
+
+        @manager.memoize("fails")
+        async def fails(x: int) -> int:
+            calls.append(x)
+            await release.wait()
+            if len(calls) == 1:
+                raise ValueError("first time")
+            return x
+
+        waiting = [asyncio.ensure_future(fails(1)) for _ in range(3)]
+        await asyncio.sleep(0)
+        release.set()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        return [*outcomes, await fails(1)]
+
+    outcomes = asyncio.run(main())
+    assert [type(each).__name__ for each in outcomes[:3]] == ["ValueError"] * 3
+    assert outcomes[3] == 1
+    assert calls == [1, 1]
+
+
+def test_a_cancelled_async_computation_lets_its_awaiters_compute(manager: CacheManager) -> None:
+    import asyncio
+
+    calls: list[str] = []
+
+    async def main() -> int:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        @manager.memoize("cancelled")
+        async def work(x: int) -> int:
+            calls.append("start")
+            started.set()
+            await release.wait()
+            return x
+
+        first = asyncio.ensure_future(work(3))
+        await started.wait()
+        second = asyncio.ensure_future(work(3))  # waits for the first
+        await asyncio.sleep(0)
+        first.cancel()
+        release.set()
+        return await second
+
+    assert asyncio.run(main()) == 3
+    assert calls == ["start", "start"]
+
+
+def test_async_calls_from_two_event_loops_compute_once(manager: CacheManager) -> None:
+    import asyncio
+
+    calls: list[int] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    @manager.memoize("two_loops")
+    async def work(x: int) -> int:
+        calls.append(x)
+        entered.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait)
+        return x * 2
+
+    results: list[int] = []
+    first = threading.Thread(target=lambda: results.append(asyncio.run(work(4))))
+    first.start()
+    entered.wait(10)
+    second = threading.Thread(target=lambda: results.append(asyncio.run(work(4))))
+    second.start()
+    wait_until(lambda: work._calls.get(work.key_of(4)) is not None and second.is_alive())
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert results == [8, 8]
+    assert calls == [4]
+
+
+# -- results that cannot be saved, names, what a reset says ---------------------------------
+
+
+def test_an_unpicklable_result_is_returned_not_stored_and_the_others_are_saved(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    @manager.memoize("mixed")
+    def make(kind: str) -> object:
+        return threading.Lock() if kind == "lock" else kind.upper()
+
+    assert make("a") == "A"
+    assert type(make("lock")) is type(threading.Lock())
+    assert type(make("lock")) is type(threading.Lock())  # computed again: nothing was stored
+    assert make("b") == "B"
+    make.cache.save()  # failed before, losing "A" and "B"
+    warnings = [r for r in caplog.records if "be pickled" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'mixed'" in warnings[0].getMessage()
+    assert "lock" in warnings[0].getMessage()
+    assert make.stats.misses == 4
+    assert sorted(manager.store.load("mixed").values()) == ["A", "B"]  # type: ignore[union-attr]
+
+
+def test_a_second_function_under_an_existing_name_is_refused(manager: CacheManager) -> None:
+    @manager.memoize("shared")
+    def first(x: int) -> int:
+        return x
+
+    with pytest.raises(ValueError, match=r"'shared'.*already used by.*first"):
+
+        @manager.memoize("shared")
+        def second(x: int) -> int:
+            return -x
+
+    # The same function decorated again (an edited, re-run cell) takes the name over.
+    @manager.memoize("shared")  # type: ignore[no-redef]
+    def first(x: int) -> int:  # noqa: F811
+        return x + 1
+
+    assert first(1) == 2
+
+
+def test_a_code_change_reset_is_a_warning_naming_the_changed_helper(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    def rate() -> int:
+        return 2
+
+    @manager.memoize("priced")
+    def priced(x: int) -> int:
+        return x * rate()
+
+    assert priced(3) == 6
+    priced.cache.save()
+
+    def rate() -> int:  # type: ignore[no-redef]  # noqa: F811
+        return 5
+
+    @manager.memoize("priced")  # type: ignore[no-redef]
+    def priced(x: int) -> int:
+        return x * rate()
+
+    caplog.clear()
+    assert priced(3) == 15  # a helper seen through the closure: the old result is not served
+    [record] = [r for r in caplog.records if "reset, with every cache" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert "rate changed" in record.getMessage()
+
+
+def test_a_memoized_function_whose_cache_was_deregistered_registers_it_again(
+    manager: CacheManager,
+) -> None:
+    @manager.memoize("kept")
+    def kept(x: int) -> int:
+        return x * 3
+
+    assert kept(1) == 3
+    manager.deregister_all_caches()
+    assert not manager.cache_registered("kept")
+    assert kept(2) == 6  # computed before into a cache nothing saved
+    assert manager.cache_registered("kept")
+    assert manager.holds(kept.cache)
+    manager.save_all_cache_contents()
+    # (What was computed before is gone with the deregistered object: deregistering saves nothing.)
+    assert manager.store.load("kept") == {kept.key_of(2): 6}
+    manager.deregister_cache("kept")
+    assert kept(4) == 12
+    assert manager.holds(kept.cache)
+
+
+def test_a_memoized_function_of_a_closed_manager_raises(manager: CacheManager) -> None:
+    from cacheman.errors import ManagerClosedError
+
+    calls: list[int] = []
+
+    @manager.memoize("closing")
+    def closing(x: int) -> int:
+        calls.append(x)
+        return x
+
+    closing(1)
+    manager.close()
+    assert closing(1) == 1  # a hit: the results it holds are still there to read
+    with pytest.raises(ManagerClosedError, match=r"'closing'.*closed"):
+        closing(2)  # a miss would compute into a cache nobody saves
+    assert calls == [1]
+
+
+# -- one computation per key across processes ----------------------------------------------
+
+
+def _stress() -> Any:
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import lease_stress
+
+    return lease_stress
+
+
+def test_processes_missing_the_same_keys_compute_each_once_despite_sigkills(
+    tmp_path: Path,
+) -> None:
+    report = _stress().run(3, 30, 2, tmp_path, deadline=240)
+    assert report.killed == 2
+    assert report.errors == []
+    assert (report.duplicates, report.lost, report.bad_reads, report.hung) == (0, 0, 0, False)
+
+
+def test_processes_on_redis_compute_each_key_once_despite_sigkills(
+    tmp_path: Path, redis_url: str
+) -> None:
+    report = _stress().run(3, 20, 1, tmp_path, redis_url=redis_url, deadline=240)
+    assert report.killed == 1
+    assert report.errors == []
+    assert (report.duplicates, report.lost, report.bad_reads, report.hung) == (0, 0, 0, False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_sixteen_processes_by_a_thousand_cold_keys_with_sigkills(tmp_path: Path) -> None:
+    report = _stress().run(16, 1000, 10, tmp_path, deadline=1500)
+    assert report.killed == 10
+    assert report.errors == []
+    assert (report.duplicates, report.lost, report.bad_reads, report.hung) == (0, 0, 0, False)
+
+
+def test_a_lease_held_too_long_is_waited_for_then_computed_with_a_warning(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cacheman._memo.leases import FileLeases
+
+    calls: list[int] = []
+
+    @manager.memoize("leased", lease=True, lease_timeout=0.2)
+    def leased(x: int) -> int:
+        calls.append(x)
+        return x + 1
+
+    assert leased(1) == 2  # no one else holds it
+    held = FileLeases(manager.store, "leased").acquire(leased.key_of(2))  # type: ignore[arg-type]
+    assert held is not None  # as a hung process would
+    try:
+        assert leased(2) == 3
+    finally:
+        held.release()
+    assert calls == [1, 2]
+    assert any("held a key's lease" in r.getMessage() for r in caplog.records)
+
+
+def test_an_async_function_waits_for_a_lease_without_blocking_its_loop(
+    manager: CacheManager,
+) -> None:
+    import asyncio
+
+    from cacheman._memo.leases import FileLeases
+
+    @manager.memoize("aleased", lease=True, lease_timeout=30)
+    async def aleased(x: int) -> int:
+        return x * 5
+
+    leases = FileLeases(manager.store, "aleased")  # type: ignore[arg-type]
+
+    async def main() -> tuple[int, list[str]]:
+        held = leases.acquire(aleased.key_of(3))
+        assert held is not None
+        ticks: list[str] = []
+        waiting = asyncio.ensure_future(aleased(3))
+        for _ in range(3):  # the loop keeps running while the call waits for the lease
+            await asyncio.sleep(0)
+            ticks.append("tick")
+        assert not waiting.done()
+        held.release()
+        return await waiting, ticks
+
+    assert asyncio.run(main()) == (15, ["tick"] * 3)
+
+
+def test_lease_auto_takes_leases_once_a_computation_was_slow(
+    manager: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cacheman import _memoize
+
+    @manager.memoize("auto")
+    def auto(x: int) -> int:
+        return x
+
+    monkeypatch.setattr(_memoize, "LEASE_AUTO_SECONDS", 3600.0)
+    auto(1)
+    assert auto._leases_for(auto.cache) is None  # fast: no lease, no save per miss
+    monkeypatch.setattr(_memoize, "LEASE_AUTO_SECONDS", 0.0)
+    auto(2)
+    assert auto._leases_for(auto.cache) is not None
+    auto(3)
+    assert (manager.cache_directory / ".auto.leases").is_dir()
+    # Published at once (with the result still pending before), not at the next autosave.
+    assert manager.store.load("auto") == {auto.key_of(x): x for x in (1, 2, 3)}

@@ -36,9 +36,11 @@ BAD_NAMES = [
     "x" * (MAX_NAME_BYTES + 1),
     "é" * (MAX_NAME_BYTES // 2 + 1),  # short in characters, too long in bytes
     "\ud800",  # a lone surrogate cannot become a file name
+    ".hidden",  # saved, but invisible to every listing (they skip the store's dot-files)
+    ".x.pkl",
 ]
 
-GOOD_NAMES = ["squares", "with space", "dots.in.name", ".hidden", "ünïcode", "x" * MAX_NAME_BYTES]
+GOOD_NAMES = ["squares", "with space", "dots.in.name", "trailing.", "ünïcode", "x" * MAX_NAME_BYTES]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -83,7 +85,13 @@ def test_bad_names_never_touch_the_disk(tmp_path: Path, name: str) -> None:
     assert sorted(p.name for p in tmp_path.rglob("*")) == []
 
 
-@pytest.mark.parametrize("name", ["../up", "a/b", "/abs", ""])
+def test_a_leading_dot_is_refused_with_the_reason(manager: CacheManager) -> None:
+    with pytest.raises(InvalidCacheNameError, match=r"'\.secret'.*may not start with '\.'"):
+        manager.register_cache(".secret")
+    assert manager.saved_cache_names() == []
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", "/abs", "", ".hidden"])
 def test_bad_manager_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidCacheNameError, match="invalid manager name"):
         CacheManager(name, tmp_path)

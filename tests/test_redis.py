@@ -33,8 +33,6 @@ from cacheman import (
     RedisStore,
     SignatureMismatchError,
     UnpicklableValueError,
-    _registry,
-    cacher,
 )
 from cacheman._redis import REDIS_URL_ENV
 
@@ -197,6 +195,7 @@ def test_save_with_pending_changes_applies_them_on_a_copy(store: RedisStore) -> 
     assert contents == {"a": 1, "b": 2}
 
 
+@pytest.mark.slow
 def test_load_during_full_saves_never_mixes_two_snapshots(store: RedisStore) -> None:
     old = {("old", i): i for i in range(30_000)}
     new = {("new", i): i for i in range(30_000)}
@@ -661,10 +660,7 @@ def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) ->
     bound = manager.store
     assert bound._callbacks, "registering a cache subscribed the manager"  # type: ignore[attr-defined]
     manager.deregister_all_caches()
-    # The process-wide tables keep every manager for the exit flush; a program that
-    # forgot one entirely should get it collected, subscription or not.
-    _registry.discard(manager)
-    cacher._every_manager.remove(manager)
+    # A program that forgot a manager entirely gets it collected, subscription or not.
     reference = weakref.ref(manager)
     del manager
     gc.collect()
@@ -733,3 +729,356 @@ def test_a_process_hearing_of_a_reset_loads_what_the_other_built(
     assert done.returncode == 0, done.stderr
     wait_until(lambda: root == {"by": "B"}, timeout=20)
     assert built == ["root"], "this process did not build it again"
+
+
+def test_closing_a_manager_stops_its_event_listener_and_unsubscribes(redis_url: str) -> None:
+    manager = CacheManager("closed_listener", store=RedisStore(redis_url))
+    cache = manager.register_cache("c")
+    cache["k"] = 1
+    bound = manager.store
+    listener = bound._listener  # type: ignore[attr-defined]
+    assert listener is not None
+    assert listener.is_alive()
+    manager.close()
+    assert not bound._callbacks  # type: ignore[attr-defined]
+    assert not listener.is_alive()
+    assert "cacheman-redis-events-closed_listener" not in [t.name for t in threading.enumerate()]
+    again = CacheManager("closed_listener", store=RedisStore(redis_url))
+    assert again.retrieve_cache("c") == {"k": 1}  # the edit was saved first
+    again.close()
+
+
+def test_a_database_index_the_server_refuses_is_logged_not_a_thread_traceback(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis_server import DATABASES
+
+    uncaught: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    store = RedisStore(redis_server.url(DATABASES))  # one past the last database
+    manager = CacheManager("bad_db", store=store)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="DB index is out of range"):
+        manager.register_cache("c")  # the program's own call fails, in its own thread
+    assert time.monotonic() - started < 4  # no wait for a subscription that cannot come
+    listener = manager.store._listener  # type: ignore[attr-defined]
+    assert listener is not None
+    assert listener.ready.is_set()
+    assert uncaught == []
+    assert "'bad_db'" in caplog.text
+    assert "cannot subscribe" in caplog.text
+    assert "DB index is out of range" in caplog.text
+    manager.close()
+    assert not listener.is_alive()
+    assert uncaught == []
+
+
+# -- after a lost event: every generation read again -------------------------------------------
+
+
+def test_after_a_reconnection_a_generation_changed_without_event_is_announced(
+    store: RedisStore, raw: Any
+) -> None:
+    events: list[tuple[str | None, str | None]] = []
+    store.subscribe(lambda name, generation: events.append((name, generation)))
+    store.update_meta("a", generation="g:1")
+    store.update_meta("b", generation="h:1")
+    wait_until(lambda: ("b", "h:1") in events)
+    # Another writer changes a generation and its event never arrives (written here
+    # straight into the hash, which publishes nothing).
+    raw.hset(store.meta_key("a"), "generation", json.dumps("g:2"))
+    raw.client_kill_filter(_type="pubsub")
+    wait_until(lambda: ("a", "g:2") in events)
+    after = events[events.index((None, None)) :]
+    assert after[:2] == [(None, None), ("a", "g:2")]
+    assert ("b", "h:1") not in after  # unchanged since this process heard of it
+
+
+def test_a_bad_database_number_is_one_clean_logged_error_in_the_events_thread(
+    redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures: list[object] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = failures.append
+    store = RedisStore(redis_server.url(999_999), manager="m")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="cacheman"):
+            store.subscribe(lambda name, generation: None, wait=10)
+            listener = store._listener
+            assert listener is not None
+            wait_until(lambda: "cannot subscribe" in caplog.text)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1, caplog.text  # once, not once per retry
+        assert "DB index is out of range" in errors[0].getMessage()
+        assert errors[0].exc_info is None  # a message, not a traceback
+        assert failures == []
+    finally:
+        store.close()
+        threading.excepthook = previous_hook
+
+
+# -- verify and usage ----------------------------------------------------------------------------
+
+
+def test_verify_checks_signatures_framing_and_lineage_without_unpickling(
+    redis_url: str, raw: Any, tmp_path: Path
+) -> None:
+    signed = RedisStore(redis_url, manager="v", signing_key=b"k" * 32)
+    signed.save("good", {"a": 1})
+    assert signed.verify("good").problems == []
+    assert signed.verify("good").signed
+    marker = tmp_path / "unpickled"
+    raw.hset(signed.data_key("good"), pickle.dumps("planted"), pickle.dumps(Planted(marker)))
+    report = signed.verify("good")
+    assert report.refused
+    assert "unsigned, forged" in report.problems[0]
+    assert not marker.exists()
+    # Damage (not a pickle) is found, and fixed by moving it aside as a load would.
+    unsigned = RedisStore(redis_url, manager="w")
+    unsigned.save("broken", {"a": 1})
+    raw.hset(unsigned.data_key("broken"), pickle.dumps("b"), b"garbage")
+    assert unsigned.verify("broken").problems == ["1 entry is damaged"]
+    fixed = unsigned.verify("broken", fix=True)
+    assert fixed.fixed
+    assert unsigned.verify("broken").problems == []
+    # Lineage: a derived cache built from a parent generation that moved on is stale.
+    unsigned.update_meta("parent", generation="p:2")
+    unsigned.save("child", {"x": 1})
+    unsigned.update_meta("child", parents={"parent": "p:1"})
+    assert unsigned.verify("child").problems == [
+        "stale: 'parent' is at p:2 (built from p:1); it is rebuilt when next registered"
+    ]
+    unsigned.update_meta("child", parents={"parent": "p:2"})
+    assert unsigned.verify("child").problems == []
+    signed.close()
+    unsigned.close()
+
+
+def test_usage_counts_the_bytes_redis_spends_on_a_cache(store: RedisStore) -> None:
+    assert store.usage("none") == (0, None)
+    store.save("small", {i: i for i in range(10)})
+    store.save("big", dict.fromkeys(range(1000), "x" * 1000))
+    small, big = store.usage("small"), store.usage("big")
+    assert 0 < small.size < 10_000
+    assert big.size > 1_000_000
+    assert big.modified == store.read_meta("big")["saved_at"]
+
+
+# -- the command line on Redis -------------------------------------------------------------------
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from cacheman.__main__ import main
+
+    status = main(args)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_the_command_line_says_where_redis_data_lives_and_which_managers_it_holds(
+    redis_server: Any,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(REDIS_URL_ENV, redis_url)
+    store = RedisStore(redis_url, manager="clitest")
+    store.save("numbers", {i: i for i in range(100)})
+    store.update_meta("numbers", generation="g:1")
+    status, out, _ = _cli(["--manager", "clitest", "path"], capsys)
+    assert (status, out) == (0, f"{redis_url} cacheman:clitest:\n")
+    status, out, _ = _cli(["--manager", "clitest", "show", "numbers"], capsys)
+    assert status == 0
+    assert f"clitest ({redis_url}, keys cacheman:clitest:*)" in out
+    assert "bytes" in out
+    assert " - " not in out.split("bytes")[1].splitlines()[0]
+    status, out, _ = _cli(["--manager", "clitest", "verify"], capsys)
+    assert (status, out.splitlines()[0]) == (0, "ok        numbers")
+    status, _, err = _cli(["--manager", "clitesd", "list"], capsys)
+    assert status == 1
+    assert "managers in that Redis: clitest" in err
+    assert "did you mean 'clitest'" in err
+    status, out, _ = _cli(["--json", "list"], capsys)  # no --manager: every manager
+    assert status == 0
+    assert {
+        "name": "clitest",
+        "store": "redis",
+        "path": f"{redis_url} cacheman:clitest:",
+        "caches": 1,
+    } in json.loads(out)["managers"]
+    store.close()
+
+
+# -- passwords and ACL users ---------------------------------------------------------------------
+
+PASSWORD = "pw-Zq8v3-never-shown"
+ALICE_PASSWORD = "alice-Kx2-never-shown"
+
+
+@pytest.fixture(scope="module")
+def secured_server(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Any:
+    """A redis-server that wants a password, with an ACL user ``alice`` limited to ``app:*``."""
+    from redis_server import RedisServer
+
+    server = RedisServer(
+        tmp_path_factory.mktemp("secured"),
+        redis_server.executable,
+        extra_args=[
+            "--requirepass", PASSWORD,
+            "--user", "alice", "on", f">{ALICE_PASSWORD}", "~app:*", "&app:*", "+@all",
+        ],
+    )  # fmt: skip
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_acl_user_and_password_work_and_are_never_shown(
+    secured_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = secured_server.port
+    url = f"redis://alice:{ALICE_PASSWORD}@127.0.0.1:{port}/0"
+    caplog.set_level(logging.DEBUG, logger="cacheman")
+    manager = CacheManager("acl", tmp_path, store=RedisStore(url, namespace="app"))
+    cache = manager.register_custom_cache("c", {"a": 1}, autosync=False)
+    cache.save()
+    assert RedisStore(url, namespace="app", manager="acl").load("c") == {"a": 1}
+    shown = [repr(manager.store), manager.store.display_url]  # type: ignore[attr-defined]
+    # The ACL holds alice to app:*: the default namespace is refused, with a clear error.
+    outside = RedisStore(url, manager="acl")
+    with pytest.raises(Exception, match="no permissions") as refused:
+        outside.save("c", {"a": 1})
+    shown.append(str(refused.value))
+    # A wrong password: the error names the server, not the password.
+    wrong = RedisStore(f"redis://alice:{PASSWORD}-wrong@127.0.0.1:{port}/0", manager="acl")
+    with pytest.raises(ConnectionError) as failed:
+        wrong.load("c")
+    shown.append(str(failed.value))
+    assert "cannot be reached" in shown[-1]
+    assert "***" in shown[-1]
+    # The password of the default user, in the URL: the command line never prints it.
+    monkeypatch.setenv(REDIS_URL_ENV, f"redis://:{PASSWORD}@127.0.0.1:{port}/0")
+    RedisStore(os.environ[REDIS_URL_ENV], manager="cli").save("x", {1: 2})
+    for command in (["path"], ["list"], ["show", "x"], ["verify"], ["--json", "list"]):
+        status, out, err = _cli(["--manager", "cli", *command], capsys)
+        assert status == 0, err
+        shown += [out, err]
+    _cli(["--manager", "nobody", "list"], capsys)
+    shown += list(capsys.readouterr())
+    # The listener's errors too: subscribe with the wrong password.
+    wrong.subscribe(lambda name, generation: None)
+    wait_until(lambda: "cannot subscribe" in caplog.text)
+    shown.append(caplog.text)
+    for text in shown:
+        assert PASSWORD not in text, text
+        assert ALICE_PASSWORD not in text, text
+    assert f"redis://:***@127.0.0.1:{port}/0 cacheman:cli:" in "".join(shown)
+    for each in (outside, wrong):
+        each.close()
+    manager.close()
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Any:
+    """A redis-server listening with TLS only, its certificate signed by a throw-away CA."""
+    import shutil
+
+    from redis_server import RedisServer
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: no certificates for the TLS test")
+    directory = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
+    from redis_server import _free_port
+
+    tls_port = _free_port()
+    server = RedisServer(
+        directory,
+        redis_server.executable,
+        extra_args=[
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(directory / "server.crt"),
+            "--tls-key-file", str(directory / "server.key"),
+            "--tls-ca-cert-file", str(directory / "ca.crt"),
+            "--tls-auth-clients", "no",
+            "--requirepass", PASSWORD,
+        ],
+    )  # fmt: skip
+    server.start()
+    server.tls_port = tls_port  # type: ignore[attr-defined]
+    server.ca = directory / "ca.crt"  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+def test_rediss_urls_connect_with_tls(tls_server: Any, tmp_path: Path) -> None:
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_server.tls_port}/0"
+    store = RedisStore(url, manager="tls", ssl_ca_certs=str(tls_server.ca))
+    store.save("c", {"over": "tls"})
+    assert store.load("c") == {"over": "tls"}
+    assert repr(store) == (
+        f"RedisStore('rediss://:***@127.0.0.1:{tls_server.tls_port}/0', namespace='cacheman', "
+        "manager='tls')"
+    )
+    # Without the CA the certificate is refused: TLS is checked, not only spoken.
+    untrusting = RedisStore(url, manager="tls")
+    with pytest.raises(ConnectionError, match="certificate verify failed") as refused:
+        untrusting.load("c")
+    assert PASSWORD not in str(refused.value)
+    store.close()
+    untrusting.close()
+
+
+def test_wait_for_replicas_without_a_replica_refuses_to_acknowledge(
+    redis_url: str, raw: Any
+) -> None:
+    store = RedisStore(redis_url, manager="w", wait_for_replicas=1, replica_timeout=0.05)
+    assert repr(store).endswith("manager='w', wait_for_replicas=1)")
+    with pytest.raises(TimeoutError, match=r"cache 'c': .* only 0 of 1 replica"):
+        store.save("c", {"a": 1})
+    with pytest.raises(TimeoutError, match="cache 'c'"):
+        store.append("c", [("set", "b", 2)])
+    with pytest.raises(TimeoutError, match="cache 'c'"):
+        store.update_meta("c", generation="g:1")
+    # Each reached the primary all the same (WAIT cannot undo a write): only unacknowledged.
+    assert RedisStore(redis_url, manager="w").load("c") == {"a": 1, "b": 2}
+    assert json.loads(raw.hget(store.meta_key("c"), "generation")) == "g:1"
+    store.close()
+
+
+def test_list_and_show_on_redis_leave_damaged_contents_in_place(
+    redis_url: str,
+    raw: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(REDIS_URL_ENV, redis_url)
+    store = RedisStore(redis_url, manager="damaged")
+    store.save("c", {"a": 1})
+    raw.hset(store.data_key("c"), pickle.dumps("b"), b"garbage")
+    for command in (["list"], ["show", "c"]):
+        status, _, _ = _cli(["--manager", "damaged", *command], capsys)
+        assert status == 1
+        assert raw.hlen(store.data_key("c")) == 2, f"{command} moved the damaged hash aside"
+    status, out, _ = _cli(["--manager", "damaged", "verify", "--fix"], capsys)
+    assert (status, out.split()[:2]) == (0, ["fixed", "c:"]), out
+    assert raw.hlen(store.data_key("c")) == 0  # verify --fix is what moves it aside
+    store.close()

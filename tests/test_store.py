@@ -7,6 +7,7 @@ files are damaged on disk exactly as a crash, a bad disk or an attacker would.
 from __future__ import annotations
 
 import fcntl
+import hmac
 import logging
 import os
 import pickle
@@ -34,7 +35,7 @@ from cacheman import (
     _registry,
     get_cache_manager,
 )
-from cacheman._store import FORMAT_VERSION, HEADER_SIZE, MAGIC
+from cacheman._store import FORMAT_VERSION, HEADER_SIZE, MAGIC, PickleStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: What tests/fixtures/cacheman2_bare.pkl holds: a plain ``pickle.dump`` (protocol 2)
@@ -734,3 +735,199 @@ def test_persisted_edges_are_a_union_kept_in_order_and_forgotten_by_name(
     assert store.read_edges() == [("root", "mid"), ("mid", "leaf"), ("root", "other")]
     store.remove_edges("mid")
     assert store.read_edges() == [("root", "other")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[1, 2]",
+        '{"edges": 1}',
+        '{"edges": [1, 2]}',
+        '{"edges": [["a"]]}',
+        '{"edges": [["a", "b", "c"]]}',
+        '{"edges": [["../up", "b"]]}',
+        '{"edges": [[1, 2]]}',
+    ],
+)
+def test_an_edges_file_of_the_wrong_shape_is_ignored_with_a_warning(
+    manager: CacheManager, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    edges = manager.cache_directory / "_dependencies.json"
+    manager.cache_directory.mkdir(mode=0o700, parents=True)
+    edges.write_text(text)
+    edges.chmod(0o600)
+    root = manager.register_cache("root", {"r": 1})
+    manager.register_dependent_cache("root", "leaf")  # rewrites the file, keeping nothing of it
+    assert manager.parents_of("leaf") == ["root"]
+    assert "ignoring" in caplog.text
+    assert str(edges) in caplog.text
+    assert manager.store.read_edges() == [("root", "leaf")]
+    root.save()
+
+
+def _plant_fifo(path: Path) -> None:
+    os.mkfifo(path, 0o600)
+
+
+def _plant_socket(path: Path) -> None:
+    import socket
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.close()  # the socket file stays
+
+
+def _plant_device(path: Path) -> None:
+    path.symlink_to("/dev/zero")  # endless bytes: a read would never end
+
+
+ODD_FILES = {"FIFO (named pipe)": _plant_fifo, "socket": _plant_socket, "device": _plant_device}
+
+
+@pytest.mark.timeout(60)  # the bug was a hang: fail instead of waiting for ever
+@pytest.mark.parametrize("kind", sorted(ODD_FILES))
+@pytest.mark.parametrize(
+    "file_name", ["odd.pkl", "odd.journal", "odd.meta.json", "_dependencies.json", ".odd.pkl.lock"]
+)
+def test_a_fifo_socket_or_device_in_place_of_a_file_is_refused_never_waited_on(
+    manager: CacheManager, kind: str, file_name: str
+) -> None:
+    manager.cache_directory.mkdir(mode=0o700, parents=True)
+    ODD_FILES[kind](manager.cache_directory / file_name)
+
+    def register_edit_and_save() -> None:
+        cache = PersistentCache("odd", cache_manager=manager)
+        manager.register_dependent_cache("odd", "derived")
+        cache["k"] = 1
+        cache.save()
+
+    started = time.monotonic()
+    with pytest.raises(InsecureCacheError, match="not a regular file") as refused:
+        register_edit_and_save()
+    assert time.monotonic() - started < 10
+    assert file_name in str(refused.value)
+    assert "remove it" in str(refused.value)
+    manager.deregister_all_caches()
+
+
+@pytest.mark.timeout(60)
+def test_appending_to_a_journal_that_became_a_fifo_is_a_clear_error(
+    manager: CacheManager,
+) -> None:
+    cache = PersistentCache("odd", cache_manager=manager, contents={"a": 1})
+    cache.save()
+    cache["b"] = 2
+    cache.save()  # an append: the journal exists
+    journal = manager.store.journal_path("odd")
+    journal.unlink()
+    os.mkfifo(journal, 0o600)
+    cache["c"] = 3
+    with pytest.raises(InsecureCacheError, match=r"journal file .*odd\.journal.* FIFO"):
+        cache.save()
+    report = manager.store.verify("odd")
+    assert report.refused
+    assert "FIFO" in " ".join(report.problems)
+    journal.unlink()  # so that the fixture's teardown finds a normal cache
+    manager.deregister_all_caches()
+
+
+# -- signatures name the manager and the cache ---------------------------------------------
+
+
+def _signed_cache(manager: CacheManager, name: str, contents: dict[str, Any]) -> None:
+    """Save ``contents`` as a snapshot, then change one key through the journal."""
+    cache = PersistentCache(name, cache_manager=manager, contents=contents)
+    cache.save()
+    cache["journalled"] = True
+    cache.save()
+    assert manager.store.journal_path(name).stat().st_size > 40  # a record was appended
+    manager.deregister_cache(name)
+
+
+def _copy_files(source: PickleStore, source_name: str, target: PickleStore, name: str) -> None:
+    target.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for copy_from, copy_to in (
+        (source.path_for(source_name), target.path_for(name)),
+        (source.journal_path(source_name), target.journal_path(name)),
+    ):
+        shutil.copyfile(copy_from, copy_to)
+        copy_to.chmod(0o600)
+
+
+def test_a_signed_cache_copied_over_another_cache_is_refused(tmp_path: Path) -> None:
+    manager = CacheManager("signer", tmp_path, signing_key=b"secret")
+    try:
+        _signed_cache(manager, "prices", {"apple": 1})
+        _signed_cache(manager, "grants", {"alice": "read"})
+        _copy_files(manager.store, "prices", manager.store, "grants")  # type: ignore[arg-type]
+        with pytest.raises(SignatureMismatchError, match="copied from another cache") as refused:
+            manager.register_cache("grants")
+        assert "cache 'grants'" in str(refused.value)
+        report = manager.store.verify("grants")  # type: ignore[attr-defined]
+        assert report.refused
+        assert manager.register_cache("prices") == {"apple": 1, "journalled": True}
+    finally:
+        manager.close()
+
+
+def test_a_signed_cache_copied_from_another_manager_is_refused(tmp_path: Path) -> None:
+    mine = CacheManager("mine", tmp_path, signing_key=b"secret")
+    theirs = CacheManager("theirs", tmp_path, signing_key=b"secret")
+    try:
+        _signed_cache(theirs, "grants", {"mallory": "admin"})
+        _signed_cache(mine, "grants", {"alice": "read"})
+        _copy_files(theirs.store, "grants", mine.store, "grants")  # type: ignore[arg-type]
+        with pytest.raises(SignatureMismatchError, match="manager 'mine'"):
+            mine.register_cache("grants")
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_a_signed_journal_copied_alone_is_refused(tmp_path: Path) -> None:
+    from cacheman._journal import SET
+
+    manager = CacheManager("journals", tmp_path, signing_key=b"secret")
+    store: PickleStore = manager.store  # type: ignore[assignment]
+    try:
+        store.append("source", [(SET, "role", "admin")])  # a journal, no snapshot
+        target = store.journal_path("target")
+        shutil.copyfile(store.journal_path("source"), target)
+        target.chmod(0o600)
+        with pytest.raises(SignatureMismatchError, match="another cache"):
+            manager.register_cache("target")
+    finally:
+        manager.close()
+
+
+def test_a_file_signed_by_a_pre_release_is_refused_with_the_way_to_adopt_it(
+    tmp_path: Path,
+) -> None:
+    manager = CacheManager("legacy", tmp_path)
+    store: PickleStore = manager.store  # type: ignore[assignment]
+    PersistentCache("old", cache_manager=manager, contents={"k": 1}).save()
+    manager.close()
+    # What a pre-release wrote: the HMAC under the bare key, no names.
+    path = store.path_for("old")
+    data = bytearray(path.read_bytes())
+    fields, payload = bytes(data[:36]), bytes(data[HEADER_SIZE:])
+    fields = fields[:10] + struct.pack("<H", 1) + fields[12:]  # the signed flag
+    crc = zlib.crc32(fields, zlib.crc32(payload))
+    mac = hmac.new(b"secret", payload, "sha256")
+    mac.update(fields)
+    path.write_bytes(fields + struct.pack("<I32s", crc, mac.digest()) + payload)
+    keyed = CacheManager("legacy", tmp_path, signing_key=b"secret")
+    with pytest.raises(SignatureMismatchError, match="pre-release") as refused:
+        keyed.register_cache("old")
+    assert "load it once without the signing key and save it with the key" in str(refused.value)
+    keyed.close()
+    # The documented way: load without the key, save with it.
+    unkeyed = CacheManager("legacy", tmp_path)
+    contents = dict(unkeyed.register_cache("old"))
+    unkeyed.close()
+    keyed = CacheManager("legacy", tmp_path, signing_key=b"secret")
+    keyed.register_cache("old", contents).save()
+    keyed.close()
+    again = CacheManager("legacy", tmp_path, signing_key=b"secret")
+    assert again.register_cache("old") == {"k": 1}
+    again.close()

@@ -1,1 +1,5 @@
-"""The persistent cache's own parts: what it changed, and what a save writes."""
+"""The persistent cache's parts.
+
+What it changed (:mod:`~cacheman._persist.changes`), what a save writes
+(:mod:`~cacheman._persist.saveplan`), bounds and expiry (:mod:`~cacheman._persist.bounds`).
+"""
