@@ -20,10 +20,10 @@ protocol                  implemented by      used by
 :class:`JournalStore`     PickleStore, Redis  persistent caches: key-by-key saves, refresh
 :class:`EventStore`       RedisStore          the manager: other processes' invalidations
 :class:`BuilderLocking`   RedisStore          one build per invalidation across processes
-:class:`Verifying`        PickleStore         ``cacheman verify`` and ``list``
-:class:`UsageReporting`   PickleStore         ``cacheman list`` and ``delete`` (sizes)
+:class:`Verifying`        PickleStore, Redis  ``cacheman verify`` and ``list``
+:class:`UsageReporting`   PickleStore, Redis  ``cacheman list`` and ``delete`` (sizes)
 :class:`KeepsAside`       CSV file storage    a loader that raised: where the data was kept
-:class:`DamageSwitch`     PickleStore         ``cacheman list``/``show``: loads that move nothing
+:class:`DamageSwitch`     PickleStore, Redis  ``cacheman list``/``show``: loads that move nothing
 :class:`ClosableStore`    RedisStore          ``CacheManager.close()``: connections, listener
 ========================  ==================  ===========================================
 

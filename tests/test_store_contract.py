@@ -91,8 +91,8 @@ def test_declared_capabilities(store: Store, kind: str) -> None:
         "damage_switch": supports_damage_switch(store),
     }
     if kind.startswith("redis"):
-        expected = {"journal": 1, "events": 1, "builder_lock": 1, "verify": 0, "usage": 0}
-        expected["damage_switch"] = 0
+        expected = {"journal": 1, "events": 1, "builder_lock": 1, "verify": 1, "usage": 1}
+        expected["damage_switch"] = 1
     else:
         expected = {"journal": 1, "events": 0, "builder_lock": 0, "verify": 1, "usage": 1}
         expected["damage_switch"] = 1
