@@ -1,1 +1,5 @@
-"""The persistent cache's parts: bounds and expiry (:mod:`cacheman._persist.bounds`)."""
+"""The persistent cache's parts.
+
+What it changed (:mod:`~cacheman._persist.changes`), what a save writes
+(:mod:`~cacheman._persist.saveplan`), bounds and expiry (:mod:`~cacheman._persist.bounds`).
+"""
