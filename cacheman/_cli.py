@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._generations import generation_of, is_stale, next_generation, parent_generations
+from ._generations import generation_of, next_generation, parent_generations
 from ._graph import DependencyGraph
 from ._paths import default_base_directory
+from ._persist.lineage import Verdict, decide
 from ._progress import Progress
 from ._redis import REDIS_URL_ENV, RedisStore
 from ._registry import DEFAULT_MANAGER_NAME
@@ -444,11 +445,12 @@ class _Summary:
 
 
 def _staleness(store: Store, graph: DependencyGraph, name: str) -> bool | None:
-    """Whether derived cache ``name`` is stale (the library's own test); None if not derived."""
+    """Whether derived cache ``name`` is stale (the library's own decision); None if not derived."""
     parents = graph.parents(name)
     if not parents:
         return None
-    return is_stale(store.read_meta(name), parent_generations(store, parents))
+    current = parent_generations(store, parents)
+    return decide(current, store.read_meta(name)) is Verdict.STALE
 
 
 def _persisted_graph(store: Store) -> DependencyGraph:

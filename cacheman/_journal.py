@@ -58,6 +58,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "NO_POSITION",
+    "REBASE",
     "SET",
     "AppendResult",
     "Change",
@@ -108,6 +109,9 @@ class Position(NamedTuple):
 
 #: The position of a reader that found no journal.
 NO_POSITION = Position(b"", 0)
+#: A ``since`` for a snapshot rewrite whose caller's memory is behind the store:
+#: the rewrite starts from the saved state, never from the caller's contents.
+REBASE = Position(b"rebase", -1)
 
 
 class AppendResult(NamedTuple):

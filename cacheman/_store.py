@@ -56,6 +56,7 @@ from ._file_events import EventLog
 from ._journal import HEADER_SIZE as _JOURNAL_HEADER_SIZE
 from ._journal import (
     NO_POSITION,
+    REBASE,
     AppendResult,
     Change,
     Damage,
@@ -399,7 +400,10 @@ class PickleStore:
         copy of ``contents`` with those changes and then ``pending`` (the
         caller's own changes not yet in the journal, so that they win) applied;
         if the journal was compacted or replaced since, the saved state takes
-        the place of ``contents``.  ``was_behind`` in the result says so.
+        the place of ``contents``, and so it does when ``since`` is
+        :data:`~cacheman._journal.REBASE` (a caller whose contents are behind:
+        the snapshot is then what is saved with ``pending`` on top, and no key
+        the caller never read is dropped).  ``was_behind`` in the result says so.
 
         Costs one pickling pass, one fsync of each file and of the directory.
         Values the standard pickler refuses are written by cloudpickle instead.
@@ -446,8 +450,11 @@ class PickleStore:
         caller can pass a lazy iterable: a whole-cache save rarely needs it).
 
         Runs under the lock.  When ``since`` cannot be followed (the journal was
-        compacted, replaced or removed since), the saved state replaces ``contents``.
+        compacted, replaced or removed since), or is :data:`~cacheman._journal.REBASE`
+        (the caller's contents are behind), the saved state replaces ``contents``.
         """
+        if since == REBASE:
+            return self._saved_with(name, pending)
         path = self.path_for(name)
         journal = self.journal_path(name)
         expected = _snapshot_journal_id(path)
@@ -489,7 +496,11 @@ class PickleStore:
                     apply_changes(merged, pending)
                     return merged
                 # A malformed record was taken in part; the journal is repaired now.
-        outcome = self._load_once(name, path, locked=True)
+        return self._saved_with(name, pending)
+
+    def _saved_with(self, name: str, pending: Iterable[Change]) -> dict[Any, Any]:
+        """What is saved for ``name`` with ``pending`` applied on top (caller holds the lock)."""
+        outcome = self._load_once(name, self.path_for(name), locked=True)
         assert not isinstance(outcome, _Replaced)
         merged = outcome[0] or {}
         apply_changes(merged, pending)

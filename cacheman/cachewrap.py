@@ -23,16 +23,25 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 from . import _background, _lifecycle, _log, _registry
 from ._background import SavePlan, SaveReason
-from ._changes import ChangeSet, Taken
 from ._generations import generation_of, next_generation, parent_generations
 from ._hooks import check_hook
-from ._journal import CLEAR, DEL, SET, Change, apply_changes
+from ._journal import CLEAR, DEL, REBASE, SET, Change, apply_changes
 from ._paths import validate_cache_name
+from ._persist import saveplan as _saveplan
+from ._persist.changes import (
+    ChangeSet,
+    Digests,
+    digests_for,
+    digests_of_all,
+    watched,
+)
 from ._persist.lineage import Verdict, decide, settle
+from ._persist.saveplan import Write, plan_write
 from ._store_api import supports_builder_lock, supports_journal, supports_keep_aside
 from .errors import CacheManError
 
@@ -407,7 +416,8 @@ class CacheWrap(dict[Any, Any]):
                 return
             started = _log.clock()
             try:
-                outcome = plan.write(False)
+                # A copy: other threads may edit the cache while this thread writes it.
+                outcome = plan.write(True)
             except BaseException as error:
                 plan.failed()
                 _background.note_save_outcome(self, error)
@@ -751,7 +761,6 @@ class _Keep:
 
 
 _KEEP = _Keep()
-_MISSING = object()
 
 
 class NonPersistentCache(CacheWrap):
@@ -782,6 +791,7 @@ class PersistentCache(CacheWrap):
         "_changes",
         "_generation_held",
         "_has_generation",
+        "_keep_pending",
         "_position",
         "_stale",
         "_track",
@@ -800,6 +810,7 @@ class PersistentCache(CacheWrap):
         self._generation_held: str | None = None
         self._stale = False  # events may have been missed: reload at the next load/save/refresh
         self._building = False  # this cache holds its store's builder lock
+        self._keep_pending = False  # the next load keeps edits made since the last save
         super().__init__(*args, **kwargs)
         _live[id(self)] = self
 
@@ -916,10 +927,14 @@ class PersistentCache(CacheWrap):
             generation = generation_of(self._manager.store.read_meta(self._name))
             if self._position is not None and not self._behind:
                 news = store.changes_since(self._name, self._position)
-                if news is not None:
+                if news is not None and not any(op == CLEAR for op, _k, _v in news[0]):
                     changes, self._position = news
-                    self._take_in(changes)  # other processes' changes, not ours
-                    self._changes.changeable = None  # new values: scan them again
+                    # Not over the keys changed here since the save above (other threads):
+                    # their values are newer than any record (ours included, replayed
+                    # when others appended in between).
+                    pending = self._changes.keys
+                    apply_changes(self, [change for change in changes if change[1] not in pending])
+                    self._took_in(changes)
                     self._behind = False
                     self._generation_held = generation
                     return
@@ -927,42 +942,39 @@ class PersistentCache(CacheWrap):
             if loaded is None:
                 # Nothing saved (another process reset it and has not saved its build
                 # yet, say): as at registration, wait for its builder or build here.
+                self._keep_pending = True  # edits made since the save above are kept
                 self._load_self()
                 return
             self._position = position
-            self._replace_keeping_pending(self._post_processed(loaded))
-            self._changes.changeable = None
+            self._take_in(self._post_processed(loaded))
+            self._changes.digests = digests_of_all(self)
             self._behind = False
             self._generation_held = generation
 
-    def _take_in(self, changes: Iterable[Change]) -> None:
-        """Apply other processes' ``changes``, keeping the keys changed here meanwhile.
+    def _take_in(self, saved: dict[Any, Any]) -> None:
+        """Make the contents ``saved``, except keys changed here since the save before.
 
-        ``refresh()`` may run on an events thread while another thread edits the
-        cache: a key changed here since the save that began the refresh is this
-        process's later write, saved next, so it keeps its value in memory too.
+        Other threads may be editing: their changes since that save (the keys
+        pending) keep their values, and the contents change key by key in C
+        calls, never through an empty cache.  (A write racing with this very
+        step, to a key another process changed, may be replaced by the saved
+        value: it is still pending, and the next save writes the value held.)
         """
         pending = self._changes.keys
-        for op, key, value in changes:
-            if op == CLEAR:
-                for each in list(dict.keys(self)):
-                    if each not in pending:
-                        dict.pop(self, each, None)
-            elif key in pending:
-                continue
+        get = dict.get
+        for key in list(pending):
+            value = get(self, key, _GONE)
+            if value is _GONE:
+                saved.pop(key, None)
             else:
-                apply_changes(self, [(op, key, value)])
+                saved[key] = value
+        dict.update(self, saved)
+        for key in [key for key in list(self) if key not in saved and key not in pending]:
+            dict.pop(self, key, None)
 
-    def _replace_keeping_pending(self, loaded: dict[Any, Any]) -> None:
-        """Make ``loaded`` the contents, keeping the keys changed here meanwhile (see above)."""
-        for key in list(self._changes.keys):  # usually none
-            value = dict.get(self, key, _MISSING)
-            if value is _MISSING:
-                loaded.pop(key, None)
-            else:
-                loaded[key] = value
-        dict.clear(self)  # two C calls: no other thread runs during either
-        dict.update(self, loaded)
+    def _took_in(self, changes: list[Change]) -> None:
+        """Other processes' ``changes`` (no CLEAR) were applied: their values are the baseline."""
+        self._changes.took_in(self, [key for _op, key, _value in changes])
 
     # -- load and reset ------------------------------------------------------------------
 
@@ -977,6 +989,13 @@ class PersistentCache(CacheWrap):
         return self._manager.parents_of(self._name)
 
     def _load_self(self) -> None:
+        """Load (see :meth:`CacheWrap._load_self`), or, in :meth:`refresh`, catch up.
+
+        A reload that follows a save of this process's changes (catching up
+        with another process: ``_keep_pending``) keeps the edits other threads
+        made after that save, pending, rather than dropping them.
+        """
+        keep_pending, self._keep_pending = self._keep_pending, False
         with self._lock:
             self._await_pending_save()
             self._stale = False
@@ -1004,9 +1023,13 @@ class PersistentCache(CacheWrap):
                             self._save_build()
                         return
             loaded = self._post_processed(loaded)
-            dict.clear(self)
-            dict.update(self, loaded)
-            self._changes.synced()
+            if keep_pending:
+                self._take_in(loaded)
+                self._changes.synced(loaded, keep_keys=True)
+            else:
+                dict.clear(self)
+                dict.update(self, loaded)
+                self._changes.synced(loaded)  # the digests of what was loaded
             self._position, self._behind = position, False
             self._built_from = current
             self._generation_held = generation_of(meta)
@@ -1299,55 +1322,105 @@ class PersistentCache(CacheWrap):
     # -- save ---------------------------------------------------------------------------
 
     def _save_plan(self, why: SaveReason = "rule") -> SavePlan | None:
-        """What this save writes: the changes since the last one (see :mod:`cacheman._changes`).
+        """The save to run: this process's changes, over the store's current state.
+
+        First what must happen before anything is decided (catching up with
+        missed events, resetting a cache whose parents moved on); then the
+        changes are taken and :func:`~cacheman._persist.saveplan.plan_write`
+        decides, purely, what to write; the plan returned does that I/O.
 
         ``why`` is ``"rule"`` for autosync, which writes the changes tracked;
         ``"save"`` (explicit ``save()``, a ``with`` block) and ``"exit"`` also
-        write the values that can change in place; an explicit save of a cache
-        with nothing saved writes it whole even if nothing changed.
+        write the values changed in place (detected against their digests); an
+        explicit save of a cache with nothing saved writes it whole.
         """
         store = self._journal_store()
         if store is None:
             return self._whole_save_plan(why)
         mark = self._edit_mark()
         in_place = () if why == "rule" else self._changes.changed_in_place(self)
-        taken = self._changes.take(self, in_place)
-        if not taken:
-            if why != "save" or store.exists(self._name):
-                self._saved_through(mark)
-                return None
-            taken = Taken(set(), replace=True, everything=False)
-        name, since = self._name, self._position
-        if taken.replace:
-            if not self and not self.save_on_blank_cache:
-                self._saved_through(mark)
-                return None
-            plan = SavePlan(lambda copy: store.save(name, dict(self) if copy else self), mark)
-            plan.kind, plan.entries, plan.store = "snapshot", len(self), store
-        elif since is not None and (taken.everything or self._worth_compacting(taken, since)):
-            everything, taken_keys = taken.everything, taken.keys
-
-            def compact(copy: bool) -> object:
-                contents = dict(self) if copy else self
-                # Lazy: the store reads these records only if others appended meanwhile.
-                keys = contents if everything else taken_keys
-                pending = _lazy_records(contents, keys)
-                return store.save(name, contents, since=since, pending=pending)
-
-            plan = SavePlan(compact, mark)
-            plan.kind, plan.entries, plan.store = "compaction", len(self), store
+        taken = self._changes.take(in_place)
+        first_save = not taken and why == "save" and not store.exists(self._name)
+        write = plan_write(
+            taken,
+            position=self._position,
+            behind=self._behind,
+            size=len(self),
+            first_save=first_save,
+            blank_refused=not self and not self.save_on_blank_cache,
+            light_keys=LIGHT_APPEND_KEYS,
+        )
+        if write is None:
+            self._changes.give_back(taken)  # a blank replacement refused stays pending
+            self._saved_through(mark)
+            return None
+        plan = SavePlan(self._writer(store, write, taken.keys), mark, light=write.light)
+        if write.action == "append":
+            kind, entries = "append", len(self) if write.keys is None else len(write.keys)
         else:
-            keys = list(self) if taken.everything else taken.keys
-            plan = SavePlan(
-                lambda copy: store.append(name, _records(self, keys), since=since),
-                mark,
-                light=len(keys) <= LIGHT_APPEND_KEYS,
-            )
-            plan.kind, plan.entries, plan.store = "append", len(keys), store
-        replaced = taken.replace
+            kind, entries = ("snapshot" if write.replace else "compaction"), len(self)
+        plan.kind, plan.entries, plan.store = kind, entries, store
+        # A first save stands for the whole cache too: its lineage is recorded as a build's.
+        replaced = write.replace or first_save
         plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
+
+    def _writer(
+        self, store: JournalStore, write: Write, changed: AbstractSet[Any]
+    ) -> Callable[[bool], _Written]:
+        """The I/O of ``write``: ``writer(copy)`` writes, and returns what landed.
+
+        ``copy``: other threads may edit the cache meanwhile (a save in this
+        process), so a whole write works from a copy taken at once (in C code,
+        which no other thread interrupts); a forked child's image is frozen.
+
+        With what landed come the digests of the values written, the baseline of
+        later in-place checks.  In a child they cost the program nothing: they
+        are taken for every value written, after the write (the image is
+        frozen).  In this process they are taken only for ``changed`` (the keys
+        assigned, touched or found changed in place: a detecting save has just
+        pickled the latter anyway), before the write, so that an in-place
+        change racing with it is found again, never lost.  (A value changed in
+        place and written by a rewrite that did not look for it keeps its old
+        digest, so the next detecting save writes it once more.)
+        """
+        name, since, keys = self._name, self._position, write.keys
+
+        def baseline(
+            contents: dict[Any, Any], copy: bool
+        ) -> tuple[Digests, AbstractSet[Any] | None]:
+            """The digests to keep, and of which keys (None: every key held)."""
+            if write.replace or (not copy and write.written is None):
+                return digests_of_all(contents, private=True), None
+            of = changed if copy else write.written
+            return digests_for(contents, of or ()), of
+
+        if write.action == "append":
+
+            def append(copy: bool) -> _Written:
+                before = baseline(self, copy) if copy else None
+                records = _records(self, list(self) if keys is None else keys)
+                outcome = store.append(name, records, since=since)
+                return _Written(outcome, *(before or baseline(self, copy)))
+
+            return append
+
+        def snapshot(copy: bool) -> _Written:
+            contents = dict(self) if copy else self
+            # In this process, the digests come first (see above); a child's image is
+            # frozen, so there they come after the write, which they must not delay.
+            before = baseline(contents, copy) if copy else None
+            if write.replace:
+                outcome = store.save(name, contents)
+            else:
+                # Lazy: the store reads these records only if others appended meanwhile.
+                pending = _lazy_records(contents, contents if keys is None else keys)
+                base = REBASE if write.rebase else since
+                outcome = store.save(name, contents, since=base, pending=pending)
+            return _Written(outcome, *(before or baseline(contents, copy)))
+
+        return snapshot
 
     def _parent_declared(self, parent: str) -> None:
         """Record the generation ``parent`` has now: what this cache holds derives from it.
@@ -1363,35 +1436,38 @@ class PersistentCache(CacheWrap):
             if self._keeps_generation():
                 self._manager.store.update_meta(self._name, parents=self._built_from)
 
-    def _worth_compacting(self, taken: Taken, since: Any) -> bool:
-        """Rewrite the snapshot rather than append: none yet, most keys changed, a long journal.
-
-        (A compaction keeps what other processes appended since ``since``, so it is
-        as safe as an append; it costs a whole write.)
-        """
-        offset = getattr(since, "offset", 0)
-        if offset == 0 or offset > COMPACT_JOURNAL_BYTES:  # no journal seen yet, or a long one
-            return True
-        return len(taken.keys) > max(LIGHT_APPEND_KEYS, len(self) // 2)
-
     def _whole_save_plan(self, why: SaveReason) -> SavePlan | None:
         """A cache saved by a hook (or a CSV file) is written whole, when it has changed."""
         mark = self._edit_mark()
         in_place = () if why == "rule" else self._changes.changed_in_place(self)
-        taken = self._changes.take(self, in_place)
+        taken = self._changes.take(in_place)
         if not taken and why != "save":
             self._saved_through(mark)
             return None
         plan = super()._save_plan(why)
         if plan is None:
             return None
+        write = plan.write
+
+        def whole(copy: bool) -> _Written:
+            if not copy:  # a child's frozen image: the write first (see _writer)
+                outcome = write(copy)
+                return _Written(outcome, digests_of_all(self, private=True), None)
+            digests = digests_of_all(self)
+            return _Written(write(copy), digests, None)
+
+        plan.write = whole
         replaced = taken.replace
         plan.landed = lambda outcome: self._landed(outcome, replaced=replaced)
         plan.failed = lambda: self._changes.give_back(taken)
         return plan
 
-    def _landed(self, outcome: object, *, replaced: bool = False) -> None:
-        """After a save: where the journal now ends, and a generation for a new cache."""
+    def _landed(self, written: object, *, replaced: bool = False) -> None:
+        """After a save: the new digests, where the journal ends, a generation for a new cache."""
+        outcome = written
+        if isinstance(written, _Written):
+            self._changes.written(written.digests, written.keys)
+            outcome = written.outcome
         in_sync = getattr(outcome, "in_sync", None)
         if in_sync is not None:  # an append
             if in_sync or self._position is None:
@@ -1401,7 +1477,8 @@ class PersistentCache(CacheWrap):
         elif hasattr(outcome, "was_behind"):  # a snapshot
             self._position = getattr(outcome, "position", None)
             # The new snapshot holds other processes' changes this process has not
-            # seen, and no journal to replay them from: refresh() must reload.
+            # seen, and no journal to replay them from: refresh() must reload, and
+            # a later rewrite starts from the saved state (saveplan's ``rebase``).
             self._behind = self._behind or bool(getattr(outcome, "was_behind", False))
         if replaced and self._manager.in_graph(self._name):
             # What was written replaces everything saved: record what it derives from
@@ -1443,20 +1520,26 @@ class PersistentCache(CacheWrap):
             self._lock.release()
         else:  # held by a thread that does not exist in this process
             self._lock = threading.RLock()
-        self._changes.synced()
+        changes = self._changes
+        # What the parent changed and has not saved yet is the parent's to write: the
+        # child takes the values it holds now as its baseline (else its exit would
+        # "detect" them as its own changes and write them after the parent's save).
+        if changes.replace or changes.everything:
+            digests = digests_of_all(self)
+        else:
+            digests = {**changes.digests, **digests_for(self, list(changes.keys))}
+            for key in changes.keys:
+                if key not in self or not watched(dict.__getitem__(self, key)):
+                    digests.pop(key, None)
+        changes.synced()
+        changes.digests = digests
 
 
 #: Seconds a build may hold its store's builder lock (a dead holder's lock frees itself
 #: then), and that another process waits for it before building too.
 BUILDER_LOCK_SECONDS = 300.0
-#: Journal appends of at most this many keys run in this process (a millisecond or
-#: so); larger saves run in a forked child, or rewrite the snapshot.  Measured on a
-#: 1,000,000-entry cache: an in-process append of 1,000 keys pauses the program
-#: about 3.5 ms, of 2,000 about 7 ms, of 10,000 (one burst) about 40 ms, while a
-#: fork pauses it 7-10 ms; so a burst forks, and small saves stay in-process.
-LIGHT_APPEND_KEYS = 1_000
-#: A journal past this many bytes is folded into the snapshot at the next save.
-COMPACT_JOURNAL_BYTES = 64 * 1024 * 1024
+#: Saves of at most this many keys append in this process (see cacheman._persist.saveplan).
+LIGHT_APPEND_KEYS = _saveplan.LIGHT_APPEND_KEYS
 
 
 def _recorded(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -1465,13 +1548,31 @@ def _recorded(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return parents if isinstance(parents, dict) else None
 
 
-def _records(contents: Mapping[Any, Any], keys: Iterable[Any]) -> list[Change]:
+class _Written(NamedTuple):
+    """What a save wrote: the store's outcome, and digests of values written.
+
+    ``keys``: the keys whose digests these are (None: every key held).
+    """
+
+    outcome: object
+    digests: Digests
+    keys: AbstractSet[Any] | None
+
+
+def _records(contents: dict[Any, Any], keys: Iterable[Any]) -> list[Change]:
     """The journal records of ``keys``: their values in ``contents``, or deletions."""
     return list(_lazy_records(contents, keys))
 
 
-def _lazy_records(contents: Mapping[Any, Any], keys: Iterable[Any]) -> Iterator[Change]:
-    return ((SET, key, contents[key]) if key in contents else (DEL, key, None) for key in keys)
+def _lazy_records(contents: dict[Any, Any], keys: Iterable[Any]) -> Iterator[Change]:
+    # One look-up per key: another thread may delete a key between two of them.
+    get = dict.get
+    for key in keys:
+        value = get(contents, key, _GONE)
+        yield (DEL, key, None) if value is _GONE else (SET, key, value)
+
+
+_GONE = object()
 
 
 # Every live persistent cache, for the fork hook and a forked worker's exit flush.

@@ -165,9 +165,12 @@ def test_a_cacheman2_bare_pickle_still_loads(
     assert caplog.records == []
     assert path.read_bytes() == original  # loading never rewrites the user's file
     assert leftovers(manager.cache_directory) == []
-    cache.save()
+    cache.save()  # nothing changed: nothing is written
+    assert path.read_bytes() == original
+    cache["beta"].append(4)  # an in-place change: detected, so written
+    cache.save()  # the first write rewrites the file in this version's format
     assert path.read_bytes().startswith(MAGIC)
-    assert manager.store.load("legacy") == CACHEMAN2_CONTENTS
+    assert manager.store.load("legacy") == {**CACHEMAN2_CONTENTS, "beta": [1, 2, 3, 4]}
 
 
 # -- damage ---------------------------------------------------------------------------
