@@ -59,9 +59,9 @@ BYTES_PER_ITEM = 200
 
 Mode = Literal["caller", "edit", "thread"]
 #: Why a save runs: an autosync rule (the changes tracked), an explicit ``save()`` or the
-#: end of a ``with`` block, or the process ending (both of which also write the values
-#: that can change in place).
-SaveReason = Literal["rule", "save", "exit"]
+#: end of a ``with`` block, ``refresh()``, or the process ending (all three of which also
+#: write the values that can change in place).
+SaveReason = Literal["rule", "save", "exit", "refresh"]
 
 
 def _nothing(*_args: object) -> None:

@@ -917,7 +917,8 @@ class PersistentCache(CacheWrap):
             self._stale = False  # this reloads anyway
             # The save settles lineage first: a derived cache whose parents moved on is
             # rebuilt from them brought up to date (or loaded, if another process did it).
-            self._save_now("rule")
+            # Like save(), it writes the values changed in place: refresh() acknowledges them.
+            self._save_now("refresh")
             store = self._journal_store()
             if store is None:
                 self._load_self()
@@ -1330,7 +1331,7 @@ class PersistentCache(CacheWrap):
         decides, purely, what to write; the plan returned does that I/O.
 
         ``why`` is ``"rule"`` for autosync, which writes the changes tracked;
-        ``"save"`` (explicit ``save()``, a ``with`` block) and ``"exit"`` also
+        ``"save"`` (explicit ``save()``, a ``with`` block), ``"refresh"`` and ``"exit"`` also
         write the values changed in place (detected against their digests); an
         explicit save of a cache with nothing saved writes it whole.
         """
