@@ -178,6 +178,10 @@ class BackgroundSaver:
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
+        # Held while a finished job's outcome is applied (its ``landed``, on whichever
+        # thread saw it end): a thread awaiting the job waits for that too, else it
+        # would plan its own save from the state before (a stale journal position).
+        self._landing = threading.Lock()
         self.job: ChildJob | None = None
         self.job_plan: SavePlan | None = None  # what the job's save writes
         self.requested = False  # asked for while a child ran: one more save after it
@@ -348,6 +352,10 @@ class BackgroundSaver:
         self._defer(self.scheduler.clock() + delay)
 
     def _completed(self, job: ChildJob) -> None:
+        with self._landing:
+            self._apply_outcome(job)
+
+    def _apply_outcome(self, job: ChildJob) -> None:
         with self._lock:
             if self.job is not job:
                 return
@@ -424,7 +432,8 @@ class BackgroundSaver:
         with self._lock:
             job = self.job
         if job is None:
-            return
+            with self._landing:  # the scheduler thread may be applying the last outcome
+                return
         job.unwatch()
         if not job.wait(max(0.0, job.real_deadline - time.monotonic())):
             job.kill(f"the save process ran past async_timeout ({job.timeout:g} s) and was killed")

@@ -337,3 +337,37 @@ def test_background_saves_while_threads_edit_never_fail(manager: CacheManager) -
     assert cache.last_save_error is None
     cache.save()
     assert manager.store.load("busy") == dict(cache)
+
+
+def test_awaiting_a_child_save_waits_until_its_outcome_is_applied(
+    manager: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A save (or refresh) awaits the child save in flight, then plans its own from where
+    # that child left the journal: it must not start while the scheduler thread is still
+    # applying the child's outcome (it once did, planning from a stale position).
+    cache = manager.register_custom_cache("busy", time_checks=[TimeCount(60, 10**9)])
+    assert isinstance(cache, AutoSyncCache)
+    cache.save()
+    cache.update({i: i for i in range(5_000)})  # too many keys to append in-process: a child
+    applying, release = threading.Event(), threading.Event()
+    applied: list[bool] = []
+    landed = PersistentCache._landed
+
+    def slow_landed(self: PersistentCache, written: object, **kwargs: bool) -> None:
+        applying.set()
+        release.wait()
+        landed(self, written, **kwargs)
+        applied.append(True)
+
+    monkeypatch.setattr(PersistentCache, "_landed", slow_landed)
+    cache._background.request("caller")
+    assert applying.wait(60)  # the scheduler thread saw the child end and is applying it
+    seen: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: (cache._await_pending_save(), seen.append(bool(applied)))
+    )
+    waiter.start()
+    waiter.join(timeout=1)  # (a waiter that did not wait has long returned)
+    release.set()
+    waiter.join()
+    assert seen == [True]
