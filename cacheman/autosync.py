@@ -32,6 +32,7 @@ from itertools import pairwise
 from typing import Any
 
 from . import _background, _scheduler
+from ._persist.editguard import edit_functions, under_apply_lock
 from .cachewrap import PersistentCache
 
 __all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_TIME_CHECKS", "AutoSyncCache", "EditLog", "TimeCount"]
@@ -282,7 +283,12 @@ class AutoSyncCache(PersistentCache):
 
     # (One read of _edits, not two: ``edits`` is the local copy the comparison uses.)
 
+    # (And one test of _guarded first: see PersistentCache.__setitem__.)
+
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self._guarded:
+            under_apply_lock(self, PersistentCache._locked_edit, dict.__setitem__, key, value)
+            return
         dict.__setitem__(self, key, value)
         self._track(key)
         self._edits = edits = self._edits + 1
@@ -290,6 +296,9 @@ class AutoSyncCache(PersistentCache):
             self._tripped()
 
     def __delitem__(self, key: Any) -> None:
+        if self._guarded:
+            under_apply_lock(self, PersistentCache._locked_edit, dict.__delitem__, key)
+            return
         dict.__delitem__(self, key)
         self._track(key)
         self._edits = edits = self._edits + 1
@@ -387,3 +396,6 @@ class AutoSyncCache(PersistentCache):
         self._log_lock = threading.Lock()
         self._log = EditLog(self._log.rules, self._log.bucket_size, mark=self._edits)
         self._trip = self._edits + 1
+
+
+edit_functions(AutoSyncCache.__setitem__, AutoSyncCache.__delitem__)

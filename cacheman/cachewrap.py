@@ -40,6 +40,7 @@ from ._persist.changes import (
     digests_of_all,
     watched,
 )
+from ._persist.editguard import edit_functions, guarded, under_apply_lock
 from ._persist.lineage import Verdict, decide, settle
 from ._persist.saveplan import Write, plan_write
 from ._store_api import supports_builder_lock, supports_journal, supports_keep_aside
@@ -785,11 +786,13 @@ class PersistentCache(CacheWrap):
     """
 
     __slots__ = (
+        "_apply_lock",
         "_behind",
         "_building",
         "_built_from",
         "_changes",
         "_generation_held",
+        "_guarded",
         "_has_generation",
         "_keep_pending",
         "_position",
@@ -811,6 +814,10 @@ class PersistentCache(CacheWrap):
         self._stale = False  # events may have been missed: reload at the next load/save/refresh
         self._building = False  # this cache holds its store's builder lock
         self._keep_pending = False  # the next load keeps edits made since the last save
+        # Up while a refresh applies other processes' values: edits then take
+        # _apply_lock (see cacheman._persist.editguard).
+        self._guarded = False
+        self._apply_lock = threading.RLock()
         super().__init__(*args, **kwargs)
         _live[id(self)] = self
 
@@ -819,19 +826,39 @@ class PersistentCache(CacheWrap):
 
     # -- the mutators: each records the keys it changes --------------------------------
 
+    # Each edit first tests _guarded (one attribute test): while a refresh applies, it
+    # edits under _apply_lock instead (see cacheman._persist.editguard).
+
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self._guarded:
+            under_apply_lock(self, PersistentCache._locked_edit, dict.__setitem__, key, value)
+            return
         dict.__setitem__(self, key, value)
         self._track(key)
 
     def __delitem__(self, key: Any) -> None:
+        if self._guarded:
+            under_apply_lock(self, PersistentCache._locked_edit, dict.__delitem__, key)
+            return
         dict.__delitem__(self, key)
         self._track(key)
+
+    def _locked_edit(self, edit: Callable[..., None], key: Any, *value: Any) -> None:
+        """``c[k] = v`` or ``del c[k]`` while a refresh is applying (``_apply_lock`` held)."""
+        edit(self, key, *value)
+        self._note((key,), 1)
 
     def _note(self, keys: Iterable[Any], count: int) -> None:
         """``count`` edits changed ``keys`` (autosync also counts them)."""
         self._changes.keys.update(keys)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        if self._guarded:
+            under_apply_lock(self, PersistentCache._update, other, kwargs)
+            return
+        self._update(other, kwargs)
+
+    def _update(self, other: Any, kwargs: dict[str, Any]) -> None:
         if hasattr(other, "keys"):
             dict.update(self, other)
             keys = list(other.keys())
@@ -849,6 +876,11 @@ class PersistentCache(CacheWrap):
         return self
 
     def pop(self, key: Any, *default: Any) -> Any:
+        if self._guarded:
+            return under_apply_lock(self, PersistentCache._pop, key, *default)
+        return self._pop(key, *default)
+
+    def _pop(self, key: Any, *default: Any) -> Any:
         if key not in self:
             return dict.pop(self, key, *default)
         value = dict.pop(self, key)
@@ -856,11 +888,21 @@ class PersistentCache(CacheWrap):
         return value
 
     def popitem(self) -> tuple[Any, Any]:
+        if self._guarded:
+            return under_apply_lock(self, PersistentCache._popitem)  # type: ignore[no-any-return]
+        return self._popitem()
+
+    def _popitem(self) -> tuple[Any, Any]:
         item = dict.popitem(self)
         self._note((item[0],), 1)
         return item
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
+        if self._guarded:
+            return under_apply_lock(self, PersistentCache._setdefault, key, default)
+        return self._setdefault(key, default)
+
+    def _setdefault(self, key: Any, default: Any) -> Any:
         if key in self:
             return dict.__getitem__(self, key)
         dict.__setitem__(self, key, default)
@@ -868,6 +910,12 @@ class PersistentCache(CacheWrap):
         return default
 
     def clear(self) -> None:
+        if self._guarded:
+            under_apply_lock(self, PersistentCache._clear)
+            return
+        self._clear()
+
+    def _clear(self) -> None:
         removed = len(self)
         dict.clear(self)
         self._changes.replaced()
@@ -934,7 +982,8 @@ class PersistentCache(CacheWrap):
                     # their values are newer than any record (ours included, replayed
                     # when others appended in between).
                     pending = self._changes.keys
-                    apply_changes(self, [change for change in changes if change[1] not in pending])
+                    with guarded(self):  # no edit between a key's check and its store
+                        apply_changes(self, [c for c in changes if c[1] not in pending])
                     self._took_in(changes)
                     self._behind = False
                     self._generation_held = generation
@@ -957,10 +1006,14 @@ class PersistentCache(CacheWrap):
 
         Other threads may be editing: their changes since that save (the keys
         pending) keep their values, and the contents change key by key in C
-        calls, never through an empty cache.  (A write racing with this very
-        step, to a key another process changed, may be replaced by the saved
-        value: it is still pending, and the next save writes the value held.)
+        calls, never through an empty cache.  Edits wait while it applies
+        (see :mod:`cacheman._persist.editguard`), so none falls between a
+        key's check and its store.
         """
+        with guarded(self):
+            self._take_in_guarded(saved)
+
+    def _take_in_guarded(self, saved: dict[Any, Any]) -> None:
         pending = self._changes.keys
         get = dict.get
         for key in list(pending):
@@ -1538,6 +1591,16 @@ class PersistentCache(CacheWrap):
 
 #: Seconds a build may hold its store's builder lock (a dead holder's lock frees itself
 #: then), and that another process waits for it before building too.
+edit_functions(
+    PersistentCache.__setitem__,
+    PersistentCache.__delitem__,
+    PersistentCache.update,
+    PersistentCache.pop,
+    PersistentCache.popitem,
+    PersistentCache.setdefault,
+    PersistentCache.clear,
+)
+
 BUILDER_LOCK_SECONDS = 300.0
 #: Saves of at most this many keys append in this process (see cacheman._persist.saveplan).
 LIGHT_APPEND_KEYS = _saveplan.LIGHT_APPEND_KEYS

@@ -371,3 +371,59 @@ def test_awaiting_a_child_save_waits_until_its_outcome_is_applied(
     release.set()
     waiter.join()
     assert seen == [True]
+
+
+class _PausingKey(tuple[str, int]):
+    """A key whose hashing pauses one thread's edit between its store and its record."""
+
+    pause_in: threading.Thread | None = None
+    stored = threading.Event()
+    go = threading.Event()
+    calls = 0
+
+    def __hash__(self) -> int:
+        cls = _PausingKey
+        if threading.current_thread() is cls.pause_in:
+            cls.calls += 1
+            if cls.calls == 2:  # 1: the dict store; 2: the key's record (set.add)
+                cls.stored.set()
+                assert cls.go.wait(60)
+        return tuple.__hash__(self)
+
+
+def _in_drain(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "_drain":
+            return True
+        frame = frame.f_back
+    return False
+
+
+@pytest.mark.parametrize("kind", ["persistent", "autosync"])
+def test_refresh_never_puts_a_saved_value_over_a_write_in_progress(place: Place, kind: str) -> None:
+    # A thread's c[k] = v stores, then records k; a refresh taking in another
+    # process's value of k in between must not replace the thread's (it once did).
+    manager = place.manager()
+    if kind == "persistent":
+        cache = manager.register_custom_cache("shared", autosync=False)
+    else:
+        cache = manager.register_custom_cache("shared", time_checks=[TimeCount(60, 10**9)])
+    cache["other"] = 0
+    cache.save()
+    run("manager.register_cache('shared')[('k', 1)] = 'theirs'", place)  # saved at its exit
+    key = _PausingKey(("k", 1))
+    _PausingKey.stored, _PausingKey.go, _PausingKey.calls = threading.Event(), threading.Event(), 0
+    writer = threading.Thread(target=cache.__setitem__, args=(key, "mine"))
+    _PausingKey.pause_in = writer
+    writer.start()
+    assert _PausingKey.stored.wait(60)  # "mine" is stored, its key not yet recorded
+    refresher = threading.Thread(target=cache.refresh)
+    refresher.start()
+    wait_until(lambda: _in_drain(refresher) or not refresher.is_alive())
+    _PausingKey.go.set()
+    writer.join()
+    refresher.join()
+    assert cache[("k", 1)] == "mine"
+    cache.save()
+    assert saved(place, "shared") == {"other": 0, ("k", 1): "mine"}
