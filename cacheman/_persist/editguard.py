@@ -24,6 +24,7 @@ flag are registered with :func:`edit_functions`, so that step 2 can find them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import time
@@ -33,6 +34,10 @@ from typing import Any, Protocol
 
 __all__ = ["Guarded", "edit_functions", "guarded", "under_apply_lock"]
 
+logger = logging.getLogger("cacheman")
+
+#: Seconds a refresh waits for edits already under way before it goes on (never, in practice).
+DRAIN_SECONDS = 5.0
 #: The code of the edit functions that test the flag, then edit without a lock.
 _EDIT_CODES: set[CodeType] = set()
 
@@ -67,40 +72,48 @@ def guarded(cache: Guarded) -> Iterator[None]:
         return
     cache._guarded = True
     try:
-        _drain()
+        _drain(cache)
         with cache._apply_lock:
             yield
     finally:
         cache._guarded = False
 
 
-def _unguarded_edit(frame: FrameType | None) -> FrameType | None:
-    """The frame of an edit running without the lock on this stack, if any."""
+def _unguarded_edit(cache: Guarded, frame: FrameType | None) -> FrameType | None:
+    """The frame of an edit of ``cache`` running without the lock on this stack, if any."""
     found = None
     while frame is not None:
         code = frame.f_code
         if code is _UNDER_LOCK:
             return None  # it edits under the lock: the refresh's lock holds it off
-        if found is None and code in _EDIT_CODES:
+        if found is None and code in _EDIT_CODES and frame.f_locals.get("self") is cache:
             found = frame
         frame = frame.f_back
     return found
 
 
-def _drain() -> None:
-    """Wait until the edits that other threads began without the lock have returned.
+def _drain(cache: Guarded) -> None:
+    """Wait until the edits of ``cache`` that other threads began without the lock return.
 
-    Edits of any cache are waited for (telling caches apart would read the
-    frames' locals): each is a few bytecodes, and an edit that starts after the
-    flag went up takes the lock, so this waits for at most one edit per thread.
+    Each is a few bytecodes (an autosync edit that fires a rule never waits for
+    the cache's lock), and an edit that starts after the flag went up takes the
+    lock, so this waits for at most one edit per thread.  Past
+    :data:`DRAIN_SECONDS` (a thread stopped by a debugger, say) it goes on
+    with a warning rather than hang the refresh.
     """
     me = threading.get_ident()
     waiting = [
         found
         for ident, frame in sys._current_frames().items()
-        if ident != me and (found := _unguarded_edit(frame)) is not None
+        if ident != me and (found := _unguarded_edit(cache, frame)) is not None
     ]
+    deadline = time.monotonic() + DRAIN_SECONDS
     while waiting:
+        if time.monotonic() > deadline:
+            logger.warning(
+                "a refresh waited %g s for %d edits to finish", DRAIN_SECONDS, len(waiting)
+            )
+            return
         time.sleep(0)  # (releases the GIL: the thread finishes its edit)
         on_stacks = set()
         for ident, frame in sys._current_frames().items():
