@@ -967,6 +967,10 @@ class PersistentCache(CacheWrap):
             # rebuilt from them brought up to date (or loaded, if another process did it).
             # Like save(), it writes the values changed in place: refresh() acknowledges them.
             self._save_now("refresh")
+            if self._changes.replace:
+                # A clear() whose write was refused (an empty cache, save_on_blank_cache
+                # off): what others saved is replaced at the write, so it is not taken in.
+                return
             store = self._journal_store()
             if store is None:
                 self._load_self()

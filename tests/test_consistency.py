@@ -427,3 +427,21 @@ def test_refresh_never_puts_a_saved_value_over_a_write_in_progress(place: Place,
     assert cache[("k", 1)] == "mine"
     cache.save()
     assert saved(place, "shared") == {"other": 0, ("k", 1): "mine"}
+
+
+def test_a_refresh_after_clear_does_not_take_back_what_the_clear_removed(place: Place) -> None:
+    # The clear, refused as a blank write, is still to replace the saved copy: keys
+    # another process saved before it must not come back through a refresh (the model
+    # test saw a deleted key come back this way).
+    cache = place.manager().register_custom_cache(
+        "shared", autosync=False, save_on_blank_cache=False
+    )
+    cache["a"] = 1
+    cache.save()
+    run("manager.register_cache('shared')['b'] = 2", place)  # saved at its exit
+    cache.clear()
+    cache.refresh()
+    assert dict(cache) == {}
+    cache["c"] = 3
+    cache.save()
+    assert saved(place, "shared") == {"c": 3}
