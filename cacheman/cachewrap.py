@@ -987,7 +987,10 @@ class PersistentCache(CacheWrap):
                     # when others appended in between).
                     pending = self._changes.keys
                     with guarded(self):  # no edit between a key's check and its store
-                        apply_changes(self, [c for c in changes if c[1] not in pending])
+                        # (Nothing, if a clear() made since the save above is to replace
+                        # the saved copy: what others saved before it is dropped then.)
+                        if not self._changes.replace:
+                            apply_changes(self, [c for c in changes if c[1] not in pending])
                     self._took_in(changes)
                     self._behind = False
                     self._generation_held = generation
@@ -1015,7 +1018,8 @@ class PersistentCache(CacheWrap):
         key's check and its store.
         """
         with guarded(self):
-            self._take_in_guarded(saved)
+            if not self._changes.replace:  # (a clear() made meanwhile replaces it all)
+                self._take_in_guarded(saved)
 
     def _take_in_guarded(self, saved: dict[Any, Any]) -> None:
         pending = self._changes.keys

@@ -445,3 +445,40 @@ def test_a_refresh_after_clear_does_not_take_back_what_the_clear_removed(place: 
     cache["c"] = 3
     cache.save()
     assert saved(place, "shared") == {"c": 3}
+
+
+def test_a_clear_racing_with_a_refresh_is_not_undone_by_it(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another thread clears the cache after the refresh saved and before it takes in
+    # what others saved: those keys were saved before the clear, which must win
+    # (the model test saw a key deleted by a clear come back this way).
+    manager = place.manager()
+    cache = manager.register_custom_cache("shared", autosync=False)
+    cache["a"] = 1
+    cache.save()
+    run("manager.register_cache('shared')['b'] = 2", place)  # saved at its exit
+    store = manager.store
+    cleared: list[bool] = []
+
+    def then_clear(read: Callable[..., object]) -> Callable[..., object]:
+        def reading(*args: object) -> object:
+            news = read(*args)
+            if not cleared:
+                cache.clear()  # as a thread would, right then
+                cleared.append(True)
+            return news
+
+        return reading
+
+    # What the refresh reads of the others' changes: the records since its position
+    # (pickle store), or the whole saved copy (Redis, which keeps no positions).
+    for method in ("changes_since", "load_tracked"):
+        monkeypatch.setattr(store, method, then_clear(getattr(store, method)))
+    cache.refresh()
+    monkeypatch.undo()
+    assert cleared
+    assert dict(cache) == {}
+    cache["c"] = 3
+    cache.save()
+    assert saved(place, "shared") == {"c": 3}
