@@ -1582,6 +1582,9 @@ class PersistentCache(CacheWrap):
             self._lock.release()
         else:  # held by a thread that does not exist in this process
             self._lock = threading.RLock()
+        # Likewise a refresh that was applying on another thread of the parent.
+        self._apply_lock = threading.RLock()
+        self._guarded = False
         changes = self._changes
         # What the parent changed and has not saved yet is the parent's to write: the
         # child takes the values it holds now as its baseline (else its exit would
