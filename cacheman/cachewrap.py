@@ -1070,6 +1070,11 @@ class PersistentCache(CacheWrap):
                 return
             store = self._journal_store() if self.loader is None else None
             loaded, position, rejected = self._read_saved(store)
+            if loaded is None and keep_pending and self.builder is None and not rejected:
+                # A refresh, with nothing saved and nothing to build: what the cache holds,
+                # and the edits other threads made since its save (pending), stay.
+                self._position = position
+                return
             if loaded is None:
                 with self._one_builder() as locked:
                     if locked:  # another process may have built and saved it while we waited

@@ -482,3 +482,34 @@ def test_a_clear_racing_with_a_refresh_is_not_undone_by_it(
     cache["c"] = 3
     cache.save()
     assert saved(place, "shared") == {"c": 3}
+
+
+def test_a_refresh_with_nothing_saved_keeps_what_threads_wrote_meanwhile(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing saved yet, and a thread writes after the refresh's save found nothing to
+    # write: the refresh must not replace the contents with an empty build (the model
+    # test lost a whole round of threads' writes this way).
+    manager = place.manager()
+    cache = manager.register_custom_cache("fresh", autosync=False)
+    store = manager.store
+    wrote: list[bool] = []
+
+    def then_write(read: Callable[..., object]) -> Callable[..., object]:
+        def reading(*args: object) -> object:
+            news = read(*args)
+            if not wrote:
+                cache["x"] = [1]  # as a thread would, right then
+                wrote.append(True)
+            return news
+
+        return reading
+
+    for method in ("changes_since", "load_tracked", "load"):
+        monkeypatch.setattr(store, method, then_write(getattr(store, method)))
+    cache.refresh()
+    monkeypatch.undo()
+    assert wrote
+    assert dict(cache) == {"x": [1]}
+    cache.save()
+    assert saved(place, "fresh") == {"x": [1]}
