@@ -13,7 +13,8 @@ import psutil
 import pytest
 from helpers import run_python, wait_until
 
-from cacheman import AutoSyncCache, CacheManager, TimeCount, _background, cachewrap
+from cacheman import AutoSyncCache, CacheManager, TimeCount, cachewrap
+from cacheman._process import background as _background
 
 
 class SlowToPickle:
