@@ -29,7 +29,7 @@ from pathlib import Path
 from _report import print_columns, verdict
 
 from cacheman import CacheManager
-from cacheman._file_events import WATCH_INTERVAL
+from cacheman._stores.file_events import WATCH_INTERVAL
 
 P99_TARGET = 1.0  # seconds
 TRIAL_DEADLINE = 10.0  # a trial not seen by then counts as this long

@@ -42,8 +42,8 @@ from typing import Any
 from _report import verdict
 from bench_core import Row, best_of, entries, print_table
 
-from cacheman._journal import SET, Change, decode_header, encode_record
-from cacheman._store import PickleStore
+from cacheman._stores.journal import SET, Change, decode_header, encode_record
+from cacheman._stores.pickle import PickleStore
 
 APPEND_MS_TARGET = 1.0
 # append / rewrite, in thousandths: 2.0 is the "1 ms against >= 500 ms".

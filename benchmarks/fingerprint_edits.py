@@ -227,7 +227,7 @@ FINGERPRINT_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from cacheman._memo.fingerprint import fingerprint_parts
-from cacheman._memoize import _combined
+from cacheman._memo.memoize import _combined
 from proj.main import target
 print(_combined(fingerprint_parts(target)))
 """
@@ -283,7 +283,7 @@ def judge(
 def inprocess_fingerprint(directory: Path) -> str:
     """:func:`cacheman_fingerprint`, in this process (fast: for the default test run)."""
     from cacheman._memo.fingerprint import fingerprint_parts
-    from cacheman._memoize import _combined
+    from cacheman._memo.memoize import _combined
 
     for name in [n for n in sys.modules if n == "proj" or n.startswith("proj.")]:
         del sys.modules[name]

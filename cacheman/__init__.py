@@ -1,9 +1,9 @@
 """CacheMan: dict caches that persist between runs, with hooks and dependency invalidation."""
 
-from ._lifecycle import disable_signal_handlers
+from ._process.lifecycle import disable_signal_handlers
 
 # Always importable: redis-py itself is imported when a RedisStore is built.
-from ._redis import RedisStore
+from ._stores.redis import RedisStore
 from .autosync import AutoSyncCache, TimeCount
 from .cacher import CacheManager, get_cache_manager
 from .cachewrap import CacheWrap, NonPersistentCache, PersistentCache

@@ -3,7 +3,7 @@
 ``list``, ``show``, ``verify``, ``delete``, ``invalidate``, ``graph`` and ``path``
 (``demo`` lives in ``_demo``).  Each builds a :class:`~cacheman.cacher.CacheManager` for
 ``--manager``/``--dir`` (and ``$CACHEMAN_SIGNING_KEY``, as the library does) and
-works only through its store: the :class:`~cacheman._store_api.Store` methods,
+works only through its store: the :class:`~cacheman._stores.api.Store` methods,
 plus two a store may offer (``verify``, ``usage``), so another store works as
 well.  Nothing here parses a file format: checks run the store's own code.
 
@@ -39,15 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._generations import generation_of, next_generation, parent_generations
 from ._graph import DependencyGraph
 from ._paths import default_base_directory
 from ._persist.lineage import Verdict, decide
 from ._progress import Progress
-from ._redis import REDIS_URL_ENV, RedisStore
 from ._registry import DEFAULT_MANAGER_NAME
-from ._store import PickleStore
-from ._store_api import Edge, Store, supports_damage_switch, supports_usage, supports_verify
+from ._stores.api import Edge, Store, supports_damage_switch, supports_usage, supports_verify
+from ._stores.generations import generation_of, next_generation, parent_generations
+from ._stores.pickle import PickleStore
+from ._stores.redis import REDIS_URL_ENV, RedisStore
 from .cacher import CacheManager
 from .errors import (
     CacheManError,

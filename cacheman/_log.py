@@ -8,7 +8,7 @@ save that took over :data:`SLOW_SAVE_SECONDS`), ``cacheman`` for the rest.  Both
 propagate to ``cacheman``, so ``logging.getLogger("cacheman").setLevel(...)``
 governs them all.
 
-Nothing here may run in a save child (:mod:`cacheman._fork`): a child takes no
+Nothing here may run in a save child (:mod:`cacheman._process.fork`): a child takes no
 lock, and logging takes one.  So saves are logged in the parent, when they land.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ._store_api import supports_usage
+from ._stores.api import supports_usage
 
 __all__ = [
     "SLOW_SAVE_SECONDS",

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from . import _background, _scheduler
 from ._persist.editguard import edit_functions, under_apply_lock
+from ._process import background as _background
+from ._process import scheduler as _scheduler
 from .cachewrap import PersistentCache
 
 __all__ = ["DEFAULT_BUCKET_SIZE", "DEFAULT_TIME_CHECKS", "AutoSyncCache", "EditLog", "TimeCount"]

@@ -7,7 +7,7 @@ comes to the manager, which walks the graph so that it reaches every derived
 cache exactly once, parents before children, and drives each cache through the
 single-cache steps declared by :class:`~cacheman.cachewrap.CacheSteps`.
 
-At process exit (and on SIGTERM/SIGHUP) :mod:`cacheman._lifecycle` runs the
+At process exit (and on SIGTERM/SIGHUP) :mod:`cacheman._process.lifecycle` runs the
 exit flush registered here: every manager saves what its caches must keep.
 
 Lifetimes.  No module-level table keeps a manager alive, except the named ones
@@ -29,16 +29,17 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from . import _lifecycle, _log, _registry
-from ._generations import STALE
+from . import _log, _registry
 from ._graph import DependencyGraph
-from ._hooks import check_hook
-from ._memoize import Memoized, memoize
+from ._memo.memoize import Memoized, memoize
 from ._paths import manager_directory, validate_cache_name
 from ._persist.bounds import BOUND_OPTIONS, BoundedCache, bound_options, bounded_class
-from ._redis import REDIS_URL_ENV, RedisStore
-from ._store import PickleStore, resolve_signing_key
-from ._store_api import ClosableStore, JournalStore, Store, StoreFactory, supports_events
+from ._persist.hooks import check_hook
+from ._process import lifecycle as _lifecycle
+from ._stores.api import ClosableStore, JournalStore, Store, StoreFactory, supports_events
+from ._stores.generations import STALE
+from ._stores.pickle import PickleStore, resolve_signing_key
+from ._stores.redis import REDIS_URL_ENV, RedisStore
 from .autosync import AutoSyncCache
 from .cachewrap import (
     HOOK_NAMES,
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from ._store_api import BuilderLocking, EventStore, UsageReporting, Verifying
+    from ._stores.api import BuilderLocking, EventStore, UsageReporting, Verifying
 
     def _both_keep_journals(a: PickleStore, b: RedisStore) -> tuple[JournalStore, JournalStore]:
         """(Never called: mypy checks that both stores implement the journal interface.)"""
@@ -530,7 +531,7 @@ class CacheManager:
         than ``stale_after`` is served while a thread computes a fresh one
         (``refresh="wait"``: the call computes it).  ``async def``
         functions are memoized too.  See
-        :class:`~cacheman._memoize.Memoized` and the memoize page of the docs.
+        :class:`~cacheman._memo.memoize.Memoized` and the memoize page of the docs.
 
         >>> manager = CacheManager("doc_memoize")
         >>> @manager.memoize

@@ -10,7 +10,7 @@ A cache does one cache's work.  Its public lifecycle methods hand the call to
 its manager, which decides which caches an operation reaches (the cascade to
 derived caches, parents first) and drives each of them through the
 single-cache steps this module declares for it (:class:`CacheSteps`).  Its
-background saves are :mod:`cacheman._background`'s, through the interface that
+background saves are :mod:`cacheman._process.background`'s, through the interface that
 module declares (``SaveTarget``).
 """
 
@@ -26,11 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
-from . import _background, _lifecycle, _log, _registry
-from ._background import SavePlan, SaveReason
-from ._generations import generation_of, next_generation, parent_generations
-from ._hooks import check_hook
-from ._journal import CLEAR, DEL, REBASE, SET, Change, apply_changes
+from . import _log, _registry
 from ._paths import validate_cache_name
 from ._persist import saveplan as _saveplan
 from ._persist.changes import (
@@ -41,9 +37,15 @@ from ._persist.changes import (
     watched,
 )
 from ._persist.editguard import edit_functions, guarded, under_apply_lock
+from ._persist.hooks import check_hook
 from ._persist.lineage import Verdict, decide, settle
 from ._persist.saveplan import Write, plan_write
-from ._store_api import supports_builder_lock, supports_journal, supports_keep_aside
+from ._process import background as _background
+from ._process import lifecycle as _lifecycle
+from ._process.background import SavePlan, SaveReason
+from ._stores.api import supports_builder_lock, supports_journal, supports_keep_aside
+from ._stores.generations import generation_of, next_generation, parent_generations
+from ._stores.journal import CLEAR, DEL, REBASE, SET, Change, apply_changes
 from .errors import CacheManError
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from ._store_api import JournalStore
+    from ._stores.api import JournalStore
     from .cacher import CacheManager
 
 __all__ = [
@@ -776,12 +778,12 @@ class PersistentCache(CacheWrap):
     Any of ``loader``, ``saver`` and ``deleter`` passed in (or registered on the
     manager later) replaces the store for that step.
 
-    The cache remembers which keys it changed (see :mod:`cacheman._changes`), so
+    The cache remembers which keys it changed (see :mod:`cacheman._persist.changes`), so
     that a save through the store appends just those to the cache's journal, and
     several processes can write one cache without losing each other's edits.
     ``touch(key)`` marks a value changed in place; ``refresh()`` pulls what
     other processes saved.  A save also checks, through generations (see
-    :mod:`cacheman._generations`), that the parents this cache was built from
+    :mod:`cacheman._stores.generations`), that the parents this cache was built from
     have not moved on; if they have, the cache is reset instead of written.
     """
 

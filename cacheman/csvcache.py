@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._paths import validate_cache_name
-from ._store import atomic_write, keep_aside, open_regular
+from ._stores.pickle import atomic_write, keep_aside, open_regular
 from .autosync import AutoSyncCache
 from .cachewrap import PersistentCache
 

@@ -408,7 +408,7 @@ class Place:
                 return store.load(name)
             finally:
                 store.close()
-        from cacheman._store import PickleStore
+        from cacheman._stores.pickle import PickleStore
 
         return PickleStore(self.base / self.manager).load(name)
 

@@ -12,7 +12,8 @@ import psutil
 import pytest
 from helpers import wait_until
 
-from cacheman import AutoSyncCache, CacheManager, TimeCount, _scheduler
+from cacheman import AutoSyncCache, CacheManager, TimeCount
+from cacheman._process import scheduler as _scheduler
 from cacheman.autosync import DEFAULT_TIME_CHECKS
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from helpers import both_stores, wait_until
 
-from cacheman import CacheManager, _scheduler
+from cacheman import CacheManager
 from cacheman._persist import bounds as _bounds
 from cacheman._persist.bounds import BoundedCache, BoundedPersistentCache, sidecar_name
+from cacheman._process import scheduler as _scheduler
 from cacheman.autosync import AutoSyncCache
 from cacheman.cachewrap import PersistentCache
 

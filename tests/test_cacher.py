@@ -757,7 +757,8 @@ def test_a_deregistered_autosync_cache_no_longer_saves_by_its_rules(
 ) -> None:
     from test_autosync import VirtualClock, settle
 
-    from cacheman import TimeCount, _scheduler
+    from cacheman import TimeCount
+    from cacheman._process import scheduler as _scheduler
 
     clock = VirtualClock()
     rules = [TimeCount(10, 100), TimeCount(20, 1)]
@@ -777,7 +778,8 @@ def test_an_autosync_cache_with_every_edit_saved_holds_no_deadline(
 ) -> None:
     from test_autosync import VirtualClock
 
-    from cacheman import TimeCount, _scheduler
+    from cacheman import TimeCount
+    from cacheman._process import scheduler as _scheduler
 
     clock = VirtualClock()
     cache = manager.register_custom_cache("idle", time_checks=[TimeCount(10, 100)], clock=clock)

@@ -21,7 +21,7 @@ from helpers import run_python
 from cacheman import CacheManager, RedisStore, _registry
 from cacheman.__main__ import main
 from cacheman._cli import INTERRUPTED, OK, PROBLEM, REFUSED, USAGE_ERROR
-from cacheman._journal import SET
+from cacheman._stores.journal import SET
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_until
 
-from cacheman._file_events import EventLog
+from cacheman._stores.file_events import EventLog
 
 Event = tuple[object, object]
 

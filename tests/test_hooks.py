@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cacheman import AutoSyncCache, CacheManager, NonPersistentCache, PersistentCache, _registry
-from cacheman._hooks import HOOK_PARAMETERS
+from cacheman._persist.hooks import HOOK_PARAMETERS
 from cacheman.cachewrap import HOOK_NAMES
 
 

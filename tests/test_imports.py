@@ -62,12 +62,13 @@ def imported_modules(module: str) -> set[str]:
     for node in _module_level_imports(tree.body):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif node.level == 0:
-            names = [node.module or ""]
+        elif node.level == 0:  # "from cacheman.x import y": x, and y if it is a submodule
+            names = [node.module or "", *(f"{node.module}.{alias.name}" for alias in node.names)]
         else:
             base = importlib.util.resolve_name("." * node.level, _package_of(module))
-            if node.module:  # "from .x import y": runs x (y is a name in x)
-                names = [f"{base}.{node.module}"]
+            if node.module:  # "from .x import y": runs x, and y too if y is a submodule of x
+                base = f"{base}.{node.module}"
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
             else:  # "from . import x, y": runs the submodules x and y, not __init__ again
                 names = [f"{base}.{alias.name}" for alias in node.names]
         targets.update(name for name in names if name in known)
@@ -120,6 +121,48 @@ def test_the_layers_the_design_asks_for() -> None:
     # Fork mechanics and the process lifecycle know nothing of caches.
     cache_modules = {"cacheman.cacher", "cacheman.cachewrap", "cacheman.autosync"}
     cache_modules.add("cacheman.csvcache")
-    assert not graph["cacheman._fork"] & (cache_modules | {"cacheman._background"})
-    assert not graph["cacheman._lifecycle"]
-    assert not graph["cacheman._background"] & cache_modules
+    assert not graph["cacheman._process.fork"] & (cache_modules | {"cacheman._process.background"})
+    assert not graph["cacheman._process.lifecycle"]
+    assert not graph["cacheman._process.background"] & cache_modules
+
+
+def test_stores_know_nothing_of_caches() -> None:
+    # Not even inside a function or for type checking: a store serves any cache, and
+    # imports run one way (the persistent cache and memoize use stores, not the reverse).
+    cache_modules = {"cacheman.cachewrap", "cacheman.cacher", "cacheman.autosync"}
+    stores = [name for name in module_names() if name.startswith("cacheman._stores.")]
+    assert stores
+    for name in stores:
+        tree = ast.parse(source_of(name).read_text(encoding="utf-8"))
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = importlib.util.resolve_name("." * node.level + base, _package_of(name))
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+        assert not found & cache_modules, f"{name} imports {sorted(found & cache_modules)}"
+        above = {m for m in found if m.startswith(("cacheman._persist", "cacheman._memo"))}
+        assert not above, f"{name} imports {sorted(above)}"
+
+
+def test_the_process_modules_know_nothing_of_caches() -> None:
+    graph = {name: imported_modules(name) for name in module_names()}
+    cache_modules = {
+        "cacheman.cacher",
+        "cacheman.cachewrap",
+        "cacheman.autosync",
+        "cacheman.csvcache",
+    }
+    process = [name for name in graph if name.startswith("cacheman._process.")]
+    assert process
+    for name in process:
+        assert not graph[name] & cache_modules, name
+
+
+def test_submodules_imported_from_a_package_count() -> None:
+    # "from ._process import lifecycle" runs cacheman._process.lifecycle.
+    assert "cacheman._process.lifecycle" in imported_modules("cacheman.cachewrap")

@@ -26,7 +26,7 @@ from helpers import run_python
 from test_store import planted_pickle
 
 from cacheman import InsecureCacheError, SignatureMismatchError, UnpicklableValueError
-from cacheman._journal import (
+from cacheman._stores.journal import (
     CLEAR,
     DEL,
     HEADER_SIZE,
@@ -36,8 +36,8 @@ from cacheman._journal import (
     Position,
     apply_changes,
 )
-from cacheman._store import MAGIC as SNAPSHOT_MAGIC
-from cacheman._store import PickleStore
+from cacheman._stores.pickle import MAGIC as SNAPSHOT_MAGIC
+from cacheman._stores.pickle import PickleStore
 
 RECORD_HEAD = 12  # length, length check, payload CRC
 MAC = 32
@@ -530,8 +530,8 @@ def test_an_unsigned_journal_is_refused_with_a_key(tmp_path: Path) -> None:
 APPEND_FOREVER = """
 import sys
 from pathlib import Path
-from cacheman._store import PickleStore
-from cacheman._journal import SET
+from cacheman._stores.pickle import PickleStore
+from cacheman._stores.journal import SET
 store = PickleStore(Path(sys.argv[1]))
 i = int(sys.argv[2])
 while True:
@@ -579,8 +579,8 @@ def test_a_writer_killed_mid_append_leaves_a_prefix_of_complete_records(
 WRITER = """
 import sys, time
 from pathlib import Path
-from cacheman._store import PickleStore
-from cacheman._journal import SET
+from cacheman._stores.pickle import PickleStore
+from cacheman._stores.journal import SET
 directory, writer, count, start_at = sys.argv[1:]
 store = PickleStore(Path(directory))
 while time.time() < float(start_at):
@@ -622,7 +622,7 @@ def test_appends_from_a_fresh_interpreter_are_seen_through_changes_since(
 ) -> None:
     saved = store.save("c", {"a": 1})
     script = (
-        "import sys; from pathlib import Path; from cacheman._store import PickleStore; "
+        "import sys; from pathlib import Path; from cacheman._stores.pickle import PickleStore; "
         "PickleStore(Path(sys.argv[1])).append('c', [('set', 'b', 2), ('del', 'a', None)])"
     )
     done = run_python("-c", script, str(store.directory))

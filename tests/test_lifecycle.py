@@ -309,7 +309,7 @@ if pid == 0:
     sys.exit(0)  # a normal exit: the child's exit flush runs
 os.waitpid(pid, 0)
 from pathlib import Path
-from cacheman._store import PickleStore
+from cacheman._stores.pickle import PickleStore
 print(PickleStore(Path(sys.argv[1]) / "kept").load("c")["k"])
 """
 

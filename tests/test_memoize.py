@@ -13,7 +13,7 @@ import pytest
 from helpers import run_python, wait_until
 
 from cacheman import CacheManager, _registry
-from cacheman._memoize import MemoStats, default_name
+from cacheman._memo.memoize import MemoStats, default_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -1152,7 +1152,7 @@ def test_an_async_function_waits_for_a_lease_without_blocking_its_loop(
 def test_lease_auto_takes_leases_once_a_computation_was_slow(
     manager: CacheManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cacheman import _memoize
+    from cacheman._memo import memoize as _memoize
 
     @manager.memoize("auto")
     def auto(x: int) -> int:

@@ -22,7 +22,7 @@ import pytest
 from helpers import both_stores, run_python, wait_until
 
 from cacheman import AutoSyncCache, CacheManager, CSVCache, RedisStore, TimeCount, _registry
-from cacheman._redis import REDIS_URL_ENV
+from cacheman._stores.redis import REDIS_URL_ENV
 
 PRELUDE = """
 import sys, time

@@ -34,7 +34,7 @@ from cacheman import (
     SignatureMismatchError,
     UnpicklableValueError,
 )
-from cacheman._redis import REDIS_URL_ENV
+from cacheman._stores.redis import REDIS_URL_ENV
 
 # -- the store contract, on both stores -------------------------------------------------------
 

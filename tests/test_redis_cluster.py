@@ -38,7 +38,7 @@ from test_redis import (  # noqa: F401
 )
 
 from cacheman import CacheManager, RedisStore
-from cacheman._generations import generation_of, next_generation
+from cacheman._stores.generations import generation_of, next_generation
 
 
 def _start_cluster(directory: Path) -> RedisCluster:
@@ -185,7 +185,7 @@ def _replica_of(cluster: RedisCluster, port: int) -> int | None:
 READER = """
 import json, sys
 from cacheman import CacheManager, RedisStore
-from cacheman._generations import generation_of
+from cacheman._stores.generations import generation_of
 import logging
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 manager = CacheManager(sys.argv[2], store=RedisStore(sys.argv[1]))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cacheman._journal import NO_POSITION, Position
 from cacheman._persist.changes import Taken
 from cacheman._persist.saveplan import COMPACT_JOURNAL_BYTES, Write, plan_write
+from cacheman._stores.journal import NO_POSITION, Position
 
 READ = Position(b"12345678", 4_000)  # a process that has read a journal up to here
 

@@ -10,7 +10,8 @@ import time
 import psutil
 import pytest
 
-from cacheman import TimeCount, _scheduler
+from cacheman import TimeCount
+from cacheman._process import scheduler as _scheduler
 from cacheman.autosync import DEFAULT_TIME_CHECKS, EditLog
 
 

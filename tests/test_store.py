@@ -35,7 +35,7 @@ from cacheman import (
     _registry,
     get_cache_manager,
 )
-from cacheman._store import FORMAT_VERSION, HEADER_SIZE, MAGIC, PickleStore
+from cacheman._stores.pickle import FORMAT_VERSION, HEADER_SIZE, MAGIC, PickleStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: What tests/fixtures/cacheman2_bare.pkl holds: a plain ``pickle.dump`` (protocol 2)
@@ -885,7 +885,7 @@ def test_a_signed_cache_copied_from_another_manager_is_refused(tmp_path: Path) -
 
 
 def test_a_signed_journal_copied_alone_is_refused(tmp_path: Path) -> None:
-    from cacheman._journal import SET
+    from cacheman._stores.journal import SET
 
     manager = CacheManager("journals", tmp_path, signing_key=b"secret")
     store: PickleStore = manager.store  # type: ignore[assignment]

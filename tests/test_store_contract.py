@@ -2,7 +2,7 @@
 
 Each test runs against every store (the pickle store in a temporary directory,
 and RedisStore on a real ``redis-server``), signed and unsigned.  The optional
-capabilities (:mod:`cacheman._store_api`: journal, events, builder lock, verify,
+capabilities (:mod:`cacheman._stores.api`: journal, events, builder lock, verify,
 usage) are tested on the stores that declare them; the table of who declares
 what is itself a test.
 """
@@ -18,9 +18,7 @@ from typing import Any
 import pytest
 
 from cacheman import RedisStore
-from cacheman._journal import CLEAR, DEL, SET, apply_changes
-from cacheman._store import PickleStore
-from cacheman._store_api import (
+from cacheman._stores.api import (
     Store,
     supports_builder_lock,
     supports_damage_switch,
@@ -29,6 +27,8 @@ from cacheman._store_api import (
     supports_usage,
     supports_verify,
 )
+from cacheman._stores.journal import CLEAR, DEL, SET, apply_changes
+from cacheman._stores.pickle import PickleStore
 from cacheman.errors import SignatureMismatchError, UnpicklableValueError
 
 KEY = b"k" * 32
@@ -81,7 +81,7 @@ def store(make: StoreMaker) -> Store:
 
 
 def test_declared_capabilities(store: Store, kind: str) -> None:
-    """The table in cacheman._store_api's docstring: who implements which optional protocol."""
+    """The table in cacheman._stores.api's docstring: who implements which optional protocol."""
     declared = {
         "journal": supports_journal(store),
         "events": supports_events(store),

@@ -60,7 +60,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from .._memokey import encode
+from .keys import encode
 
 __all__ = [
     "MAX_CONSTANT_ITEMS",

@@ -40,9 +40,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import _lifecycle
-from .._redis import RedisStore
-from .._store import PickleStore, ensure_private_directory
+from .._process import lifecycle as _lifecycle
+from .._stores.pickle import PickleStore, ensure_private_directory
+from .._stores.redis import RedisStore
 
 if TYPE_CHECKING:
     from ..cachewrap import PersistentCache
@@ -236,7 +236,7 @@ class RedisLeases:
                 )
 
     def saved_result(self, cache: PersistentCache, key: bytes) -> Any:
-        from .._redis import _dump_key
+        from .._stores.redis import _dump_key
 
         store = self.store
         field = _dump_key(key)

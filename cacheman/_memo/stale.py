@@ -6,7 +6,7 @@ wall-clock time each result was written, persisted with its deadline in
 ``<name>~bounds``, so a process loading the cache tomorrow knows how old each
 result is.  Its reads (``c[k]``, ``get``, ``in``) see only fresh results: a
 stale one misses, which sends the memoized call off its hot path, where
-:class:`~cacheman._memoize.Memoized` either serves :meth:`StaleAfter.stale`
+:class:`~cacheman._memo.memoize.Memoized` either serves :meth:`StaleAfter.stale`
 and refreshes in a thread (``refresh="background"``) or computes at once
 (``refresh="wait"``).  Iteration and ``len()`` see every result kept, stale
 or not; ``ttl`` still deletes what is past its deadline.

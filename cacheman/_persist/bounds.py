@@ -12,7 +12,7 @@ who do not ask for them.
   at load, at every write (the soonest deadlines are kept in a
   ``sortedcontainers.SortedList``, so a write looks only at the head), by
   :meth:`BoundedCache.expire`, and by the process's background thread (the
-  one that runs autosync, :mod:`cacheman._scheduler`), which wakes at the
+  one that runs autosync, :mod:`cacheman._process.scheduler`), which wakes at the
   soonest deadline (keys due within ``EXPIRY_SLACK`` of it go together):
   iteration and ``len()`` stop seeing a key soon after it expires, even if
   nothing reads or writes the cache.  A cache built with
@@ -52,8 +52,8 @@ from typing import Any
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from .. import _scheduler
-from .._journal import DEL, SET
+from .._process import scheduler as _scheduler
+from .._stores.journal import DEL, SET
 from ..autosync import AutoSyncCache
 from ..cachewrap import PersistentCache
 

@@ -1,7 +1,7 @@
 """Lineage: the one place that decides if a derived cache is fresh, stale or rebuilt elsewhere.
 
 A derived cache records the generations of the parents it was built from (see
-:mod:`cacheman._generations`): in memory (``held``, what this process's copy was
+:mod:`cacheman._stores.generations`): in memory (``held``, what this process's copy was
 built from) and in the store's metadata (``parents``, what the saved copy was
 built from).  Every path that may serve, write or rebuild a derived cache --
 load, save, exit, signal, background save, cascade, store event, ``refresh()``
@@ -34,11 +34,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import _log
-from .._generations import STALE as STALE_FIELD
-from .._generations import is_stale, parent_generations
+from .._stores.generations import STALE as STALE_FIELD
+from .._stores.generations import is_stale, parent_generations
 
 if TYPE_CHECKING:
-    from .._store_api import Store
+    from .._stores.api import Store
 
 __all__ = ["Derived", "Verdict", "decide", "settle"]
 

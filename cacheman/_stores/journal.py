@@ -1,6 +1,6 @@
 """The journal: an append-only log of changes kept beside each snapshot (Redis AOF + RDB style).
 
-A cache's saved state is its snapshot (``<name>.pkl``, see :mod:`cacheman._store`)
+A cache's saved state is its snapshot (``<name>.pkl``, see :mod:`cacheman._stores.pickle`)
 with the records of its journal (``<name>.journal``) replayed on top.  Appending
 one record costs a write and an ``fdatasync`` of a few bytes, whatever the size
 of the cache; a snapshot save (the compaction) folds the journal into a new
@@ -34,7 +34,7 @@ replaying is last-writer-wins per key, and CLEAR wipes everything before it.
 The HMAC binds each record to its journal and its place in it, so a signed
 record cannot be moved into another journal, or replayed twice in one; and the
 store signs with a key bound to the manager's and the cache's names
-(:func:`cacheman._store.cache_signing_key`), so a signed journal copied into
+(:func:`cacheman._stores.pickle.cache_signing_key`), so a signed journal copied into
 another cache's place fails too.
 """
 
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any, NamedTuple
 
-from .errors import SignatureMismatchError
+from ..errors import SignatureMismatchError
 
 __all__ = [
     "CLEAR",
@@ -115,7 +115,7 @@ REBASE = Position(b"rebase", -1)
 
 
 class AppendResult(NamedTuple):
-    """What :meth:`~cacheman._store.PickleStore.append` did.
+    """What :meth:`~cacheman._stores.pickle.PickleStore.append` did.
 
     ``position`` is the journal's end after the append; ``in_sync`` is True when
     the journal ended exactly at the caller's ``since`` before it (nobody else
@@ -128,7 +128,7 @@ class AppendResult(NamedTuple):
 
 
 class SaveResult(NamedTuple):
-    """What :meth:`~cacheman._store.PickleStore.save` did.
+    """What :meth:`~cacheman._stores.pickle.PickleStore.save` did.
 
     ``position`` is the start of the new, empty journal; ``was_behind`` says the
     snapshot written includes changes other processes made after ``since``.
@@ -178,7 +178,7 @@ class Scan:
 
 @dataclass
 class VerifyReport:
-    """What :meth:`~cacheman._store.PickleStore.verify` found (and did, with ``fix=True``).
+    """What :meth:`~cacheman._stores.pickle.PickleStore.verify` found (and did, with ``fix=True``).
 
     Fields:
 

@@ -56,26 +56,26 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from hashlib import sha256
 from typing import Any
 
-from . import _lifecycle
-from ._generations import STALE, generation_of, is_stale
-from ._journal import CLEAR, DEL, SET, AppendResult, SaveResult, VerifyReport
-from ._paths import validate_cache_name
-from ._redis_events import Listener
-from ._redis_url import connect, is_cluster_url, node_url, password_of, redact, redact_text
-from ._store import (
+from .._paths import validate_cache_name
+from .._process import lifecycle as _lifecycle
+from ..errors import (
+    CorruptCacheError,
+    InvalidCacheNameError,
+    SignatureMismatchError,
+    UnpicklableValueError,
+)
+from .api import Edge
+from .generations import STALE, generation_of, is_stale
+from .journal import CLEAR, DEL, SET, AppendResult, SaveResult, VerifyReport
+from .pickle import (
     _REFUSED_BY_PICKLE,
     PICKLE_PROTOCOL,
     StoreUsage,
     _cloudpickle,
     _describe_unpicklable,
 )
-from ._store_api import Edge
-from .errors import (
-    CorruptCacheError,
-    InvalidCacheNameError,
-    SignatureMismatchError,
-    UnpicklableValueError,
-)
+from .redis_events import Listener
+from .redis_url import connect, is_cluster_url, node_url, password_of, redact, redact_text
 
 __all__ = [
     "REDIS_URL_ENV",

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._store_api import Store
+    from .api import Store
 
 __all__ = ["STALE", "is_stale", "next_generation", "parent_generations"]
 

@@ -2,7 +2,7 @@
 
 Cache ``name`` lives in ``<name>.pkl`` (the snapshot: the whole contents at its
 last save) and ``<name>.journal`` (the changes appended since, see
-:mod:`cacheman._journal`); the saved contents are the snapshot with the journal
+:mod:`cacheman._stores.journal`); the saved contents are the snapshot with the journal
 replayed on top.  Snapshot format (version 2), all integers little-endian::
 
     offset size  field
@@ -52,9 +52,17 @@ from hashlib import sha256
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from ._file_events import EventLog
-from ._journal import HEADER_SIZE as _JOURNAL_HEADER_SIZE
-from ._journal import (
+from .._paths import check_private, validate_cache_name
+from ..errors import (
+    CorruptCacheError,
+    InsecureCacheError,
+    SignatureMismatchError,
+    UnpicklableValueError,
+)
+from .api import Edge
+from .file_events import EventLog
+from .journal import HEADER_SIZE as _JOURNAL_HEADER_SIZE
+from .journal import (
     NO_POSITION,
     REBASE,
     AppendResult,
@@ -74,14 +82,6 @@ from ._journal import (
     new_journal_id,
     scan,
     write_all,
-)
-from ._paths import check_private, validate_cache_name
-from ._store_api import Edge
-from .errors import (
-    CorruptCacheError,
-    InsecureCacheError,
-    SignatureMismatchError,
-    UnpicklableValueError,
 )
 
 __all__ = [
@@ -336,7 +336,7 @@ class PickleStore:
         # name -> (snapshot, journal): an append is cheap enough for path
         # building and name checks to show.
         self._paths: dict[str, tuple[Path, Path]] = {}
-        # Generation changes, for other processes (see cacheman._file_events).
+        # Generation changes, for other processes (see cacheman._stores.file_events).
         self._events = EventLog(directory)
 
     def __repr__(self) -> str:
@@ -401,7 +401,7 @@ class PickleStore:
         caller's own changes not yet in the journal, so that they win) applied;
         if the journal was compacted or replaced since, the saved state takes
         the place of ``contents``, and so it does when ``since`` is
-        :data:`~cacheman._journal.REBASE` (a caller whose contents are behind:
+        :data:`~cacheman._stores.journal.REBASE` (a caller whose contents are behind:
         the snapshot is then what is saved with ``pending`` on top, and no key
         the caller never read is dropped).  ``was_behind`` in the result says so.
 
@@ -450,7 +450,7 @@ class PickleStore:
         caller can pass a lazy iterable: a whole-cache save rarely needs it).
 
         Runs under the lock.  When ``since`` cannot be followed (the journal was
-        compacted, replaced or removed since), or is :data:`~cacheman._journal.REBASE`
+        compacted, replaced or removed since), or is :data:`~cacheman._stores.journal.REBASE`
         (the caller's contents are behind), the saved state replaces ``contents``.
         """
         if since == REBASE:
@@ -555,7 +555,7 @@ class PickleStore:
         """Append ``changes`` to the journal of ``name`` as one record; durable on return.
 
         ``changes`` are ``(SET, key, value)``, ``(DEL, key, None)`` and
-        ``(CLEAR, None, None)`` (constants of :mod:`cacheman._journal`).  Costs
+        ``(CLEAR, None, None)`` (constants of :mod:`cacheman._stores.journal`).  Costs
         one pickling of the changes, one write and one ``fdatasync``, whatever
         the size of the cache, under the cache's inter-process lock.  Creates the
         journal (and the directory) if missing.  ``in_sync`` in the result says
@@ -1114,7 +1114,7 @@ class PickleStore:
         """Check the snapshot and journal of ``name`` without unpickling anything.
 
         Checks headers, lengths, checksums, signatures (with a key), the journal's
-        records and its tail; see :class:`~cacheman._journal.VerifyReport` for the
+        records and its tail; see :class:`~cacheman._stores.journal.VerifyReport` for the
         fields.  Changes nothing unless ``fix`` is true: then a torn tail is cut
         off, a journal damaged in the middle is kept aside with its good prefix
         kept, a damaged snapshot is kept aside (with its journal), and a journal
@@ -1342,14 +1342,14 @@ class PickleStore:
                 self._events.publish(name, generation)
         return meta
 
-    # -- invalidation events (see cacheman._file_events) ------------------------------
+    # -- invalidation events (see cacheman._stores.file_events) ------------------------------
 
     def subscribe(
         self, callback: Callable[[str | None, str | None], object], *, wait: float = 5.0
     ) -> None:
         """Call ``callback(name, generation)`` when another process gives a cache a new generation.
 
-        Within :data:`~cacheman._file_events.WATCH_INTERVAL` seconds, on the
+        Within :data:`~cacheman._stores.file_events.WATCH_INTERVAL` seconds, on the
         process's watcher thread; ``(None, None)`` when events may have been missed.
         (``wait`` is the Redis store's: here the subscription is in place at once.)
         """

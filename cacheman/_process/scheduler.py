@@ -34,7 +34,7 @@ from typing import Any
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from . import _lifecycle
+from . import lifecycle as _lifecycle
 
 __all__ = ["Clock", "Scheduler", "Task", "for_clock", "process_scheduler", "shutdown"]
 

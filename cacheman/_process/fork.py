@@ -4,7 +4,7 @@
 ``os._exit``; the parent goes on at once and follows the child through a
 :class:`ChildJob`: its report pipe (watched by the scheduler thread), its exit
 status, and a kill at its deadline.  This module knows nothing of caches: what
-the child runs, and what an outcome means, is :mod:`cacheman._background`'s
+the child runs, and what an outcome means, is :mod:`cacheman._process.background`'s
 business.
 
 What the child runs must be kept to the pickler and plain file writes: no lock
@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import psutil
 
-from . import _lifecycle
+from . import lifecycle as _lifecycle
 
 if TYPE_CHECKING:
-    from ._scheduler import Scheduler
+    from .scheduler import Scheduler
 
 __all__ = ["ChildJob", "fork_child"]
 

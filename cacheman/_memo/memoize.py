@@ -1,6 +1,6 @@
 """``manager.memoize``: a function's results kept in a named AutoSyncCache.
 
-Three parts: the key of a call (a stable digest, :mod:`cacheman._memokey`),
+Three parts: the key of a call (a stable digest, :mod:`cacheman._memo.keys`),
 the fingerprint of the function (its code, ``version`` and what it depends
 on; a change resets its cache and everything derived from it), and the call
 path (a dict look-up on a hit; one computation per key on a miss, however many
@@ -25,19 +25,20 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
-from . import _lifecycle, _log
-from ._memo.fingerprint import describe_changes, fingerprint_parts, function_behind
-from ._memo.leases import MISSING, Held, Leases, leases_for
-from ._memo.stale import REFRESH_MODES, StaleAfter, seconds, stale_class
-from ._memokey import _plain, args_digest, encode, value_digest
-from ._paths import MAX_NAME_BYTES, validate_cache_name
-from ._persist.bounds import bounded_class
-from .autosync import AutoSyncCache
-from .cachewrap import PersistentCache
-from .errors import ManagerClosedError
+from .. import _log
+from .._paths import MAX_NAME_BYTES, validate_cache_name
+from .._persist.bounds import bounded_class
+from .._process import lifecycle as _lifecycle
+from ..autosync import AutoSyncCache
+from ..cachewrap import PersistentCache
+from ..errors import ManagerClosedError
+from .fingerprint import describe_changes, fingerprint_parts, function_behind
+from .keys import _plain, args_digest, encode, value_digest
+from .leases import MISSING, Held, Leases, leases_for
+from .stale import REFRESH_MODES, StaleAfter, seconds, stale_class
 
 if TYPE_CHECKING:
-    from .cacher import CacheManager
+    from ..cacher import CacheManager
 
 __all__ = ["AsyncMemoized", "MemoCache", "MemoStats", "Memoized", "memoize"]
 
@@ -1049,7 +1050,7 @@ def default_name(function: Callable[..., Any]) -> str:
     whole, so two long names stay apart.
 
     >>> default_name(default_name)
-    'cacheman._memoize.default_name'
+    'cacheman._memo.memoize.default_name'
     """
     module = getattr(function, "__module__", None) or "unknown"
     qualname = getattr(function, "__qualname__", None) or getattr(function, "__name__", "function")

@@ -24,10 +24,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import _lifecycle
+from .._process import lifecycle as _lifecycle
 
 if TYPE_CHECKING:
-    from ._redis import RedisStore
+    from .redis import RedisStore
 
 __all__ = ["Listener"]
 

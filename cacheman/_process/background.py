@@ -1,6 +1,6 @@
 """Per-cache background saves: the policy around the forked child that writes a cache.
 
-A background save forks the process (:mod:`cacheman._fork`): the child sees a
+A background save forks the process (:mod:`cacheman._process.fork`): the child sees a
 point-in-time, copy-on-write snapshot of every cache, writes the one it was
 made for through the cache's saver, and exits.  The parent goes on at once and
 learns the outcome through the scheduler thread.
@@ -30,8 +30,10 @@ from typing import Literal, Protocol
 
 import psutil
 
-from . import _lifecycle, _log, _scheduler
-from ._fork import ChildJob, fork_child
+from .. import _log
+from . import lifecycle as _lifecycle
+from . import scheduler as _scheduler
+from .fork import ChildJob, fork_child
 
 __all__ = [
     "BackgroundSaver",

@@ -9,7 +9,7 @@ It knows nothing of caches: the other modules register callbacks with it.
   They run in registration order (the scheduler registers its shutdown first,
   so no background save starts during the flush that follows).
 * :func:`on_fork_child` callbacks run in a child forked by anyone but
-  :mod:`cacheman._fork` (whose save children must touch no state, see
+  :mod:`cacheman._process.fork` (whose save children must touch no state, see
   :func:`own_fork`).
 * :func:`on_worker_exit` callbacks run when a forked ``multiprocessing`` worker
   ends: such a worker leaves with ``os._exit``, which skips ``atexit``.
@@ -87,13 +87,13 @@ _previous: dict[int, SignalHandler | int | None] = {}
 _deferred: set[int] = set()
 _defer_deadline: dict[int, float] = {}  # from the first time a signal was put off
 _overdue: set[int] = set()
-_PACKAGE = __name__.rpartition(".")[0] + "."
+_PACKAGE = __name__.partition(".")[0] + "."  # "cacheman.": frames of any of its modules
 _signals_disabled = False
 _in_signal_handler = False
 
-# Set, in the forking thread only, around a fork by cacheman._fork.
+# Set, in the forking thread only, around a fork by cacheman._process.fork.
 _local = threading.local()
-# True in a process forked (by anyone but cacheman._fork) from one that imported us.
+# True in a process forked (by anyone but cacheman._process.fork) from one that imported us.
 _forked = False
 
 
@@ -313,7 +313,7 @@ def _end_as_before(signum: int, frame: FrameType | None) -> bool:
 
 @contextlib.contextmanager
 def own_fork() -> Iterator[None]:
-    """Around a fork by :mod:`cacheman._fork`: its save child runs no fork callback."""
+    """Around a fork by :mod:`cacheman._process.fork`: its save child runs no fork callback."""
     _local.in_own_fork = True
     try:
         yield

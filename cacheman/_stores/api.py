@@ -3,7 +3,7 @@
 A store keeps, for each cache name, the saved contents, a little metadata (a
 JSON-able dict: generation, parents' generations, save time; never pickled) and,
 for the whole manager, the dependency edges any process declared.  The default
-store is :class:`~cacheman._store.PickleStore` (one directory of files); other
+store is :class:`~cacheman._stores.pickle.PickleStore` (one directory of files); other
 stores (Redis) implement the same methods.
 
 Stores that can record a cache's changes one key at a time (both of the
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ._journal import AppendResult, Change, SaveResult, VerifyReport
+    from .journal import AppendResult, Change, SaveResult, VerifyReport
 
 __all__ = [
     "BuilderLocking",
@@ -104,7 +104,7 @@ class Store(Protocol):
 
 @runtime_checkable
 class JournalStore(Store, Protocol):
-    """A store that takes a cache's changes key by key (the journal; see :mod:`cacheman._journal`).
+    """A store that takes a cache's changes key by key (see :mod:`cacheman._stores.journal`).
 
     A position says how far a process has read what was saved; it is opaque to
     callers, and None on a store that has none (Redis applies every change
@@ -155,7 +155,7 @@ EventCallback = Callable[[str | None, str | None], object]
 class EventStore(Protocol):
     """A store that tells every process when a cache's generation changes.
 
-    Redis by pub/sub, the pickle store by its event log (:mod:`cacheman._file_events`).
+    Redis by pub/sub, the pickle store by its event log (:mod:`cacheman._stores.file_events`).
     """
 
     def subscribe(self, callback: EventCallback, *, wait: float = 5.0) -> None:
@@ -234,7 +234,7 @@ def supports_journal(store: object) -> TypeGuard[JournalStore]:
     """Whether ``store`` is a :class:`JournalStore`.
 
     >>> from pathlib import Path
-    >>> from cacheman._store import PickleStore
+    >>> from cacheman._stores.pickle import PickleStore
     >>> supports_journal(PickleStore(Path("x"))), supports_builder_lock(PickleStore(Path("x")))
     (True, False)
     """

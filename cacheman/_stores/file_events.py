@@ -6,7 +6,7 @@ calling anything, that another process invalidated a cache.
 
 The log, ``<manager directory>/_events.log``, holds one line per generation
 change: the JSON array ``["<cache name>", "<new generation>"]``.  Whoever gives
-a cache a new generation (see :mod:`cacheman._generations`) appends its line
+a cache a new generation (see :mod:`cacheman._stores.generations`) appends its line
 with one ``write`` on an ``O_APPEND`` descriptor, so lines of several processes
 never interleave.  Past :data:`LOG_BYTES` the writer replaces the log with an
 empty file; a reader that finds a new file (or a shorter one) cannot know what
@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from . import _lifecycle
+from .._process import lifecycle as _lifecycle
 
 __all__ = ["LOG_BYTES", "LOG_NAME", "WATCH_INTERVAL", "EventLog"]
 

@@ -1,0 +1,1 @@
+"""Where caches are kept: store protocols, the pickle store (snapshot + journal), Redis."""
