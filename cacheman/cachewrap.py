@@ -1469,7 +1469,7 @@ class PersistentCache(CacheWrap):
 
             def append(copy: bool) -> _Written:
                 before = baseline(self, copy) if copy else None
-                records = _records(self, list(self) if keys is None else keys)
+                records = _records(self, _held_and_deleted(self, changed) if keys is None else keys)
                 outcome = store.append(name, records, since=since)
                 return _Written(outcome, *(before or baseline(self, copy)))
 
@@ -1484,7 +1484,8 @@ class PersistentCache(CacheWrap):
                 outcome = store.save(name, contents)
             else:
                 # Lazy: the store reads these records only if others appended meanwhile.
-                pending = _lazy_records(contents, contents if keys is None else keys)
+                every = _held_and_deleted(contents, changed) if keys is None else keys
+                pending = _lazy_records(contents, every)
                 base = REBASE if write.rebase else since
                 outcome = store.save(name, contents, since=base, pending=pending)
             return _Written(outcome, *(before or baseline(contents, copy)))
@@ -1644,6 +1645,15 @@ class _Written(NamedTuple):
 def _records(contents: dict[Any, Any], keys: Iterable[Any]) -> list[Change]:
     """The journal records of ``keys``: their values in ``contents``, or deletions."""
     return list(_lazy_records(contents, keys))
+
+
+def _held_and_deleted(contents: dict[Any, Any], changed: Iterable[Any]) -> list[Any]:
+    """A whole write's keys: every key held, and the keys this process deleted.
+
+    (Others' values of the deleted keys must not survive a ``mark_dirty()`` rewrite.)
+    """
+    held = list(contents)
+    return held + [key for key in changed if key not in contents]
 
 
 def _lazy_records(contents: dict[Any, Any], keys: Iterable[Any]) -> Iterator[Change]:

@@ -513,3 +513,18 @@ def test_a_refresh_with_nothing_saved_keeps_what_threads_wrote_meanwhile(
     assert dict(cache) == {"x": [1]}
     cache.save()
     assert saved(place, "fresh") == {"x": [1]}
+
+
+def test_mark_dirty_then_save_writes_the_keys_deleted_too(place: Place) -> None:
+    # mark_dirty() rewrites every key held, over what others saved meanwhile: a key this
+    # process deleted after another process saved it must stay deleted (the model test
+    # saw it come back).
+    manager = place.manager()
+    cache = manager.register_custom_cache("shared", autosync=False)
+    cache["k"], cache["other"] = 1, 0
+    cache.save()
+    run("c = manager.register_cache('shared'); c['k'] = 2", place)  # saved at its exit
+    del cache["k"]
+    cache.mark_dirty()
+    cache.save()
+    assert saved(place, "shared") == {"other": 0}
