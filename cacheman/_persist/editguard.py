@@ -80,13 +80,17 @@ def guarded(cache: Guarded) -> Iterator[None]:
 
 
 def _unguarded_edit(cache: Guarded, frame: FrameType | None) -> FrameType | None:
-    """The frame of an edit of ``cache`` running without the lock on this stack, if any."""
+    """The frame of a cache edit running without the lock on this stack, if any."""
     found = None
     while frame is not None:
         code = frame.f_code
         if code is _UNDER_LOCK:
             return None  # it edits under the lock: the refresh's lock holds it off
-        if found is None and code in _EDIT_CODES and frame.f_locals.get("self") is cache:
+        # Any cache's edit counts, not only this one's: telling them apart needs the
+        # frame's locals, and reading another thread's ``f_locals`` can crash CPython
+        # 3.11 (seen: a segmentation fault).  Edits are a few bytecodes each, so waiting
+        # for another cache's too costs next to nothing.
+        if found is None and code in _EDIT_CODES:
             found = frame
         frame = frame.f_back
     return found
