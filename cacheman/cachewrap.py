@@ -883,7 +883,9 @@ class PersistentCache(CacheWrap):
         return self._pop(key, *default)
 
     def _pop(self, key: Any, *default: Any) -> Any:
-        if key not in self:
+        # The dict's own test: a subclass's ``in`` may drop a key that expired just now,
+        # after the subclass's pop found it there.
+        if not dict.__contains__(self, key):
             return dict.pop(self, key, *default)
         value = dict.pop(self, key)
         self._note((key,), 1)
