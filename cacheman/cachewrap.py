@@ -883,11 +883,14 @@ class PersistentCache(CacheWrap):
         return self._pop(key, *default)
 
     def _pop(self, key: Any, *default: Any) -> Any:
-        # The dict's own test: a subclass's ``in`` may drop a key that expired just now,
-        # after the subclass's pop found it there.
-        if not dict.__contains__(self, key):
-            return dict.pop(self, key, *default)
-        value = dict.pop(self, key)
+        # One dict.pop, atomic: a test first, then a pop, lets another thread's delete or
+        # replacement come between (a KeyError despite the default), and a subclass's
+        # ``in`` may drop a key that expired just after the subclass's pop found it there.
+        value = dict.pop(self, key, _GONE)
+        if value is _GONE:
+            if default:
+                return default[0]
+            raise KeyError(key)
         self._note((key,), 1)
         return value
 
