@@ -910,8 +910,9 @@ class PersistentCache(CacheWrap):
         return self._setdefault(key, default)
 
     def _setdefault(self, key: Any, default: Any) -> Any:
-        if key in self:
-            return dict.__getitem__(self, key)
+        value = dict.get(self, key, _GONE)  # one look-up: another thread may delete it
+        if value is not _GONE:
+            return value
         dict.__setitem__(self, key, default)
         self._note((key,), 1)
         return default
