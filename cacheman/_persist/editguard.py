@@ -72,14 +72,14 @@ def guarded(cache: Guarded) -> Iterator[None]:
         return
     cache._guarded = True
     try:
-        _drain(cache)
+        _drain()
         with cache._apply_lock:
             yield
     finally:
         cache._guarded = False
 
 
-def _unguarded_edit(cache: Guarded, frame: FrameType | None) -> FrameType | None:
+def _unguarded_edit(frame: FrameType | None) -> FrameType | None:
     """The frame of a cache edit running without the lock on this stack, if any."""
     found = None
     while frame is not None:
@@ -96,8 +96,8 @@ def _unguarded_edit(cache: Guarded, frame: FrameType | None) -> FrameType | None
     return found
 
 
-def _drain(cache: Guarded) -> None:
-    """Wait until the edits of ``cache`` that other threads began without the lock return.
+def _drain() -> None:
+    """Wait until the cache edits that other threads began without the lock return.
 
     Each is a few bytecodes (an autosync edit that fires a rule never waits for
     the cache's lock), and an edit that starts after the flag went up takes the
@@ -109,7 +109,7 @@ def _drain(cache: Guarded) -> None:
     waiting = [
         found
         for ident, frame in sys._current_frames().items()
-        if ident != me and (found := _unguarded_edit(cache, frame)) is not None
+        if ident != me and (found := _unguarded_edit(frame)) is not None
     ]
     deadline = time.monotonic() + DRAIN_SECONDS
     while waiting:
