@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -272,6 +273,50 @@ def test_saves_while_threads_edit_never_raise_and_lose_nothing(
         stop_editing()
     busy_cache.save()  # what the threads did after the last save above
     assert manager.store.load("busy") == dict(busy_cache)
+
+
+class SlowToPickle:
+    """A value whose pickling takes half a second: it keeps a background save's child busy."""
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        time.sleep(0.5)
+        return (SlowToPickle, ())
+
+
+@both_stores
+def test_a_save_asked_for_while_a_child_writes_runs_after_it(manager: CacheManager) -> None:
+    """Two saves of one cache never overlap: a delete is not undone by an older save's child.
+
+    A thread's ``save()`` found no child save running, then waited for the cache's
+    lock while another thread's edits started one; it used to write at once, beside
+    the child, whose older value of ``k`` then landed after the delete.
+    """
+    cache = AutoSyncCache(
+        "jobs", cache_manager=manager, async_save=True, time_checks=[TimeCount(3600, 1_500)]
+    )
+    cache["k"] = "saved"
+    cache.save()
+    wait_until(lambda: not cache.save_in_progress and cache.pending_edits == 0)
+
+    asked = threading.Event()
+
+    def save_from_another_thread() -> None:
+        asked.set()
+        cache.save()  # finds no child yet; waits for the lock held below
+
+    with cache._lock:  # the lock every save of the cache plans under
+        other = threading.Thread(target=save_from_another_thread)
+        other.start()
+        asked.wait()
+        time.sleep(0.3)  # (it is now waiting for the lock)
+        # 1,501 edits fire the burst rule: a child writes them, k = "new" among them.
+        cache.update({**{i: i for i in range(1_500)}, "k": "new", "slow": SlowToPickle()})
+        assert cache.save_in_progress
+        del cache["k"]
+    other.join()
+    wait_until(lambda: not cache.save_in_progress and cache.pending_edits == 0, timeout=30)
+    assert "k" not in manager.store.load("jobs")
+    assert manager.store.load("jobs").keys() == cache.keys()
 
 
 @both_stores

@@ -267,7 +267,7 @@ class BackgroundSaver:
     # -- the two ways to save (cache lock held) ------------------------------------
 
     def _start_child(self, cache: SaveTarget, mode: Mode) -> None:
-        if not self._lineage_checked(cache, mode):
+        if self._in_flight(mode) or not self._lineage_checked(cache, mode):
             return
         plan = cache._save_plan("save" if mode == "caller" else "rule")
         if plan is None:
@@ -290,11 +290,26 @@ class BackgroundSaver:
         self.scheduler.call_at(self, job.deadline, self._on_due)
 
     def _save_in_process(self, cache: SaveTarget, mode: Mode) -> None:
-        if not self._lineage_checked(cache, mode):
+        if self._in_flight(mode) or not self._lineage_checked(cache, mode):
             return
         plan = cache._save_plan("save" if mode == "caller" else "rule")
         if plan is not None:
             self._run_in_process(plan)
+
+    def _in_flight(self, mode: Mode) -> bool:
+        """Whether a child save is in flight: then this save runs after it (cache lock held).
+
+        ``request`` tests for a child before it takes the cache's lock, so another
+        thread may have started one meanwhile.  Two saves of one cache must never
+        overlap: the later one's records would land first, and the child's older
+        values over them (a thread's delete undone by a save forked before it).
+        """
+        with self._lock:
+            if self.job is None:
+                return False
+            self.requested = True
+            self.owed = self.owed or mode
+            return True
 
     def _lineage_checked(self, cache: SaveTarget, mode: Mode) -> bool:
         """Before planning: the cache's lineage check (a rebuild, if its parents moved on).
@@ -361,13 +376,21 @@ class BackgroundSaver:
         with self._lock:
             if self.job is not job:
                 return
-            self.job = None
-            plan, self.job_plan = self.job_plan, None
-            requested, self.requested = self.requested, False
+            plan = self.job_plan
         assert plan is not None
+        # The job stays in flight until its outcome is applied: a save planned before
+        # ``landed`` ran would start from the journal position before this write.
         # (The job stopped being watched when it finished, before its pipe closed.)
+        try:
+            if job.ok:
+                plan.landed(None if job.result is None else pickle.loads(job.result))
+            else:
+                plan.failed()
+        finally:
+            with self._lock:
+                self.job, self.job_plan = None, None
+                requested, self.requested = self.requested, False
         if job.ok:
-            plan.landed(None if job.result is None else pickle.loads(job.result))
             self._succeeded(plan.mark)
             _log.saved(
                 self.name, plan.kind, plan.entries, plan.started, store=plan.store, where="child"
@@ -375,7 +398,6 @@ class BackgroundSaver:
             if requested:
                 self._defer(self.scheduler.clock())
         else:
-            plan.failed()
             self._failed(job.error or "unknown error", in_child=True)
 
     def _on_pipe(self, job: ChildJob) -> None:
@@ -416,12 +438,17 @@ class BackgroundSaver:
         """
         self._await_job()
         cache = self._cache()
-        with self._lock:
-            owed = None if self.job is not None else self.owed
-        if owed is None or cache is None or not cache._has_unsaved_edits():
+        if cache is None:
             return
         cache._lock.acquire()
         try:
+            # Under the cache's lock no other thread starts a save: wait for one that
+            # another thread started after the wait above, then run what is owed.
+            self._await_job()
+            with self._lock:
+                owed = self.owed
+            if owed is None or not cache._has_unsaved_edits():
+                return
             if self._in_process_reason(cache) is not None:
                 self._save_in_process(cache, owed)
             else:
