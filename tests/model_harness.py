@@ -88,7 +88,11 @@ worker registered it or called ``features.refresh()``):
 
 3. *Stale derived cache.*  Built from ``raw`` version v while an invalidation
    that *started after* the one that wrote v had *completed* before T (or
-   before the refresh started).
+   before the refresh started).  For a snapshot, only a saved copy whose
+   metadata claims it current counts (recorded as built from ``raw``'s
+   generation in the store, not marked stale): a background save that began
+   before the invalidation may land after it, recorded as built from the older
+   generation, and every process that loads that copy rebuilds it.
 
 And for every operation:
 
@@ -400,17 +404,24 @@ class Place:
 
     def read(self, name: str) -> dict[Any, Any] | None:
         """What the store holds for ``name`` now, read as another process would."""
+        return self._with_store(lambda store: store.load(name))
+
+    def read_meta(self, name: str) -> dict[str, Any] | None:
+        """The metadata the store holds for ``name`` (generation, parents), or None."""
+        return self._with_store(lambda store: store.read_meta(name))
+
+    def _with_store(self, read: Callable[[Any], Any]) -> Any:
         if self.kind == "redis":
             from cacheman import RedisStore
 
             store = RedisStore(self.url or "").bind(self.manager, None)
             try:
-                return store.load(name)
+                return read(store)
             finally:
                 store.close()
         from cacheman._stores.pickle import PickleStore
 
-        return PickleStore(self.base / self.manager).load(name)
+        return read(PickleStore(self.base / self.manager))
 
 
 @dataclass
@@ -643,9 +654,24 @@ class Coordinator:
                 contents = None
             if name == "features":
                 record[name] = None if not contents else contents.get("built_from")
+                record["features_current"] = self.claims_current()
             else:
                 record[name] = {str(k): canon(v) for k, v in (contents or {}).items()}
         self.snapshots.append(record)
+
+    def claims_current(self) -> bool:
+        """Whether the saved ``features`` says it was built from ``raw`` as saved now.
+
+        A saved copy recorded as built from an older generation of ``raw`` (or
+        marked stale) is rebuilt by every process that loads it, never served.
+        """
+        try:
+            meta = self.place.read_meta("features") or {}
+            raw = self.place.read_meta("raw") or {}
+        except Exception:  # unreadable metadata: judged as if it claimed to be current
+            return True
+        parents = meta.get("parents") or {}
+        return not meta.get("stale") and parents.get("raw") == raw.get("generation")
 
     def run(self, *, rounds: int | None = None, seconds: float | None = None) -> None:
         """Run rounds until ``rounds`` are done or ``seconds`` have passed; end every worker."""
@@ -1202,8 +1228,8 @@ class Checker:
         reported: set[str] = set()
         for snapshot in self.snapshots:
             built_from = snapshot["features"]
-            if built_from is None:
-                continue
+            if built_from is None or not snapshot.get("features_current", True):
+                continue  # nothing saved, or a copy the store itself records as stale
             self.checked += 1
             why = stale(built_from, snapshot["t"])
             if why and built_from not in reported:  # once per stale copy, not per read of it
