@@ -30,6 +30,7 @@ from . import _log, _registry
 from ._paths import validate_cache_name
 from ._persist import saveplan as _saveplan
 from ._persist.changes import (
+    GONE,
     ChangeSet,
     Digests,
     digests_for,
@@ -45,7 +46,7 @@ from ._process import lifecycle as _lifecycle
 from ._process.background import SavePlan, SaveReason
 from ._stores.api import supports_builder_lock, supports_journal, supports_keep_aside
 from ._stores.generations import generation_of, next_generation, parent_generations
-from ._stores.journal import CLEAR, DEL, REBASE, SET, Change, apply_changes
+from ._stores.journal import CLEAR, DEL, REBASE, SET, Change
 from .errors import CacheManError
 
 if TYPE_CHECKING:
@@ -993,13 +994,12 @@ class PersistentCache(CacheWrap):
                     # Not over the keys changed here since the save above (other threads):
                     # their values are newer than any record (ours included, replayed
                     # when others appended in between).
-                    pending = self._changes.keys
+                    incoming = {key: GONE if op == DEL else value for op, key, value in changes}
                     with guarded(self):  # no edit between a key's check and its store
                         # (Nothing, if a clear() made since the save above is to replace
                         # the saved copy: what others saved before it is dropped then.)
                         if not self._changes.replace:
-                            apply_changes(self, [c for c in changes if c[1] not in pending])
-                    self._took_in(changes)
+                            self._changes.take_in(self, incoming)
                     self._behind = False
                     self._generation_held = generation
                     return
@@ -1012,7 +1012,6 @@ class PersistentCache(CacheWrap):
                 return
             self._position = position
             self._take_in(self._post_processed(loaded))
-            self._changes.digests = digests_of_all(self)
             self._behind = False
             self._generation_held = generation
 
@@ -1030,21 +1029,9 @@ class PersistentCache(CacheWrap):
                 self._take_in_guarded(saved)
 
     def _take_in_guarded(self, saved: dict[Any, Any]) -> None:
-        pending = self._changes.keys
-        get = dict.get
-        for key in list(pending):
-            value = get(self, key, _GONE)
-            if value is _GONE:
-                saved.pop(key, None)
-            else:
-                saved[key] = value
-        dict.update(self, saved)
-        for key in [key for key in list(self) if key not in saved and key not in pending]:
-            dict.pop(self, key, None)
-
-    def _took_in(self, changes: list[Change]) -> None:
-        """Other processes' ``changes`` (no CLEAR) were applied: their values are the baseline."""
-        self._changes.took_in(self, [key for _op, key, _value in changes])
+        incoming = dict.fromkeys([key for key in list(self) if key not in saved], GONE)
+        incoming.update(saved)
+        self._changes.take_in(self, incoming)
 
     # -- load and reset ------------------------------------------------------------------
 

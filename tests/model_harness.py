@@ -55,6 +55,10 @@ latest for that key, and that *completes*:
 
 A change in place without ``touch`` is a change like the others (the model
 detects it), so every one of these acknowledges it, ``refresh()`` included.
+A change in place made through a reference that a ``refresh()`` on another
+thread replaced meanwhile (it took in another process's value of the key) is
+not a change of the cache, as with any ``dict``: it may land, but is not
+acknowledged.
 ``mark_dirty()`` re-asserts every value the process holds: those may land, but
 are not acknowledged (a process that was behind need not win over changes it
 never saw); keys it does not hold must survive it.  A ``save()`` running while
@@ -248,10 +252,16 @@ class Worker:
             value = dict.get(cache, key)
             if isinstance(value, list):
                 content = canon([*value, edit[2]])
-                with self.step(op, "prod", cache=name, prods=[[key, content]], touch=edit[3]):
+                with self.step(
+                    op, "prod", cache=name, prods=[[key, content]], touch=edit[3]
+                ) as after:
                     value.append(edit[2])
                     if edit[3]:
                         cache.touch(key)
+                    if dict.get(cache, key) is not value:
+                        # A refresh on another thread took in another process's value
+                        # meanwhile: the list changed is no longer the cache's.
+                        after["orphaned"] = True
         else:
             raise ValueError(edit)
 
@@ -1111,7 +1121,10 @@ class Checker:
                     acked = None
                     # mark_dirty() re-asserts what is held: that may land, but need not
                     # win over what others changed since (see the module docstring).
-                    dirty = version.step is not None and version.step.record.get("dirty")
+                    # Nor is a change in place made to a list that a refresh replaced meanwhile.
+                    dirty = version.step is not None and (
+                        version.step.record.get("dirty") or version.step.after.get("orphaned")
+                    )
                     if version.end is not None and not dirty:
                         for start, end, complete in proc_acks:
                             if start > version.end:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cacheman._persist.changes import ChangeSet, digests_of, digests_of_all, watched
+from cacheman._persist.changes import GONE, ChangeSet, digests_of, digests_of_all, watched
 
 
 def test_only_values_that_can_change_in_place_are_watched() -> None:
@@ -62,3 +62,28 @@ def test_a_whole_replacement_needs_no_detection() -> None:
     assert changes.changed_in_place(contents) == []
     taken = changes.take()
     assert taken.replace
+
+
+def test_taking_in_keeps_this_process_s_object_where_the_saved_value_is_the_same() -> None:
+    """A refresh must not swap a list a thread is appending to for an equal copy."""
+    held = [1]
+    contents = {"same": held, "theirs": [1], "gone": [1], "n": 1}
+    changes = ChangeSet()
+    changes.synced(contents)
+    changes.take_in(contents, {"same": [1], "theirs": [2], "gone": GONE, "n": 2, "new": (3,)})
+    assert contents["same"] is held
+    assert contents == {"same": [1], "theirs": [2], "n": 2, "new": (3,)}
+    held.append(2)  # an in-place change after the refresh: still detected
+    assert changes.changed_in_place(contents) == ["same"]
+
+
+def test_taking_in_keeps_this_process_s_changes() -> None:
+    contents = {"assigned": [1], "in place": [1]}
+    changes = ChangeSet()
+    changes.synced(contents)
+    contents["assigned"] = [5]
+    changes.keys.add("assigned")
+    contents["in place"].append(5)  # changed here since the last save, not yet detected
+    changes.take_in(contents, {"assigned": [9], "in place": [9]})
+    assert contents == {"assigned": [5], "in place": [1, 5]}
+    assert changes.take().keys == {"assigned", "in place"}  # both written at the next save

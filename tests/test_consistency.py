@@ -251,15 +251,8 @@ def busy_cache(request: pytest.FixtureRequest, manager: CacheManager) -> Iterato
 @both_stores
 @pytest.mark.parametrize("how", ["save", "mark_dirty", "refresh"])
 def test_saves_while_threads_edit_never_raise_and_lose_nothing(
-    manager: CacheManager, busy_cache: PersistentCache, how: str, request: pytest.FixtureRequest
+    manager: CacheManager, busy_cache: PersistentCache, how: str
 ) -> None:
-    if how == "mark_dirty" and isinstance(busy_cache, AutoSyncCache):
-        # An open race (issue 12's closing note): now and then a key a thread set and at
-        # once deleted stays in the store (seen in CI on Redis). Reported as an expected
-        # failure until it is found.
-        request.applymarker(
-            pytest.mark.xfail(strict=False, reason="open race: a deleted key now and then saved")
-        )
     stop_editing = editing(busy_cache)
     try:
         for _ in range(5):

@@ -51,16 +51,6 @@ def _judge(report: Report) -> None:
         )
 
 
-# An open race (issue 12's closing note): now and then, on the pickle store, one write
-# acknowledged by a save is replaced by the same process's older value (seed 2606394487 showed
-# it once in CI). Until it is found, a run that shows it is reported as an expected failure,
-# with its seed and history in the output, instead of failing the build.
-OPEN_RACE = pytest.mark.xfail(
-    strict=False, reason="open race: an acknowledged write now and then replaced (issue 12)"
-)
-
-
-@OPEN_RACE
 def test_model_short(place: Place, tmp_path: Path) -> None:
     """A few hundred random operations by three processes at a time: nothing lost, nothing stale."""
     report = run_model(place, _seed(), tmp_path, rounds=SHORT_ROUNDS)
@@ -69,7 +59,6 @@ def test_model_short(place: Place, tmp_path: Path) -> None:
     assert report.checks > 1000
 
 
-@OPEN_RACE
 @pytest.mark.slow
 @pytest.mark.timeout(int(LONG_SECONDS * 2 + 300))
 def test_model_long(place: Place, tmp_path: Path) -> None:

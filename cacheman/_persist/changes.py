@@ -54,6 +54,7 @@ from itertools import compress, repeat
 from typing import Any
 
 __all__ = [
+    "GONE",
     "ChangeSet",
     "Digests",
     "Taken",
@@ -201,15 +202,47 @@ class ChangeSet:
         self.replace = self.replace_pending = self.everything = False
         self.digests = {} if contents is None else digests_of_all(contents, private=True)
 
-    def took_in(self, contents: dict[Any, Any], keys: Iterable[Hashable]) -> None:
-        """Other processes' values of ``keys`` were applied to ``contents`` (a refresh)."""
-        keys = list(keys)
-        new = digests_for(contents, keys)
-        digests = self.digests
-        for key in keys:
-            if key not in new:
+    def take_in(self, contents: dict[Any, Any], incoming: dict[Hashable, Any]) -> None:
+        """Apply other processes' values to ``contents``; this process's changes win.
+
+        ``incoming``: key -> the value saved now (:data:`GONE`: deleted), objects
+        no other thread holds yet.  Skipped: keys changed here since the last
+        save (pending); keys whose saved value is the one this process holds as
+        saved (same digest): its own object stays, so an in-place change a
+        thread is making to it is not lost.  A replaced value that a thread
+        changed in place since the last save (its digest moved) is put back
+        and becomes pending: that change is newer than what was saved.  The
+        caller holds edits off (:mod:`cacheman._persist.editguard`); a thread
+        holding a value it looked up before can still change it in place, and
+        the check after the replacement catches that.
+        """
+        pending, digests = self.keys, self.digests
+        new = digests_of((key, value) for key, value in incoming.items() if value is not GONE)
+        get = dict.get
+        for key, value in incoming.items():
+            if key in pending:
+                continue
+            held = digests.get(key, _MISSING)
+            old = get(contents, key, _MISSING)
+            if (
+                value is not GONE
+                and old is not _MISSING
+                and isinstance(held, int)  # (not _MISSING, not None: unpicklable)
+                and new.get(key) == held
+            ):
+                continue  # the same as this process's saved value: keep its object
+            if value is GONE:
+                dict.pop(contents, key, None)
+            else:
+                dict.__setitem__(contents, key, value)
+            if old is not _MISSING and held is not _MISSING and _digest(old) != held:
+                dict.__setitem__(contents, key, old)  # changed in place here: newer
+                pending.add(key)
+                continue
+            if key in new:
+                digests[key] = new[key]
+            else:
                 digests.pop(key, None)
-        digests.update(new)
 
     def written(self, digests: Digests, keys: AbstractSet[Hashable] | None) -> None:
         """A save wrote the values of ``keys`` (None: every key), whose digests are ``digests``.
@@ -275,3 +308,5 @@ class ChangeSet:
 
 
 _MISSING = object()
+#: In :meth:`ChangeSet.take_in`'s ``incoming``: the key was deleted.
+GONE = object()
