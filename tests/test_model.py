@@ -55,7 +55,7 @@ def test_model_short(place: Place, tmp_path: Path) -> None:
     """A few hundred random operations by three processes at a time: nothing lost, nothing stale."""
     report = run_model(place, _seed(), tmp_path, rounds=SHORT_ROUNDS)
     _judge(report)
-    assert report.operations > 200  # the run did work
+    assert report.operations >= SHORT_ROUNDS  # the run did work (one command a round at least)
     assert report.checks > 1000
 
 
