@@ -772,9 +772,16 @@ def _plant_fifo(path: Path) -> None:
 def _plant_socket(path: Path) -> None:
     import socket
 
+    # Bound by a path relative to its directory: a socket's path is limited to about
+    # 100 bytes, which a test's temporary directory can pass (under pytest-xdist, say).
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.close()  # the socket file stays
+    here = os.getcwd()
+    os.chdir(path.parent)
+    try:
+        listener.bind(path.name)
+    finally:
+        os.chdir(here)
+        listener.close()  # the socket file stays
 
 
 def _plant_device(path: Path) -> None:
