@@ -150,10 +150,39 @@ def digests_of_all(contents: dict[Any, Any], *, private: bool = False) -> Digest
 
 
 def digests_for(contents: dict[Any, Any], keys: Iterable[Hashable]) -> Digests:
-    """The digests of the watched values of ``keys`` in ``contents`` (missing keys skipped)."""
-    get = dict.get
-    found = ((key, get(contents, key, _MISSING)) for key in keys)
-    return digests_of((key, value) for key, value in found if value is not _MISSING)
+    """The digests of the watched values of ``keys`` in ``contents`` (missing keys skipped).
+
+    In C loops (map, compress), as :func:`digests_of_all`: a save of a million
+    keys of plain values pays a type look-up per value, not a Python frame.
+    """
+    if not isinstance(keys, (set, frozenset, list)):
+        keys = list(keys)
+    if len(keys) * 4 >= len(contents):
+        # Most of the cache: walk it in its own order.  Looking a million keys up in
+        # a set's order reads memory at random (0.7 s); the dict's order, 0.1 s.
+        values = list(dict.values(contents))
+        kinds = list(map(_PLAIN.__contains__, map(type, values)))
+        if all(kinds):
+            return {}
+        watched_ones = list(map(operator.not_, kinds))
+        wanted = keys if isinstance(keys, (set, frozenset)) else set(keys)
+        found = [
+            (key, value)
+            for key, value in zip(
+                compress(dict.keys(contents), watched_ones),
+                compress(values, watched_ones),
+                strict=True,
+            )
+            if key in wanted
+        ]
+        return _digests([key for key, _ in found], [value for _, value in found])
+    values = list(map(dict.get, repeat(contents), keys, repeat(_MISSING)))
+    skipped = _PLAIN | {_Missing}
+    kinds = list(map(skipped.__contains__, map(type, values)))
+    if all(kinds):
+        return {}
+    watched_ones = list(map(operator.not_, kinds))
+    return _digests(list(compress(keys, watched_ones)), list(compress(values, watched_ones)))
 
 
 @dataclass
@@ -307,6 +336,10 @@ class ChangeSet:
         ]
 
 
-_MISSING = object()
+class _Missing:
+    """The type of :data:`_MISSING` (so that a type look-up tells it from a value)."""
+
+
+_MISSING = _Missing()
 #: In :meth:`ChangeSet.take_in`'s ``incoming``: the key was deleted.
 GONE = object()
