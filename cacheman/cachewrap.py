@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import itertools
 import logging
 import threading
 import weakref
@@ -1477,7 +1478,12 @@ class PersistentCache(CacheWrap):
                 outcome = store.save(name, contents)
             else:
                 # Lazy: the store reads these records only if others appended meanwhile.
-                every = _held_and_deleted(contents, changed) if keys is None else keys
+                # (Lazily: ``contents`` is a copy, or a child's frozen image.)
+                every = (
+                    itertools.chain(contents, (k for k in changed if k not in contents))
+                    if keys is None
+                    else keys
+                )
                 pending = _lazy_records(contents, every)
                 base = REBASE if write.rebase else since
                 outcome = store.save(name, contents, since=base, pending=pending)
