@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import decimal
 import fractions
-import functools
 import operator
 import pickle
 import uuid
@@ -121,12 +120,9 @@ def digests_of(items: Iterable[tuple[Hashable, Any]]) -> Digests:
 def _digests(keys: list[Hashable], values: list[Any]) -> Digests:
     """``{key: digest}`` for values known to be watched, pickled in C loops (map, not a frame)."""
     try:
-        return dict(zip(keys, map(hash, map(_dumps, values)), strict=True))
+        return dict(zip(keys, map(hash, map(pickle.dumps, values, repeat(_PROTOCOL))), strict=True))
     except Exception:  # a value pickle refuses: settle them one by one
         return {key: _digest(value) for key, value in zip(keys, values, strict=True)}
-
-
-_dumps = functools.partial(pickle.dumps, protocol=_PROTOCOL)
 
 
 def digests_of_all(contents: dict[Any, Any], *, private: bool = False) -> Digests:
@@ -322,7 +318,7 @@ class ChangeSet:
         keys = list(baseline)
         values = list(map(dict.get, repeat(contents), keys, repeat(_MISSING)))
         try:
-            now: Iterable[int | None] = map(hash, map(_dumps, values))
+            now: Iterable[int | None] = map(hash, map(pickle.dumps, values, repeat(_PROTOCOL)))
             differ = list(compress(keys, map(operator.ne, baseline.values(), now)))
         except Exception:  # a value pickle refuses: one by one
             now = map(_digest, values)
