@@ -115,6 +115,7 @@ def test_bench_redis_reports_every_row() -> None:
         "cluster: save() of",
         "cluster: load() of",
         "cluster: 8 processes c[k] = v; c.save()",
+        "cluster: c[k] on a hit in each of 8 processes",
         "cluster: invalidation seen by 7 other processes",
         "cluster failover, no WAIT: acknowledged writes lost",
         "cluster failover, WAIT 1: acknowledged writes lost",
