@@ -58,7 +58,8 @@ detects it), so every one of these acknowledges it, ``refresh()`` included.
 A change in place made through a reference that a ``refresh()`` on another
 thread replaced meanwhile (it took in another process's value of the key) is
 not a change of the cache, as with any ``dict``: it may land, but is not
-acknowledged.
+acknowledged; nor is a delete that found the key already gone (another writer
+thread, or a refresh, removed it between the test and the ``pop``).
 ``mark_dirty()`` re-asserts every value the process holds: those may land, but
 are not acknowledged (a process that was behind need not win over changes it
 never saw); keys it does not hold must survive it.  A ``save()`` running while
@@ -135,6 +136,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+#: What ``pop`` returns for a key that was not there.
+_NOTHING = object()
 #: The keys of ``data``: few, so that processes collide on them.
 KEYS = tuple(f"k{i:02d}" for i in range(16))
 #: The caches whose keys the checker follows (``features`` is checked for staleness).
@@ -246,8 +249,11 @@ class Worker:
                 cache[key] = value
         elif what == "del":
             if key in cache:
-                with self.step(op, "prod", cache=name, prods=[[key, ABSENT]]):
-                    del cache[key]
+                with self.step(op, "prod", cache=name, prods=[[key, ABSENT]]) as after:
+                    # One atomic pop: another writer thread (or a refresh taking in another
+                    # process's delete) may remove the key between the test and the delete.
+                    if cache.pop(key, _NOTHING) is _NOTHING:
+                        after["orphaned"] = True  # it deleted nothing: not a change
         elif what == "inplace":
             value = dict.get(cache, key)
             if isinstance(value, list):
@@ -1121,7 +1127,8 @@ class Checker:
                     acked = None
                     # mark_dirty() re-asserts what is held: that may land, but need not
                     # win over what others changed since (see the module docstring).
-                    # Nor is a change in place made to a list that a refresh replaced meanwhile.
+                    # Nor is a change in place made to a list that a refresh replaced meanwhile,
+                    # nor a delete that found the key gone (both are marked "orphaned").
                     dirty = version.step is not None and (
                         version.step.record.get("dirty") or version.step.after.get("orphaned")
                     )
