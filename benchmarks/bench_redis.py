@@ -452,21 +452,22 @@ for i in range(rounds):
     c.save()
     times.append(time.perf_counter() - start)
 print(" ".join(map(repr, times)), flush=True)
-# Reads, while the other processes write: c[k] against a bare dict subclass with the
-# same contents (bench_core's D), best of 5 passes over every key written.
+# Reads, once every process has written (the parent says when): c[k] against a bare
+# dict subclass with the same contents (bench_core's D), passes over every key written,
+# alternating the two so that the machine's noise hits both alike; the best of each.
+sys.stdin.readline()
 class D(dict):
     pass
 bare = D(c)
 keys = list(c) * max(1, 100_000 // max(1, len(c)))
-def best(mapping):
-    shortest = float("inf")
-    for _ in range(5):
+best = {"c": float("inf"), "D": float("inf")}
+for _ in range(25):
+    for kind, mapping in (("c", c), ("D", bare)):
         start = time.perf_counter()
         for k in keys:
             mapping[k]
-        shortest = min(shortest, time.perf_counter() - start)
-    return shortest
-print(best(c) / best(bare), flush=True)
+        best[kind] = min(best[kind], time.perf_counter() - start)
+print(best["c"] / best["D"], flush=True)
 m.deregister_all_caches()
 """
 
@@ -474,8 +475,8 @@ m.deregister_all_caches()
 def cluster_writers_rows(url: str, processes: int, rounds: int) -> list[Row]:
     """``c[k] = v; c.save()`` in ``processes`` processes at once: p50/p99 of one save.
 
-    Then each reads its cache while the others write: ``c[k]`` against a bare
-    dict subclass with the same contents, in the same process (the worst of them).
+    Then each in turn reads its cache: ``c[k]`` against a bare dict subclass with
+    the same contents, in the same process (the worst of them).
     """
     writers = [
         subprocess.Popen(
@@ -495,11 +496,17 @@ def cluster_writers_rows(url: str, processes: int, rounds: int) -> list[Row]:
         assert writer.stdin is not None
         writer.stdin.write("go\n")
         writer.stdin.flush()
+    for writer in writers:  # each prints its save times once it is done writing
+        assert writer.stdout is not None
+        samples += map(float, writer.stdout.readline().split())
+    for writer in writers:  # then they read one after the other, on an otherwise idle machine
+        assert writer.stdin is not None
+        assert writer.stdout is not None
+        writer.stdin.write("read\n")
+        writer.stdin.flush()
+        read_ratios.append(float(writer.stdout.readline()))
     for writer in writers:
-        out, _ = writer.communicate(timeout=600)
-        saves, reads = out.strip().splitlines()
-        samples += map(float, saves.split())
-        read_ratios.append(float(reads))
+        writer.communicate(timeout=600)
     median, p99 = percentiles(samples)
     return [
         Row(

@@ -379,3 +379,22 @@ def test_damaged_entries_are_kept_aside_in_their_slot_and_verify_finds_them(
     assert len(kept) == 1
     assert store.usage("c").size > 0  # the metadata is still there
     assert store.verify("c").problems == []
+
+
+def test_each_generation_change_is_heard_once(cluster: RedisCluster, store: RedisStore) -> None:
+    """A cluster event goes out twice (from the script, then plainly, for latency): heard once."""
+    listener = RedisStore(cluster.url(), manager="m")
+    heard: list[tuple[str | None, str | None]] = []
+    listener.subscribe(lambda name, generation: heard.append((name, generation)))
+    try:
+        sent = [(f"c{i % 4}", f"g:{i}") for i in range(20)]
+        for name, generation in sent:
+            store.update_meta(name, generation=generation)
+        wait_until(lambda: len(heard) >= len(sent))
+        time.sleep(0.2)  # (time for a second copy to arrive, if one were let through)
+        # Each cache's events in the order they happened (different caches' may interleave).
+        for name in {name for name, _ in sent}:
+            assert [e for e in heard if e[0] == name] == [e for e in sent if e[0] == name]
+        assert len(heard) == len(sent)
+    finally:
+        listener.close()

@@ -14,7 +14,11 @@ one slot (its saves stay one ``MULTI`` or one script), while different caches
 spread over the masters.  The events go out with ``PUBLISH``, which a cluster
 relays to every node: a listener may subscribe at any node, and the publish
 stays inside the script that changes the generation (a sharded ``SPUBLISH``
-to a per-manager channel could not: its slot is not the cache's).
+to a per-manager channel could not: its slot is not the cache's).  Relayed
+over the cluster bus, an event reaches other nodes up to ~40 ms late, so the
+listeners subscribe at the node that owns the channel's slot, and the writer
+publishes each event once more after the script, at that node; listeners drop
+the second copy.
 
 One field per entry is what makes a change cheap: the single-machine journal
 (``append``) maps onto a pipelined ``HSET``/``HDEL`` of the changed keys in one
@@ -132,11 +136,17 @@ while i <= #ARGV do
   i = i + 1
 end
 local new = redis.call('HGET', KEYS[1], 'generation')
+local all = redis.call('HGETALL', KEYS[1])
 if old ~= new then
-  redis.call('PUBLISH', ARGV[1], cjson.encode({ARGV[2], new}))
+  local event = cjson.encode({ARGV[2], new})
+  redis.call('PUBLISH', ARGV[1], event)
+  table.insert(all, '_published')
+  table.insert(all, event)
 end
-return redis.call('HGETALL', KEYS[1])
+return all
 """
+#: The pseudo-field by which _UPDATE_META returns the event it published.
+_PUBLISHED = "_published"
 
 # KEYS[1] edges sorted set; ARGV: members.  A new member scores one above the last.
 _ADD_EDGES = """
@@ -214,13 +224,20 @@ def _meta_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def _published_event(raw: Mapping[bytes, bytes] | list[bytes]) -> bytes | None:
+    """The event :data:`_UPDATE_META` published (its flat reply's last pair), or None."""
+    if isinstance(raw, Mapping) or len(raw) < 2 or raw[-2] != _PUBLISHED.encode():
+        return None
+    return raw[-1]
+
+
 def _decode_meta(raw: Mapping[bytes, bytes] | list[bytes], name: str) -> dict[str, Any]:
     """Metadata from Redis (a dict, or HGETALL's flat list from Lua), JSON-decoded."""
     pairs = raw.items() if isinstance(raw, Mapping) else zip(raw[::2], raw[1::2], strict=True)
     meta: dict[str, Any] = {}
     for field, text in pairs:
         key = field.decode()
-        if key == _SNAPSHOT:
+        if key in (_SNAPSHOT, _PUBLISHED):
             continue
         try:
             meta[key] = json.loads(text)
@@ -322,6 +339,9 @@ class RedisStore:
         # whose generation is not this one are announced (see recheck_generations).
         # Reads do not count: a read_meta says nothing of what the caches hold.
         self._seen_generations: dict[str, str | None] = {}
+        # On a cluster, the events heard once and awaited a second time (bounded: an
+        # event whose twin never comes, its publisher killed between the two, ages out).
+        self._heard_events: collections.deque[bytes] = collections.deque(maxlen=1024)
         _lifecycle.on_fork_child(_weak_fork_hook(self))
 
     def __repr__(self) -> str:
@@ -956,7 +976,8 @@ class RedisStore:
         """Set metadata fields (None removes one) in one atomic script; return the result.
 
         When the ``generation`` changes, ``[name, generation]`` is published on
-        :attr:`channel` by the same script, so every subscribed process hears of it.
+        :attr:`channel` by the same script, so every subscribed process hears of it
+        (on a cluster, once more after the script: see the module docstring).
         """
         generation = fields.get("generation")
         if isinstance(generation, str):
@@ -977,6 +998,18 @@ class RedisStore:
             self._check_replicas(name, confirmed)
         else:
             raw = self._client().register_script(_UPDATE_META)(keys=[key], args=arguments)
+        event = _published_event(raw)
+        if event is not None and self.cluster:
+            # Once more, outside the script: on a cluster a PUBLISH relayed over the
+            # cluster bus from the cache's node reaches other nodes' subscribers up to
+            # ~40 ms late (p99 39-42 ms, where one published at the subscribers' own
+            # node took 2-7 ms, measured).  The script's own stays, so that the
+            # event cannot be lost to a crash between the two; a listener hears the
+            # first to arrive and drops the other (see _on_message).
+            # At the node that owns the channel's slot, where the listeners subscribe
+            # (cacheman._stores.redis_events): delivered without a hop on the cluster bus.
+            node = self._client().get_node_from_key(self.channel)
+            node.redis_connection.publish(self.channel, event)
         meta = _decode_meta(raw, name)
         self._seen_generations[name] = generation_of(meta)
         return meta
@@ -1115,6 +1148,12 @@ class RedisStore:
             logger.warning("ignoring a malformed event on %s: %r", self.channel, payload[:200])
             return
         name, generation = str(name), None if generation is None else str(generation)
+        if self.cluster:
+            # Each event comes twice on a cluster (see update_meta): the second is dropped.
+            if payload in self._heard_events:
+                self._heard_events.remove(payload)
+                return
+            self._heard_events.append(payload)
         self._seen_generations[name] = generation
         self._notify(name, generation)
 

@@ -9,8 +9,10 @@ included, and nothing announces that), the listener tells the store's callbacks
 ``(None, None)`` ("anything may be stale") and then re-reads every cache's
 generation, announcing each one that differs from the last this process saw.
 
-On a cluster it subscribes at one primary picked at random (``PUBLISH``
-reaches every node) and picks another after losing it.  Errors the listener cannot get
+On a cluster it subscribes at the primary that owns the channel's slot, where
+writers publish each event a second time (the copy their script relays over
+the cluster bus can be ~40 ms late), and finds that primary again after losing
+it (a failover promotes another).  Errors the listener cannot get
 past (a wrong database number, a refused password) are logged once, without a
 traceback or the password, and retried with back-off: a fixed server resumes.
 """
@@ -57,6 +59,7 @@ class Listener(threading.Thread):
         self.rechecks = 0
         self._settle_until = 0.0
         self._last_error: str | None = None
+        self._lost = False  # the last subscription ended with a connection error
 
     def stop(self) -> None:
         self.stopping.set()
@@ -75,6 +78,7 @@ class Listener(threading.Thread):
             except redis.AuthenticationError as error:  # a ConnectionError that no retry fixes
                 self._report(error)
             except connection_errors as error:
+                self._lost = True
                 logger.debug(
                     "Redis event listener lost its connection: %s", self.store._redacted(error)
                 )
@@ -101,14 +105,19 @@ class Listener(threading.Thread):
         )
 
     def _node(self) -> Any:
-        """The client to subscribe with: on a cluster, a primary's, picked at random.
+        """The client to subscribe with: on a cluster, the primary that owns the channel's slot.
 
-        A primary rather than any node: a replica that lags or hangs would hold
+        Writers publish each event there too (besides the copy their script
+        relays over the cluster bus, which can be ~40 ms late): one node, no hop.
+        A primary rather than a replica: a replica that lags or hangs would hold
         the events back while its primary answers everything else.
         """
         if not self.store.cluster:
             return self.client
-        return random.choice(self.client.get_primaries()).redis_connection
+        if self._lost:  # that primary may have failed over: read the slots' owners again
+            with contextlib.suppress(Exception):  # (unreachable now: the retry says so)
+                self.client.nodes_manager.initialize()
+        return self.client.get_node_from_key(self.store.channel).redis_connection
 
     def _listen(self, stale: bool) -> None:
         node = self._node()
