@@ -7,6 +7,7 @@ by pid.  The store contract tests of tests/test_redis.py run here again, with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -398,3 +399,37 @@ def test_each_generation_change_is_heard_once(cluster: RedisCluster, store: Redi
         assert len(heard) == len(sent)
     finally:
         listener.close()
+
+
+@pytest.mark.slow
+def test_listeners_follow_the_events_channel_to_its_new_primary(tmp_path: Path) -> None:
+    """Listeners subscribe at the channel's primary: when it dies, they find the promoted one."""
+    cluster = _start_cluster(tmp_path)
+    listener = writer = None
+    try:
+        listener = RedisStore(cluster.url(), manager="ev")
+        heard: list[tuple[str | None, str | None]] = []
+        listener.subscribe(lambda name, generation: heard.append((name, generation)))
+        channel_port = listener._client().get_node_from_key(listener.channel).port
+        cluster.node(channel_port).kill()
+        cluster.wait_until_ok(60)  # its replica is promoted
+        survivor = next(port for port in _ports(cluster) if port != channel_port)
+        writer = RedisStore(f"redis+cluster://127.0.0.1:{survivor}", manager="ev")
+        sent: list[str] = []
+
+        def heard_a_new_generation() -> bool:
+            if any(("c", generation) in heard for generation in sent):
+                return True
+            sent.append(f"g:{len(sent)}")
+            with contextlib.suppress(Exception):  # (the cluster may still be settling)
+                writer.update_meta("c", generation=sent[-1])
+            time.sleep(0.3)
+            return False
+
+        wait_until(heard_a_new_generation, timeout=60)
+        assert (None, None) in heard  # and it said that anything may have been missed
+    finally:
+        for store in (listener, writer):
+            if store is not None:
+                store.close()
+        cluster.stop()
