@@ -263,10 +263,13 @@ class Worker:
                 ) as after:
                     value.append(edit[2])
                     if edit[3]:
-                        cache.touch(key)
+                        # touch() raises KeyError for a key the cache no longer holds:
+                        # another writer thread, or a refresh, removed it meanwhile.
+                        with contextlib.suppress(KeyError):
+                            cache.touch(key)
                     if dict.get(cache, key) is not value:
                         # A refresh on another thread took in another process's value
-                        # meanwhile: the list changed is no longer the cache's.
+                        # meanwhile (or the key went): the list changed is not the cache's.
                         after["orphaned"] = True
         else:
             raise ValueError(edit)
@@ -282,7 +285,7 @@ class Worker:
             with self.step(op, "ack", cache=command["cache"]):
                 self.cache(command["cache"]).save()
         elif name == "dirty_save":
-            held = [[k, canon(v)] for k, v in dict.items(self.data)]
+            held = [[k, canon(v)] for k, v in dict.copy(self.data).items()]  # (see threaded())
             with self.step(op, "prod", cache="data", prods=held, dirty=True):
                 self.data.mark_dirty()
             with self.step(op, "ack", cache="data"):
@@ -345,7 +348,8 @@ class Worker:
         main = command["main"]
         # What is held is read before the writers start: mark_dirty() re-asserts it (or,
         # for a key a writer changed first, that writer's value, a change of its own).
-        held = [[k, canon(v)] for k, v in dict.items(self.data)]
+        # (From a copy made in C: the store's event thread may refresh the cache meanwhile.)
+        held = [[k, canon(v)] for k, v in dict.copy(self.data).items()]
         barrier.wait()
         try:
             if main == "dirty_save":
