@@ -1000,14 +1000,13 @@ class RedisStore:
             raw = self._client().register_script(_UPDATE_META)(keys=[key], args=arguments)
         event = _published_event(raw)
         if event is not None and self.cluster:
-            # Once more, outside the script: on a cluster a PUBLISH relayed over the
-            # cluster bus from the cache's node reaches other nodes' subscribers up to
-            # ~40 ms late (p99 39-42 ms, where one published at the subscribers' own
-            # node took 2-7 ms, measured).  The script's own stays, so that the
-            # event cannot be lost to a crash between the two; a listener hears the
-            # first to arrive and drops the other (see _on_message).
-            # At the node that owns the channel's slot, where the listeners subscribe
-            # (cacheman._stores.redis_events): delivered without a hop on the cluster bus.
+            # Once more, outside the script, at the node that owns the channel's slot,
+            # where the listeners subscribe (cacheman._stores.redis_events): a PUBLISH
+            # relayed over the cluster bus from the cache's node reaches other nodes'
+            # subscribers up to ~40 ms late (p99 39-42 ms, where one published at the
+            # subscribers' own node took 2-7 ms, measured).  The script's own stays, so
+            # that the event cannot be lost to a crash between the two; a listener
+            # hears the first to arrive and drops the other (see _on_message).
             node = self._client().get_node_from_key(self.channel)
             node.redis_connection.publish(self.channel, event)
         meta = _decode_meta(raw, name)
