@@ -16,6 +16,8 @@ import time
 from types import TracebackType
 from typing import TextIO
 
+from ._process import lifecycle as _lifecycle
+
 __all__ = ["PROGRESS_AFTER", "PROGRESS_AFTER_ENV", "Progress"]
 
 #: Seconds an operation runs before its progress line appears.
@@ -61,7 +63,7 @@ class Progress:
             shown = False
         if shown:
             self._thread = threading.Thread(target=self._run, name="cacheman-progress", daemon=True)
-            self._thread.start()
+            _lifecycle.start_thread(self._thread)
         return self
 
     def step(self, label: str = "") -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_python
+from helpers import run_python, wait_until_reading_stdin
 
 from cacheman import CacheManager, RedisStore, _registry
 from cacheman.__main__ import main
@@ -409,6 +409,7 @@ def test_ctrl_c_at_the_question_deletes_nothing(saved: CacheManager) -> None:
             chunk = os.read(child.stderr.fileno(), 1024)
             assert chunk, asked
             asked += chunk
+        wait_until_reading_stdin(child.pid)
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=60)
     finally:

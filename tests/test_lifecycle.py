@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import run_python
+from helpers import run_python, wait_until_reading_stdin
 
 from cacheman import AutoSyncCache, CacheManager
+from cacheman._process import lifecycle
 
 EXIT_SCRIPT = """
 import sys
@@ -78,7 +80,10 @@ print("stdin closed", flush=True)
 def start(
     tmp_path: Path, before: str = "", after: str = "", *, expect: str = "ready\n", **env: str
 ) -> subprocess.Popen[str]:
-    """Start SIGNAL_SCRIPT in a fresh interpreter; wait until it prints ``expect``."""
+    """Start SIGNAL_SCRIPT in a fresh interpreter; wait until it prints ``expect``.
+
+    After "ready", also until it waits on its stdin, where a signal finds it.
+    """
     script = SIGNAL_SCRIPT.format(before=textwrap.dedent(before), after=textwrap.dedent(after))
     child_env = {**os.environ, "CACHEMAN_DIR": str(tmp_path), **env}
     child_env.pop("PYTHONSTARTUP", None)
@@ -93,6 +98,8 @@ def start(
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line == expect, line + (process.stderr.read() if process.stderr else "")
+    if expect == "ready\n":
+        wait_until_reading_stdin(process.pid)
     return process
 
 
@@ -209,6 +216,20 @@ def test_opting_out_by_environment_leaves_the_signal_alone(tmp_path: Path) -> No
     status, _, err = finish(process)
     assert status == -signal.SIGTERM, err
     assert saved(tmp_path) == {}, "without the handler, SIGTERM drops pending edits"
+
+
+def test_a_package_thread_blocks_the_signals_from_its_first_instruction() -> None:
+    # A thread that blocked them only from its own first line left a moment in
+    # which the kernel could hand it a SIGTERM the main thread then never ran.
+    at_first_instruction: list[set[int]] = []
+    thread = threading.Thread(
+        target=lambda: at_first_instruction.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    )
+    lifecycle.start_thread(thread)
+    thread.join(10)
+    assert {signal.SIGTERM, signal.SIGHUP} <= at_first_instruction[0]
+    # ...and the thread that started it takes signals as before.
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_disable_signal_handlers_puts_back_the_handlers_it_replaced(tmp_path: Path) -> None:

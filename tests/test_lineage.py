@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import run_python, wait_until
+from helpers import run_python, wait_until, wait_until_reading_stdin
 
 from cacheman import CacheManager, RedisStore, TimeCount, _registry
 from cacheman._persist.lineage import Verdict, decide
@@ -198,6 +198,7 @@ def test_a_stale_derived_cache_is_rebuilt_from_its_parent_brought_up_to_date(
         program.stdin.write("go\n")
         program.stdin.flush()
         assert program.stdout.readline().startswith("{'f': 10, 'note'")  # edited, not saved
+        wait_until_reading_stdin(program.pid)
         program.send_signal(signal.SIGTERM)
         out, err = program.communicate(timeout=60)
         assert program.returncode == -signal.SIGTERM, err

@@ -201,7 +201,7 @@ class RedisLeases:
                 self._heartbeat = threading.Thread(
                     target=self._beat, name=f"cacheman-lease-heartbeat {self.name}", daemon=True
                 )
-                self._heartbeat.start()
+                _lifecycle.start_thread(self._heartbeat)
 
     def _forget(self, lease_key: str) -> None:
         with self._lock:
@@ -211,7 +211,6 @@ class RedisLeases:
 
     def _beat(self) -> None:
         """The thread: every third of the timeout, extend every lease held; end when none is."""
-        _lifecycle.keep_signals_from_this_thread()
         interval = self.timeout_ms / 3000
         while True:
             with self._lock:

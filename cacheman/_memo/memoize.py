@@ -443,12 +443,14 @@ class Memoized(Generic[P, R]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
-        threading.Thread(
-            target=self._refresh,
-            args=(call, cache, key, args, kwargs),
-            name=f"cacheman-refresh {self.name}",
-            daemon=True,
-        ).start()
+        _lifecycle.start_thread(
+            threading.Thread(
+                target=self._refresh,
+                args=(call, cache, key, args, kwargs),
+                name=f"cacheman-refresh {self.name}",
+                daemon=True,
+            )
+        )
 
     def _refresh(
         self,
@@ -459,7 +461,6 @@ class Memoized(Generic[P, R]):
         kwargs: dict[str, Any],
     ) -> None:
         """A thread's body: compute a stale key again; callers meanwhile get the stale result."""
-        _lifecycle.keep_signals_from_this_thread()
         try:
             call.result = self._compute(cache, key, args, kwargs)
         except Exception as error:

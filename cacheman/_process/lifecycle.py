@@ -54,6 +54,7 @@ __all__ = [
     "on_fork_child",
     "on_worker_exit",
     "own_fork",
+    "start_thread",
 ]
 
 logger = logging.getLogger("cacheman")
@@ -196,19 +197,30 @@ def disable_signal_handlers() -> None:
         del _previous[signum]
 
 
-def keep_signals_from_this_thread() -> None:
-    """Call first thing in each background thread of the package: SIGTERM/SIGHUP skip it.
+def start_thread(thread: threading.Thread) -> None:
+    """Start one of the package's background threads: SIGTERM/SIGHUP never go to it.
 
     The kernel hands a process's signal to any thread that does not block it,
     and Python runs the handler only when the *main* thread next runs Python
     code.  A signal taken by a background thread while the main thread waits in
     a blocking call (``input()``, a socket read) would never be handled: the
-    program would neither save nor end.  Blocked here, it goes to a thread that
-    can take it.
+    program would neither save nor end.  A new thread inherits the signal mask
+    of the thread that starts it, so the signals are blocked here around
+    ``start()``: blocking them from the thread's own first line would leave the
+    moment between ``start()`` returning and that line open, and a signal sent
+    right after the program's first edit (which starts the autosync thread) was
+    lost there.  A signal that comes to this thread meanwhile waits, pending,
+    until the mask is put back, and is then handled here as usual.
     """
-    if hasattr(signal, "pthread_sigmask"):
-        wanted = {getattr(signal, name) for name in SIGNAL_NAMES if hasattr(signal, name)}
-        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        thread.start()
+        return
+    wanted = {getattr(signal, name) for name in SIGNAL_NAMES if hasattr(signal, name)}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _inside_the_package(frame: FrameType | None) -> bool:
@@ -228,7 +240,6 @@ def _main_thread_frame() -> FrameType | None:
 
 def _redeliver_when_outside(signum: int) -> None:
     """Send ``signum`` to the main thread again once it has left the package's code."""
-    keep_signals_from_this_thread()
     end = _defer_deadline[signum]
     while _inside_the_package(_main_thread_frame()) and time.monotonic() < end:
         time.sleep(0.005)
@@ -258,12 +269,14 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
             if signum not in _deferred:
                 _deferred.add(signum)
                 _defer_deadline.setdefault(signum, time.monotonic() + SIGNAL_DEFER_LIMIT)
-                threading.Thread(
-                    target=_redeliver_when_outside,
-                    args=(signum,),
-                    name="cacheman-signal",
-                    daemon=True,
-                ).start()
+                start_thread(
+                    threading.Thread(
+                        target=_redeliver_when_outside,
+                        args=(signum,),
+                        name="cacheman-signal",
+                        daemon=True,
+                    )
+                )
             return
     _defer_deadline.pop(signum, None)
     if overdue:

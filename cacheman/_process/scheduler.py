@@ -184,10 +184,9 @@ class Scheduler:
         self._wake_pipe = (read_end, write_end)
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="cacheman-autosync", daemon=True)
-        self._thread.start()
+        _lifecycle.start_thread(self._thread)
 
     def _loop(self) -> None:
-        _lifecycle.keep_signals_from_this_thread()
         while True:
             with self._lock:
                 if self._stopping or self._wake_pipe is None:

@@ -238,10 +238,9 @@ class _Watcher:
         self._thread = threading.Thread(
             target=self._run, args=(wake,), name="cacheman-file-events", daemon=True
         )
-        self._thread.start()
+        _lifecycle.start_thread(self._thread)
 
     def _run(self, wake: threading.Event) -> None:
-        _lifecycle.keep_signals_from_this_thread()
         me = threading.current_thread()
         while True:
             with self._lock:

@@ -1127,7 +1127,7 @@ class RedisStore:
         with self._callbacks_lock:
             if self._listener is None:
                 self._listener = Listener(self, client, stale_at_start)
-                self._listener.start()
+                _lifecycle.start_thread(self._listener)
             return self._listener
 
     def _notify(self, name: str | None, generation: str | None) -> None:

@@ -26,8 +26,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._process import lifecycle as _lifecycle
-
 if TYPE_CHECKING:
     from .redis import RedisStore
 
@@ -67,7 +65,6 @@ class Listener(threading.Thread):
             self.join(POLL * 4)
 
     def run(self) -> None:
-        _lifecycle.keep_signals_from_this_thread()
         redis = self.store._redis_module
         connection_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         delay = _RECONNECT_FIRST
