@@ -624,10 +624,17 @@ class Coordinator:
         The others go on meanwhile; the acknowledgement counts from the moment the
         end is seen (later than it happened: that only widens what is allowed).
         """
-        sent = now()
         if how == "exit":
+            sent = now()
             self.send(worker, {"name": "exit"})
         else:
+            # Idle means blocked reading its next command: a SIGTERM that came just
+            # before that read began would wait for the read (CPython's limit, see
+            # wait_until_reading_stdin), and the worker would seem to ignore it.
+            from helpers import wait_until_reading_stdin  # not in the worker processes
+
+            wait_until_reading_stdin(worker.popen.pid)
+            sent = now()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.popen.pid, signal.SIGTERM)
         self.procs.pop(worker.proc, None)
