@@ -206,11 +206,11 @@ def start_thread(thread: threading.Thread) -> None:
     a blocking call (``input()``, a socket read) would never be handled: the
     program would neither save nor end.  A new thread inherits the signal mask
     of the thread that starts it, so the signals are blocked here around
-    ``start()``: blocking them from the thread's own first line would leave the
-    moment between ``start()`` returning and that line open, and a signal sent
-    right after the program's first edit (which starts the autosync thread) was
-    lost there.  A signal that comes to this thread meanwhile waits, pending,
-    until the mask is put back, and is then handled here as usual.
+    ``start()``: blocking them from the thread's own first line would leave open
+    the moment between ``start()`` returning and that line, in which the new
+    thread could take a signal sent right after the program's first edit (which
+    starts the autosync thread).  A signal that comes to this thread meanwhile
+    waits, pending, until the mask is put back, and is then handled as usual.
     """
     if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
         thread.start()
