@@ -1463,7 +1463,8 @@ class PersistentCache(CacheWrap):
 
             def append(copy: bool) -> _Written:
                 before = baseline(self, copy) if copy else None
-                records = _records(self, _held_and_deleted(self, changed) if keys is None else keys)
+                every = _held_and_deleted(self, changed, frozen=False) if keys is None else keys
+                records = _records(self, every)
                 outcome = store.append(name, records, since=since)
                 return _Written(outcome, *(before or baseline(self, copy)))
 
@@ -1478,12 +1479,7 @@ class PersistentCache(CacheWrap):
                 outcome = store.save(name, contents)
             else:
                 # Lazy: the store reads these records only if others appended meanwhile.
-                # (Lazily: ``contents`` is a copy, or a child's frozen image.)
-                every = (
-                    itertools.chain(contents, (k for k in changed if k not in contents))
-                    if keys is None
-                    else keys
-                )
+                every = _held_and_deleted(contents, changed, frozen=True) if keys is None else keys
                 pending = _lazy_records(contents, every)
                 base = REBASE if write.rebase else since
                 outcome = store.save(name, contents, since=base, pending=pending)
@@ -1646,13 +1642,18 @@ def _records(contents: dict[Any, Any], keys: Iterable[Any]) -> list[Change]:
     return list(_lazy_records(contents, keys))
 
 
-def _held_and_deleted(contents: dict[Any, Any], changed: Iterable[Any]) -> list[Any]:
+def _held_and_deleted(
+    contents: dict[Any, Any], changed: Iterable[Any], *, frozen: bool
+) -> Iterator[Any]:
     """A whole write's keys: every key held, and the keys this process deleted.
 
     (Others' values of the deleted keys must not survive a ``mark_dirty()`` rewrite.)
+    ``frozen``: ``contents`` is a copy or a save child's image, read as late as
+    the records are; else it is the live cache, whose keys are listed now (other
+    threads may add or remove keys while the records are read).
     """
-    held = list(contents)
-    return held + [key for key in changed if key not in contents]
+    held = contents if frozen else list(contents)
+    return itertools.chain(held, (key for key in changed if key not in contents))
 
 
 def _lazy_records(contents: dict[Any, Any], keys: Iterable[Any]) -> Iterator[Change]:
