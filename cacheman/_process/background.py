@@ -358,7 +358,6 @@ class BackgroundSaver:
         self.failures += 1
         if in_child:
             self.child_failures += 1
-        self.last_error = error
         delay = _backoff(self.failures)
         logger.warning(
             "cache %r: background save failed (%s); the edits stay pending, retry in %g s",
@@ -366,6 +365,9 @@ class BackgroundSaver:
             error,
             delay,
         )
+        # Published after the warning: a program that sees ``last_save_error`` (set
+        # here, on the autosync thread) finds the warning in its log already.
+        self.last_error = error
         self._defer(self.scheduler.clock() + delay)
 
     def _completed(self, job: ChildJob) -> None:
