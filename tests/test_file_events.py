@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import threading
+import weakref
 from pathlib import Path
 
 import pytest
 from helpers import wait_until
 
+from cacheman import CacheManager
+from cacheman._stores import file_events
 from cacheman._stores.file_events import EventLog
 
 Event = tuple[object, object]
@@ -84,3 +89,30 @@ def test_a_fifo_in_place_of_the_log_neither_hangs_nor_raises(
         log.publish("raw", "a:1")
     assert str(log.path) in caplog.text
     log.poll()  # a reader does not open it either
+
+
+def test_a_manager_collected_by_a_thread_holding_the_watchers_locks_unsubscribes(
+    tmp_path: Path,
+) -> None:
+    """A garbage collection runs a dropped manager's finalizer (it unsubscribes) on
+    whichever thread allocates: the watcher's own, holding its lock, hung for ever."""
+    manager = CacheManager("dropped", tmp_path)
+    manager.register_cache("c")
+    log = manager.store._events  # type: ignore[attr-defined]
+    assert log._callbacks, "registering a cache subscribed the manager"
+    manager.deregister_all_caches()
+    reference, held = weakref.ref(manager), [manager]
+    del manager
+    finished = threading.Event()
+
+    def collect_holding_the_locks() -> None:
+        with file_events._watcher._lock, log._lock:  # as the watcher holds them
+            held.clear()
+            gc.collect()
+        finished.set()
+
+    threading.Thread(target=collect_holding_the_locks, daemon=True).start()
+    assert finished.wait(10), "the finalizer waited for a lock its own thread held"
+    assert reference() is None
+    assert not log._callbacks  # it unsubscribed...
+    assert log not in file_events._watcher._logs  # ...and the log is no longer watched

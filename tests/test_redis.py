@@ -669,6 +669,32 @@ def test_the_event_subscription_does_not_keep_a_manager_alive(redis_url: str) ->
     bound.close()  # type: ignore[attr-defined]
 
 
+def test_a_manager_collected_by_a_thread_holding_the_callbacks_lock_unsubscribes(
+    redis_url: str,
+) -> None:
+    """The listener thread holds the lock while it copies the callbacks: a garbage
+    collection there runs a dropped manager's finalizer, which unsubscribes."""
+    manager = CacheManager("dropped_locked", store=RedisStore(redis_url))
+    NonPersistentCache("c", cache_manager=manager)
+    bound = manager.store
+    manager.deregister_all_caches()
+    reference, held = weakref.ref(manager), [manager]
+    del manager
+    finished = threading.Event()
+
+    def collect_holding_the_lock() -> None:
+        with bound._callbacks_lock:  # type: ignore[attr-defined]
+            held.clear()
+            gc.collect()
+        finished.set()
+
+    threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+    assert finished.wait(10), "the finalizer waited for a lock its own thread held"
+    assert reference() is None
+    assert not bound._callbacks  # type: ignore[attr-defined]
+    bound.close()  # type: ignore[attr-defined]
+
+
 @on_redis
 def test_an_event_about_a_cache_busy_saving_never_holds_up_the_listener(
     manager: CacheManager, redis_url: str

@@ -59,7 +59,9 @@ class EventLog:
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / LOG_NAME
-        self._lock = threading.Lock()
+        # Reentrant: unsubscribe() takes it, and is a manager's finalizer, which a
+        # garbage collection can run on a thread that holds it (see _Watcher).
+        self._lock = threading.RLock()
         self._callbacks: list[EventCallback] = []
         self._own: collections.deque[tuple[str, str]] = collections.deque(maxlen=OWN_EVENTS)
         # Where this process has read the log to: its inode and offset (None: no log yet).
@@ -218,7 +220,10 @@ class _Watcher:
     """The one thread of a process that polls every subscribed log."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: discard() is called by a manager's finalizer (it unsubscribes),
+        # which a garbage collection set off by any allocation can run on this
+        # thread while it holds the lock; a plain lock deadlocked the process there.
+        self._lock = threading.RLock()
         self._logs: weakref.WeakSet[EventLog] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -266,7 +271,7 @@ class _Watcher:
 
     def after_fork_in_child(self) -> None:
         # The thread does not exist here; a program's own child watches what its parent did.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._thread = None
         if self._logs:
             self._start()

@@ -323,7 +323,9 @@ class RedisStore:
         self._pid = os.getpid()
         self._client_now: Any = None
         self._callbacks: list[EventCallback] = []
-        self._callbacks_lock = threading.Lock()
+        # Reentrant: unsubscribe() takes it, and is a manager's finalizer, which a
+        # garbage collection can run on a thread that holds it (the listener's).
+        self._callbacks_lock = threading.RLock()
         self._listener: Listener | None = None
         # The generations this process wrote lately, so that a subscriber can tell
         # its own events from other processes' (see wrote_generation).
@@ -403,7 +405,7 @@ class RedisStore:
         self._inherited.extend((self._client_now, self._listener))
         self._client_now = None
         self._listener = None
-        self._callbacks_lock = threading.Lock()
+        self._callbacks_lock = threading.RLock()
         self._own_generations_lock = threading.Lock()
         self._pid = os.getpid()
 
